@@ -1,0 +1,180 @@
+// agent.toml -> Config, checked key by key before anything touches the kernel.
+import { parse as parseToml } from "smol-toml";
+import { ConfigError } from "./errors.js";
+import { parsePrefix } from "./addressing.js";
+
+export type Backend = "iptables" | "nftables";
+
+export interface NatsConfig {
+  servers: string[];
+  stream: string;
+  replicas: number;
+  creds?: string;
+  user?: string;
+  password?: string;
+  token?: string;
+  nkeySeed?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+}
+
+export interface Config {
+  host: string;
+  networks: string[];
+  pdPool: string;
+  pdLength: number;
+  bridges: string[];
+  portPrefix: string;
+  stateDir: string;
+  backend: Backend;
+  resyncInterval: number;
+  nats: NatsConfig;
+  metrics: { listen: string };
+}
+
+export const DEFAULT_CONFIG_PATH = "/etc/sg6/agent.toml";
+
+const TOKEN_RE = /^[A-Za-z0-9_-]{1,64}$/;
+// Linux interface names: 1-15 bytes, no '/', whitespace or ':'; sg6 keeps to a conservative set.
+export const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
+const STREAM_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+type Table = Record<string, unknown>;
+
+const TOP_KEYS = new Set([
+  "host", "networks", "pd_pool", "pd_length", "bridges", "port_prefix", "state_dir", "backend", "resync_interval", "nats", "metrics",
+]);
+const NATS_KEYS = new Set(["servers", "stream", "replicas", "creds", "user", "password", "token", "nkey_seed", "tls_ca", "tls_cert", "tls_key"]);
+const METRICS_KEYS = new Set(["listen"]);
+
+function fail(key: string, problem: string): never {
+  throw new ConfigError(`config: ${key}: ${problem}`);
+}
+
+function unknownKeys(table: Table, allowed: Set<string>, where: string): void {
+  for (const key of Object.keys(table)) {
+    if (!allowed.has(key)) fail(where ? `${where}.${key}` : key, "unknown key");
+  }
+}
+
+function str(table: Table, key: string, where: string, fallback?: string): string {
+  const value = table[key];
+  if (value === undefined) {
+    if (fallback !== undefined) return fallback;
+    fail(where + key, "is required");
+  }
+  if (typeof value !== "string") fail(where + key, `must be a string, got ${typeof value}`);
+  return value;
+}
+
+function optStr(table: Table, key: string, where: string): string | undefined {
+  const value = table[key];
+  if (value === undefined) return undefined;
+  if (typeof value !== "string" || value === "") fail(where + key, "must be a non-empty string");
+  return value;
+}
+
+function int(table: Table, key: string, where: string, fallback: number, min: number, max: number): number {
+  const value = table[key] ?? fallback;
+  if (typeof value !== "number" && typeof value !== "bigint") fail(where + key, `must be an integer, got ${typeof value}`);
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) fail(where + key, `must be an integer from ${min} to ${max}, got ${String(value)}`);
+  return n;
+}
+
+function strList(table: Table, key: string, where: string, fallback?: string[]): string[] {
+  const value = table[key] ?? fallback;
+  if (value === undefined) fail(where + key, "is required");
+  if (!Array.isArray(value) || value.length === 0) fail(where + key, "must be a non-empty list of strings");
+  return value.map((item, i) => {
+    if (typeof item !== "string") fail(`${where}${key}[${i}]`, "must be a string");
+    return item;
+  });
+}
+
+function subTable(table: Table, key: string): Table {
+  const value = table[key] ?? {};
+  if (typeof value !== "object" || value === null || Array.isArray(value)) fail(key, "must be a table");
+  return value as Table;
+}
+
+function prefix(text: string, key: string): { text: string; length: number } {
+  try {
+    return parsePrefix(text, key);
+  } catch (error) {
+    fail(key, (error as Error).message);
+  }
+}
+
+/** Parse and check agent.toml text; throws ConfigError naming the key and the problem. */
+export function parseConfig(text: string): Config {
+  let doc: Table;
+  try {
+    doc = parseToml(text) as Table;
+  } catch (error) {
+    throw new ConfigError(`config: not valid TOML: ${(error as Error).message.split("\n")[0]}`);
+  }
+  unknownKeys(doc, TOP_KEYS, "");
+
+  const host = str(doc, "host", "");
+  if (!TOKEN_RE.test(host)) fail("host", `"${host}" must be 1-64 characters of [A-Za-z0-9_-]`);
+
+  const networks = strList(doc, "networks", "").map((n, i) => {
+    const p = prefix(n, `networks[${i}]`);
+    if (p.length !== 64) fail(`networks[${i}]`, `"${n}" must be a /64`);
+    return p.text;
+  });
+
+  const pdLength = int(doc, "pd_length", "", 60, 1, 128);
+  const pool = prefix(str(doc, "pd_pool", ""), "pd_pool");
+  if (pool.length >= pdLength) fail("pd_pool", `/${pool.length} must be shorter than pd_length /${pdLength}`);
+
+  const bridges = strList(doc, "bridges", "", ["cloudbr0"]);
+  bridges.forEach((b, i) => {
+    if (!IFNAME_RE.test(b)) fail(`bridges[${i}]`, `"${b}" is not a valid interface name`);
+  });
+  const portPrefix = str(doc, "port_prefix", "", "vnet");
+  if (!/^[A-Za-z0-9_.-]{1,14}$/.test(portPrefix)) fail("port_prefix", `"${portPrefix}" must be 1-14 characters of [A-Za-z0-9_.-]`);
+
+  const stateDir = str(doc, "state_dir", "", "/var/lib/sg6");
+  if (!stateDir.startsWith("/")) fail("state_dir", `"${stateDir}" must be an absolute path`);
+
+  const backend = str(doc, "backend", "", "iptables");
+  if (backend !== "iptables" && backend !== "nftables") fail("backend", `must be "iptables" or "nftables", got "${backend}"`);
+
+  const resyncInterval = int(doc, "resync_interval", "", 60, 1, 86_400);
+
+  const natsTable = subTable(doc, "nats");
+  unknownKeys(natsTable, NATS_KEYS, "nats");
+  const servers = strList(natsTable, "servers", "nats.", ["nats://127.0.0.1:4222"]);
+  servers.forEach((s, i) => {
+    if (!/^(nats|tls|ws|wss):\/\/[^\s]+$/.test(s) && !/^[^\s/]+:\d+$/.test(s)) fail(`nats.servers[${i}]`, `"${s}" is not a server URL`);
+  });
+  const stream = str(natsTable, "stream", "nats.", "SG6");
+  if (!STREAM_RE.test(stream)) fail("nats.stream", `"${stream}" must be 1-64 characters of [A-Za-z0-9_-]`);
+  const nats: NatsConfig = {
+    servers,
+    stream,
+    replicas: int(natsTable, "replicas", "nats.", 1, 1, 5),
+    creds: optStr(natsTable, "creds", "nats."),
+    user: optStr(natsTable, "user", "nats."),
+    password: optStr(natsTable, "password", "nats."),
+    token: optStr(natsTable, "token", "nats."),
+    nkeySeed: optStr(natsTable, "nkey_seed", "nats."),
+    tlsCa: optStr(natsTable, "tls_ca", "nats."),
+    tlsCert: optStr(natsTable, "tls_cert", "nats."),
+    tlsKey: optStr(natsTable, "tls_key", "nats."),
+  };
+  if ((nats.user === undefined) !== (nats.password === undefined)) fail("nats.user", "user and password go together");
+  if ((nats.tlsCert === undefined) !== (nats.tlsKey === undefined)) fail("nats.tls_cert", "tls_cert and tls_key go together");
+
+  const metricsTable = subTable(doc, "metrics");
+  unknownKeys(metricsTable, METRICS_KEYS, "metrics");
+  const listen = str(metricsTable, "listen", "metrics.", "127.0.0.1:9636");
+  if (listen !== "" && !/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):\d{1,5}$/.test(listen)) {
+    fail("metrics.listen", `"${listen}" must be host:port or ""`);
+  }
+
+  return { host, networks, pdPool: pool.text, pdLength, bridges, portPrefix, stateDir, backend, resyncInterval, nats, metrics: { listen } };
+}

@@ -1,0 +1,183 @@
+// The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore and ipset for the core.
+import { readFile, writeFile } from "node:fs/promises";
+import {
+  CHAINS,
+  CHAIN_FWD,
+  SET_DROPS,
+  SET_SRC,
+  contentOf,
+  parseIpsetSave,
+  parseIptablesSave,
+  planChange,
+  planDelta,
+  type ChangeScript,
+  type KernelSnapshot,
+  type PortContent,
+  type ScaffoldOptions,
+} from "../core/iptables-rules.js";
+import { exec, execRaw } from "./exec.js";
+
+export type Variant = "legacy" | "nft";
+
+/** How long restore waits for the xtables lock instead of failing (seconds). */
+const LOCK_WAIT_S = "30";
+
+export class BackendError extends Error {
+  override name = "BackendError";
+}
+
+/** Which ip6tables the host uses: SG6_IPTABLES=legacy|nft wins, else what `ip6tables --version` says. */
+export async function detectVariant(env: NodeJS.ProcessEnv = process.env): Promise<Variant> {
+  const forced = env.SG6_IPTABLES;
+  if (forced === "legacy" || forced === "nft") return forced;
+  if (forced) throw new BackendError(`SG6_IPTABLES must be "legacy" or "nft", got "${forced}"`);
+  const version = await execRaw("ip6tables", ["--version"]);
+  if (version.code !== 0) throw new BackendError(`ip6tables --version failed: ${version.stderr.trim()}`);
+  return version.stdout.includes("nf_tables") ? "nft" : "legacy";
+}
+
+export async function saveTable(variant: Variant): Promise<string> {
+  return exec(`ip6tables-${variant}-save`, ["-t", "filter"]);
+}
+
+async function ipsetSave(): Promise<string> {
+  const result = await execRaw("ipset", ["save"]);
+  if (result.code !== 0) throw new BackendError(`ipset save failed: ${result.stderr.trim()}`);
+  return result.stdout;
+}
+
+export interface ApplyTimings {
+  ipsetMs: number;
+  iptablesMs: number;
+}
+
+/** Owns sg6's ip6tables chains and ipsets on this host for one variant. */
+export class IptablesBackend {
+  /** what the kernel holds after our last successful apply; undefined until read */
+  private known: PortContent | undefined;
+
+  constructor(
+    readonly variant: Variant,
+    readonly options: ScaffoldOptions,
+  ) {}
+
+  static async open(options: ScaffoldOptions): Promise<IptablesBackend> {
+    return new IptablesBackend(await detectVariant(), options);
+  }
+
+  /** Turn on bridge netfilter for IPv6; without it bridged packets never reach ip6tables. */
+  async enableBridgeNetfilter(): Promise<boolean> {
+    const path = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
+    const current = (await readFile(path, "utf8").catch(() => "")).trim();
+    if (current === "1") return false;
+    await writeFile(path, "1\n");
+    return true;
+  }
+
+  /** Refuse to run if the other ip6tables variant holds sg6 objects (two owners = undefined behaviour). */
+  async checkOtherVariant(): Promise<void> {
+    const other: Variant = this.variant === "nft" ? "legacy" : "nft";
+    const text = await execRaw(`ip6tables-${other}-save`, ["-t", "filter"]);
+    if (text.code !== 0) return; // that variant is not usable here, so it cannot hold anything
+    const { chains } = parseIptablesSave(text.stdout);
+    if (chains.size > 0) {
+      throw new BackendError(
+        `sg6 chains exist in ip6tables-${other} (${[...chains.keys()].join(", ")}) while this host uses ip6tables-${this.variant}; run "sg6 purge" to clean both`,
+      );
+    }
+  }
+
+  async snapshot(): Promise<KernelSnapshot> {
+    const [table, sets] = await Promise.all([saveTable(this.variant), ipsetSave()]);
+    return { ...parseIptablesSave(table), sets: parseIpsetSave(sets) };
+  }
+
+  /** Read the kernel, plan the difference to `desired` and apply it. Returns the changes made. */
+  async reconcile(desired: PortContent, dryRun = false): Promise<string[]> {
+    const snapshot = await this.snapshot();
+    const script = planChange(snapshot, desired, this.options);
+    if (!dryRun) {
+      await this.run(script);
+      this.known = desired;
+    }
+    return script.changes;
+  }
+
+  /** Apply the change from the last known content to `desired` without reading the kernel back. */
+  async applyIncremental(desired: PortContent): Promise<ApplyTimings> {
+    if (!this.known) {
+      const start = performance.now();
+      await this.reconcile(desired);
+      return { ipsetMs: 0, iptablesMs: performance.now() - start };
+    }
+    try {
+      const timings = await this.run(planDelta(this.known, desired));
+      this.known = desired;
+      return timings;
+    } catch {
+      // the kernel was not what we thought (drift): fall back to a full read-and-diff
+      this.known = undefined;
+      const start = performance.now();
+      await this.reconcile(desired);
+      return { ipsetMs: 0, iptablesMs: performance.now() - start };
+    }
+  }
+
+  private async run(script: ChangeScript): Promise<ApplyTimings> {
+    let ipsetMs = 0;
+    let iptablesMs = 0;
+    let t = performance.now();
+    if (script.ipsetBefore) await exec("ipset", ["-exist", "restore"], { input: script.ipsetBefore });
+    ipsetMs += performance.now() - t;
+    t = performance.now();
+    if (script.iptables) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: script.iptables });
+    iptablesMs += performance.now() - t;
+    t = performance.now();
+    if (script.ipsetAfter) await exec("ipset", ["-exist", "restore"], { input: script.ipsetAfter });
+    ipsetMs += performance.now() - t;
+    return { ipsetMs, iptablesMs };
+  }
+
+  /** The content the kernel holds now (reads it). */
+  async content(): Promise<PortContent> {
+    return contentOf(await this.snapshot());
+  }
+
+  /** Dropped packets per guarded port, from the counters of the sg6-drops set. */
+  async dropCounters(): Promise<Map<string, number>> {
+    const text = await execRaw("ipset", ["save", SET_DROPS]);
+    const drops = new Map<string, number>();
+    for (const line of text.stdout.split("\n")) {
+      const match = /^add \S+ \S+,physdev:(\S+) packets (\d+)/.exec(line);
+      if (match) drops.set(match[1]!, Number(match[2]));
+    }
+    return drops;
+  }
+
+  /** Remove every sg6 object from both ip6tables variants, then the sets (no rule refers to them by then). */
+  static async purge(): Promise<string[]> {
+    const removed: string[] = [];
+    for (const variant of ["legacy", "nft"] as const) {
+      const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
+      if (saved.code !== 0) continue;
+      const { forward, chains } = parseIptablesSave(saved.stdout);
+      const jumps = forward.filter((rule) => /-[jg] sg6/.test(rule));
+      if (!jumps.length && !chains.size) continue;
+      const lines = [
+        ...jumps.map((rule) => `-D FORWARD ${rule.split(" ").slice(2).join(" ")}`),
+        ...[...chains.keys()].map((chain) => `-F ${chain}`),
+        ...[...chains.keys()].map((chain) => `-X ${chain}`),
+      ];
+      await exec(`ip6tables-${variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*filter\n${lines.join("\n")}\nCOMMIT\n` });
+      removed.push(...jumps.map(() => `ip6tables-${variant}: FORWARD jump`), ...[...chains.keys()].map((c) => `ip6tables-${variant}: chain ${c}`));
+    }
+    const sets = parseIpsetSave(await ipsetSave());
+    for (const name of sets.keys()) {
+      await exec("ipset", ["destroy", name]);
+      removed.push(`ipset ${name}`);
+    }
+    return removed;
+  }
+}
+
+export const OWNED = { chains: CHAINS, sets: [SET_SRC, SET_DROPS], jumpTarget: CHAIN_FWD };
