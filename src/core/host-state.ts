@@ -140,3 +140,17 @@ export class HostState {
     for (const entry of this.vms) if (!entry[1].released) yield entry;
   }
 }
+
+/** Rebuild a host's desired state from the last message of every VM subject (stream order). */
+export function stateFromMessages(
+  policy: Policy,
+  messages: { subject: string; seq: number; data: Uint8Array }[],
+): { state: HostState; rejected: { subject: string; seq: number; vm?: string; reason: string }[] } {
+  const state = new HostState(policy);
+  const rejected: { subject: string; seq: number; vm?: string; reason: string }[] = [];
+  for (const message of [...messages].sort((a, b) => a.seq - b.seq)) {
+    const decision = state.accept(message.subject, message.data, message.seq);
+    if (decision.outcome === "reject") rejected.push({ subject: message.subject, seq: message.seq, vm: decision.vm, reason: decision.reason });
+  }
+  return { state, rejected };
+}

@@ -5,16 +5,18 @@ import {
   CHAIN_FWD,
   SET_DROPS,
   SET_SRC,
-  contentOf,
   parseIpsetSave,
   parseIptablesSave,
   planChange,
   planDelta,
+  renderContent,
   type ChangeScript,
   type KernelSnapshot,
   type PortContent,
   type ScaffoldOptions,
 } from "../core/iptables-rules.js";
+import type { PortBinding } from "../core/model.js";
+import type { Dataplane } from "./dataplane.js";
 import { exec, execRaw } from "./exec.js";
 
 export type Variant = "legacy" | "nft";
@@ -52,7 +54,11 @@ export interface ApplyTimings {
 }
 
 /** Owns sg6's ip6tables chains and ipsets on this host for one variant. */
-export class IptablesBackend {
+export class IptablesBackend implements Dataplane {
+  get description(): string {
+    return `iptables (ip6tables-${this.variant} + ipset)`;
+  }
+
   /** what the kernel holds after our last successful apply; undefined until read */
   private known: PortContent | undefined;
 
@@ -92,35 +98,43 @@ export class IptablesBackend {
     return { ...parseIptablesSave(table), sets: parseIpsetSave(sets) };
   }
 
-  /** Read the kernel, plan the difference to `desired` and apply it. Returns the changes made. */
-  async reconcile(desired: PortContent, dryRun = false): Promise<string[]> {
+  /** Read the kernel, plan the difference to the desired bindings and apply it. Returns the changes. */
+  async reconcile(bindings: PortBinding[], dryRun = false): Promise<string[]> {
+    const desired = renderContent(bindings);
     const snapshot = await this.snapshot();
     const script = planChange(snapshot, desired, this.options);
     if (!dryRun) {
+      this.known = undefined;
       await this.run(script);
       this.known = desired;
     }
     return script.changes;
   }
 
-  /** Apply the change from the last known content to `desired` without reading the kernel back. */
-  async applyIncremental(desired: PortContent): Promise<ApplyTimings> {
-    if (!this.known) {
-      const start = performance.now();
-      await this.reconcile(desired);
-      return { ipsetMs: 0, iptablesMs: performance.now() - start };
+  /** Apply the change of some ports from `from` to `to`, trusting that the kernel holds what we last left. */
+  async applyChange(from: PortBinding[], to: PortBinding[]): Promise<void> {
+    const known = this.known;
+    if (!known) throw new BackendError("kernel state unknown: reconcile first");
+    const before = renderContent(from);
+    const after = renderContent(to);
+    this.known = undefined; // unknown until the scripts succeed
+    await this.run(planDelta(before, after));
+    for (const [mine, gone, added] of [
+      [known.portRules, before.portRules, after.portRules],
+      [known.srcEntries, before.srcEntries, after.srcEntries],
+      [known.dropEntries, before.dropEntries, after.dropEntries],
+    ] as const) {
+      for (const item of gone) if (!added.has(item)) mine.delete(item);
+      for (const item of added) mine.add(item);
     }
-    try {
-      const timings = await this.run(planDelta(this.known, desired));
-      this.known = desired;
-      return timings;
-    } catch {
-      // the kernel was not what we thought (drift): fall back to a full read-and-diff
-      this.known = undefined;
-      const start = performance.now();
-      await this.reconcile(desired);
-      return { ipsetMs: 0, iptablesMs: performance.now() - start };
-    }
+    this.known = known;
+  }
+
+  async prepare(): Promise<string[]> {
+    const notes: string[] = [];
+    await this.checkOtherVariant();
+    if (await this.enableBridgeNetfilter()) notes.push("turned on net.bridge.bridge-nf-call-ip6tables (bridged IPv6 now passes ip6tables)");
+    return notes;
   }
 
   private async run(script: ChangeScript): Promise<ApplyTimings> {
@@ -136,11 +150,6 @@ export class IptablesBackend {
     if (script.ipsetAfter) await exec("ipset", ["-exist", "restore"], { input: script.ipsetAfter });
     ipsetMs += performance.now() - t;
     return { ipsetMs, iptablesMs };
-  }
-
-  /** The content the kernel holds now (reads it). */
-  async content(): Promise<PortContent> {
-    return contentOf(await this.snapshot());
   }
 
   /** Dropped packets per guarded port, from the counters of the sg6-drops set. */

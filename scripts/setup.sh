@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what sg6, its tests, demo and benchmark need on Debian 12 (as root), then builds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACKAGES=(iptables ipset nftables iproute2 kmod procps nats-server radvd kea-dhcp6-server isc-dhcp-client openssl tcpdump python3 systemd)
+missing=()
+for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# the Debian packages start these services; sg6's tests and demo run their own copies in namespaces
+for svc in nats-server radvd kea-dhcp6-server isc-kea-dhcp6-server; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund; fi
+npm run --silent build

@@ -1,0 +1,189 @@
+// `sg6 agent`: the daemon. Saved state first (no NATS needed), then the stream, then events.
+import type { Logger } from "pino";
+import type { Config } from "./core/config.js";
+import { stateFromMessages } from "./core/host-state.js";
+import { Enforcer, type BatchItem } from "./enforcer.js";
+import { Metrics } from "./metrics.js";
+import { Intake, type IncomingEvent, type Verdict } from "./nats/intake.js";
+import { connectNats } from "./nats/options.js";
+import { ensureConsumer, ensureStream, readLatest } from "./nats/stream.js";
+import { openDataplane } from "./shell/backend.js";
+import { StateStore } from "./shell/state-store.js";
+import { PortInventory } from "./shell/taps.js";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+
+export class Agent {
+  private nc: NatsConnection | undefined;
+  private intake: Intake | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private inventory: PortInventory | undefined;
+  private stopping = false;
+  readonly metrics = new Metrics();
+  readonly store: StateStore;
+  enforcer!: Enforcer;
+
+  constructor(
+    readonly config: Config,
+    readonly log: Logger,
+  ) {
+    this.store = new StateStore(config.stateDir);
+  }
+
+  async start(): Promise<void> {
+    const { config, log } = this;
+    const dataplane = await openDataplane(config);
+    for (const note of await dataplane.prepare()) log.info(note);
+    log.info({ backend: dataplane.description, host: config.host }, "starting");
+
+    // 1. Re-assert the saved state before anything else: a reboot without NATS still enforces.
+    const saved = await this.store.load();
+    this.enforcer = new Enforcer(config, dataplane, log, saved);
+    this.inventory = await PortInventory.open(config.bridges, config.portPrefix);
+    this.enforcer.setPorts(this.inventory.ports());
+    const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
+    log.info({ vms: this.enforcer.state.vms.size, changes: changes.length }, "saved state re-asserted");
+    this.updateGauges();
+    this.inventory.on("change", (ports) => {
+      void this.enforcer
+        .serial(() => this.enforcer.portsChanged(ports))
+        .then((vms) => {
+          if (vms.length) log.info({ vms }, "bridge ports changed; bindings updated");
+          this.updateGauges();
+        })
+        .catch((error: Error) => log.error({ err: error.message }, "rebinding after a port change failed"));
+    });
+    this.inventory.on("error", (error: Error) => log.error({ err: error.message }, "rtnetlink"));
+
+    this.metrics.beforeScrape = async () => {
+      const drops = await dataplane.dropCounters();
+      this.metrics.portDrops.reset();
+      for (const [device, count] of drops) this.metrics.portDrops.set({ device }, count);
+    };
+    const listening = await this.metrics.listen(config.metrics.listen);
+    if (listening) log.info({ listen: listening }, "metrics listening");
+
+    // 2. Drift repair on a timer.
+    this.timer = setInterval(() => void this.repairDrift(), config.resyncInterval * 1000);
+
+    // 3. NATS: connect (retrying forever), resync from the stream, then consume.
+    this.nc = await connectNats(config.nats, `sg6-agent-${config.host}`);
+    this.metrics.natsConnected.set(1);
+    void this.watchConnection(this.nc);
+    const jsm = await jetstreamManager(this.nc);
+    const warning = await ensureStream(jsm, config.nats);
+    if (warning) log.warn(warning);
+    await ensureConsumer(jsm, config.nats.stream, config.host);
+    await this.resyncFromStream();
+    this.intake = new Intake({
+      nc: this.nc,
+      settings: config.nats,
+      host: config.host,
+      log,
+      handle: (events) => this.handle(events),
+      onResync: () => this.resyncFromStream(),
+    });
+    await this.intake.start();
+    this.metrics.ready = true;
+    log.info("consuming events");
+  }
+
+  private async watchConnection(nc: NatsConnection): Promise<void> {
+    for await (const status of nc.status()) {
+      if (status.type === "disconnect") this.metrics.natsConnected.set(0);
+      if (status.type === "reconnect") this.metrics.natsConnected.set(1);
+    }
+  }
+
+  /** Enforce one batch; verdicts only after the kernel holds the result. */
+  private async handle(events: IncomingEvent[]): Promise<Verdict[]> {
+    const items: BatchItem[] = events.map((e) => ({ subject: e.subject, seq: e.seq, data: e.data }));
+    let result;
+    try {
+      result = await this.enforcer.serial(() => this.enforcer.applyBatch(items));
+    } catch (error) {
+      this.metrics.events.inc({ outcome: "failed" }, events.length);
+      this.log.error({ err: (error as Error).message, events: events.length }, "kernel apply failed; batch will be redelivered");
+      throw error;
+    }
+    if (result.changed.length) {
+      this.metrics.applySeconds.observe(result.applyMs / 1000);
+      this.store.saveSoon(this.enforcer.state.toJSON());
+    }
+    this.updateGauges();
+    return result.decisions.map((decision, i) => {
+      const event = events[i]!;
+      const fields = { vm: decision.vm, seq: event.seq, subject: event.subject };
+      if (decision.outcome === "apply") {
+        this.metrics.events.inc({ outcome: "applied" });
+        const record = decision.record;
+        const nics = this.enforcer.bindings().filter((b) => b.vm === decision.vm);
+        this.log.info(
+          { ...fields, generation: record.generation, kind: decision.event.kind, devices: nics.map((b) => b.device), applyMs: Math.round(result.applyMs * 10) / 10 },
+          record.released ? "released" : "enforced",
+        );
+        return { outcome: "applied" };
+      }
+      if (decision.outcome === "ignore") {
+        this.metrics.events.inc({ outcome: "ignored" });
+        this.log.info({ ...fields, reason: decision.reason }, "ignored");
+        return { outcome: "ignored" };
+      }
+      this.metrics.events.inc({ outcome: "rejected" });
+      this.log.warn({ ...fields, reason: decision.reason }, "rejected");
+      return { outcome: "rejected", reason: decision.reason, vm: decision.vm };
+    });
+  }
+
+  /** Rebuild the desired state from the stream's last word on every VM, then fix the kernel. */
+  async resyncFromStream(): Promise<void> {
+    if (!this.nc) return;
+    const messages = await readLatest(this.nc, this.config.nats.stream, this.config.host);
+    await this.enforcer.serial(async () => {
+      const { state, rejected } = stateFromMessages(this.config, messages);
+      for (const r of rejected) this.log.warn({ vm: r.vm, seq: r.seq, subject: r.subject, reason: r.reason }, "rejected during resync");
+      this.enforcer.replaceState(state.toJSON());
+      const changes = await this.enforcer.reconcile();
+      this.store.saveSoon(this.enforcer.state.toJSON());
+      this.metrics.lastResync.set(Date.now() / 1000);
+      if (changes.length) this.metrics.driftRepairs.inc(changes.length);
+      this.log.info({ messages: messages.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
+    });
+    this.updateGauges();
+  }
+
+  /** Timer: compare the kernel with the desired state and repair what an operator or crash changed. */
+  async repairDrift(): Promise<string[]> {
+    if (this.stopping) return [];
+    try {
+      const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
+      this.metrics.lastResync.set(Date.now() / 1000);
+      if (changes.length) {
+        this.metrics.driftRepairs.inc(changes.length);
+        this.log.warn({ changes }, "drift repaired");
+      }
+      return changes;
+    } catch (error) {
+      this.log.error({ err: (error as Error).message }, "drift repair failed");
+      return [];
+    }
+  }
+
+  private updateGauges(): void {
+    this.metrics.enforcedNics.set(this.enforcer.bindings().length);
+    this.metrics.waitingNics.set(this.enforcer.unboundNics().length);
+  }
+
+  /** SIGTERM: finish the batch in flight and ack it, save, close. Never flushes rules. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.intake?.stop();
+    await this.enforcer?.serial(async () => undefined);
+    await this.store.flush();
+    this.inventory?.close();
+    await this.nc?.drain().catch(() => undefined);
+    await this.metrics.close();
+    this.log.info("stopped; rules stay in place");
+  }
+}

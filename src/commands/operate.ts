@@ -1,0 +1,122 @@
+// sg6 reconcile / status / purge: the operator's hands on one host.
+import { connect } from "@nats-io/transport-node";
+import type { Config } from "../core/config.js";
+import { HostState, stateFromMessages } from "../core/host-state.js";
+import { Enforcer } from "../enforcer.js";
+import { createLogger } from "../log.js";
+import { connectionOptions } from "../nats/options.js";
+import { readLatest } from "../nats/stream.js";
+import { openDataplane, purgeAll } from "../shell/backend.js";
+import { StateStore } from "../shell/state-store.js";
+import { PortInventory } from "../shell/taps.js";
+import { oneLine, type Io } from "./common.js";
+
+type Source = "stream" | "saved state";
+
+/** The desired state from the stream, or from state.json when asked to or when NATS is unreachable. */
+async function desiredState(config: Config, offline: boolean, io: Io): Promise<{ state: HostState; source: Source; rejected: number }> {
+  const store = new StateStore(config.stateDir);
+  if (!offline) {
+    try {
+      const nc = await connect({ ...connectionOptions(config.nats, `sg6-reconcile-${config.host}`), maxReconnectAttempts: 0, reconnect: false, timeout: 3000 });
+      try {
+        const messages = await readLatest(nc, config.nats.stream, config.host);
+        const { state, rejected } = stateFromMessages(config, messages);
+        return { state, source: "stream", rejected: rejected.length };
+      } finally {
+        await nc.close();
+      }
+    } catch (error) {
+      io.err(`sg6 reconcile: WARNING: NATS unreachable (${oneLine(error)}); using the saved state ${store.path}\n`);
+    }
+  }
+  return { state: new HostState(config, await store.load()), source: "saved state", rejected: 0 };
+}
+
+async function enforcerFor(config: Config, state: HostState): Promise<Enforcer> {
+  const dataplane = await openDataplane(config);
+  const enforcer = new Enforcer(config, dataplane, createLogger("sg6", "silent"), state.toJSON());
+  const inventory = await PortInventory.open(config.bridges, config.portPrefix, false);
+  enforcer.setPorts(inventory.ports());
+  inventory.close();
+  return enforcer;
+}
+
+export async function reconcileCommand(config: Config, opts: { dryRun: boolean; json: boolean; offline: boolean }, io: Io): Promise<number> {
+  const { state, source, rejected } = await desiredState(config, opts.offline, io);
+  const enforcer = await enforcerFor(config, state);
+  if (!opts.dryRun) for (const note of await enforcer.dataplane.prepare()) io.err(`sg6 reconcile: ${note}\n`);
+  const changes = await enforcer.reconcile(opts.dryRun);
+  if (!opts.dryRun && source === "stream") await new StateStore(config.stateDir).save(enforcer.state.toJSON());
+  const summary = {
+    host: config.host,
+    source,
+    dryRun: opts.dryRun,
+    vms: [...enforcer.state.active()].length,
+    nics: enforcer.bindings().length,
+    waiting: enforcer.unboundNics(),
+    rejected,
+    changes,
+    inSync: opts.dryRun ? changes.length === 0 : true,
+  };
+  if (opts.json) io.out(JSON.stringify(summary) + "\n");
+  else {
+    const verb = opts.dryRun ? "would change" : "changed";
+    io.out(`sg6 reconcile on ${config.host} (desired state from the ${source}: ${summary.vms} VMs, ${summary.nics} NICs bound)\n`);
+    if (!changes.length) io.out("nothing to do: the kernel matches the desired state\n");
+    else {
+      io.out(`${verb} ${changes.length}:\n`);
+      for (const change of changes) io.out(`  ${change}\n`);
+    }
+    for (const w of summary.waiting) io.out(`waiting: VM ${w.vm} NIC ${w.mac}: ${w.reason}\n`);
+    if (rejected) io.out(`${rejected} message(s) in the stream were rejected (see sg6 agent logs / sg6.reject.${config.host})\n`);
+  }
+  return opts.dryRun && changes.length ? 3 : 0;
+}
+
+export async function statusCommand(config: Config, opts: { json: boolean }, io: Io): Promise<number> {
+  const state = new HostState(config, await new StateStore(config.stateDir).load());
+  const enforcer = await enforcerFor(config, state);
+  const drift = await enforcer.reconcile(true);
+  const drops = await enforcer.dataplane.dropCounters();
+  const bound = new Map(enforcer.bindings().map((b) => [`${b.vm}/${b.mac}`, b]));
+  const waiting = new Map(enforcer.unboundNics().map((u) => [`${u.vm}/${u.mac}`, u]));
+  const vms = [...state.active()].map(([vm, record]) => ({
+    vm,
+    generation: record.generation,
+    nics: record.nics.map((nic) => {
+      const binding = bound.get(`${vm}/${nic.mac}`);
+      const wait = waiting.get(`${vm}/${nic.mac}`);
+      return {
+        mac: nic.mac,
+        device: binding?.device ?? nic.device ?? null,
+        slaac: nic.slaac,
+        linkLocal: nic.linkLocal,
+        delegated: nic.delegated ?? null,
+        secondary: nic.secondary,
+        state: binding ? (drift.length ? "drift" : "enforced") : `waiting: ${wait?.reason ?? "unbound"}`,
+        drops: binding ? (drops.get(binding.device) ?? 0) : 0,
+      };
+    }),
+  }));
+  const doc = { host: config.host, backend: enforcer.dataplane.description, inSync: drift.length === 0, drift, vms };
+  if (opts.json) {
+    io.out(JSON.stringify(doc) + "\n");
+    return 0;
+  }
+  const nics = vms.reduce((n, v) => n + v.nics.length, 0);
+  io.out(`sg6 on ${config.host}: ${doc.backend}; ${vms.length} VMs, ${nics} NICs; kernel ${doc.inSync ? "in sync" : `DRIFTED (${drift.length} differences: run sg6 reconcile)`}\n`);
+  const rows = [["VM", "DEVICE", "MAC", "/128 (SLAAC)", "DELEGATED", "STATE", "DROPS"]];
+  for (const v of vms) {
+    for (const n of v.nics) rows.push([v.vm, n.device ?? "-", n.mac, n.slaac, n.delegated ?? "-", n.state, String(n.drops)]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const row of rows) io.out(row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ") + "\n");
+  return 0;
+}
+
+export async function purgeCommand(io: Io): Promise<number> {
+  const removed = await purgeAll();
+  io.out(removed.length ? removed.map((r) => `removed ${r}\n`).join("") : "nothing to remove\n");
+  return 0;
+}

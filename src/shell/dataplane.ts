@@ -1,0 +1,19 @@
+// What the agent needs from a dataplane backend; "iptables" and "nftables" both provide it.
+import type { PortBinding } from "../core/model.js";
+
+export interface Dataplane {
+  /** e.g. "iptables (ip6tables-nft)" */
+  readonly description: string;
+  /** Checks and kernel switches before the first change; returns notes worth logging. */
+  prepare(): Promise<string[]>;
+  /** Read the kernel, diff it against `bindings` and fix the difference (or only report it). */
+  reconcile(bindings: PortBinding[], dryRun?: boolean): Promise<string[]>;
+  /**
+   * Change the ports in `from` into the ports in `to` (the old and new bindings of the VMs a batch
+   * touched) without reading the kernel. Throws if the kernel was not as last left; the caller then
+   * falls back to reconcile().
+   */
+  applyChange(from: PortBinding[], to: PortBinding[]): Promise<void>;
+  /** Dropped packets per guarded port. */
+  dropCounters(): Promise<Map<string, number>>;
+}

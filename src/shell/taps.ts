@@ -1,0 +1,95 @@
+// Guarded bridge ports from rtnetlink: a dump at start, then link notifications (no polling).
+import { EventEmitter } from "node:events";
+import { createRtNetlink, type RtNetlinkSocket } from "netlink";
+import type { BridgePort } from "../core/model.js";
+
+function macText(address: unknown): string | undefined {
+  if (!(address instanceof Uint8Array) || address.length !== 6) return undefined;
+  return [...address].map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+/**
+ * Keeps the list of guarded ports (members of `bridges` whose names start with `portPrefix`)
+ * and emits "change" whenever it changes.
+ */
+export class PortInventory extends EventEmitter {
+  private current = new Map<string, BridgePort>();
+  private refreshing: Promise<void> | undefined;
+  private again = false;
+
+  private constructor(
+    private readonly socket: RtNetlinkSocket,
+    private readonly bridges: string[],
+    private readonly portPrefix: string,
+  ) {
+    super();
+  }
+
+  static async open(bridges: string[], portPrefix: string, watch = true): Promise<PortInventory> {
+    const socket = createRtNetlink({ ref: false } as never);
+    const inventory = new PortInventory(socket, bridges, portPrefix);
+    await inventory.refresh();
+    if (watch) {
+      socket.addMembership("LINK");
+      socket.on("message", (parts) => {
+        if (parts.some((part) => part.kind === "link")) inventory.scheduleRefresh();
+      });
+    }
+    return inventory;
+  }
+
+  ports(): BridgePort[] {
+    return [...this.current.values()];
+  }
+
+  has(name: string): boolean {
+    return this.current.has(name);
+  }
+
+  close(): void {
+    this.socket.socket.close();
+  }
+
+  /** Coalesce bursts of link notifications into one dump. */
+  private scheduleRefresh(): void {
+    if (this.refreshing) {
+      this.again = true;
+      return;
+    }
+    this.refreshing = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.refresh();
+        } catch (error) {
+          this.emit("error", error);
+        }
+      } while (this.again);
+      this.refreshing = undefined;
+    })();
+  }
+
+  private async refresh(): Promise<void> {
+    const links = await this.socket.getLinks();
+    const bridgeIndex = new Map<number, string>();
+    for (const link of links) {
+      const name = link.attrs.ifname;
+      if (name && this.bridges.includes(name)) bridgeIndex.set(link.data.index!, name);
+    }
+    const next = new Map<string, BridgePort>();
+    for (const link of links) {
+      const name = link.attrs.ifname;
+      const bridge = link.attrs.master === undefined ? undefined : bridgeIndex.get(link.attrs.master);
+      const mac = macText(link.attrs.address);
+      if (name && bridge && mac && name.startsWith(this.portPrefix)) next.set(name, { name, mac, bridge });
+    }
+    const changed =
+      next.size !== this.current.size ||
+      [...next].some(([name, port]) => {
+        const old = this.current.get(name);
+        return !old || old.mac !== port.mac || old.bridge !== port.bridge;
+      });
+    this.current = next;
+    if (changed) this.emit("change", this.ports());
+  }
+}
