@@ -58,7 +58,7 @@ export function scaffoldRules(options: ScaffoldOptions): Record<string, string[]
 export const PORT_DEFAULT = `-A ${CHAIN_PORT} -j ${CHAIN_DROP}`;
 
 export function portRule(device: string, mac: string): string {
-  return `-A ${CHAIN_PORT} -m physdev --physdev-in ${device} -m mac --mac-source ${mac.toUpperCase()} -g ${CHAIN_SRC}`;
+  return `-A ${CHAIN_PORT} -m physdev --physdev-in ${device} -m mac --mac-source ${mac.toLowerCase()} -g ${CHAIN_SRC}`;
 }
 
 export function srcEntry(device: string, prefix: string): string {

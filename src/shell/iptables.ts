@@ -38,6 +38,11 @@ export async function detectVariant(env: NodeJS.ProcessEnv = process.env): Promi
   return version.stdout.includes("nf_tables") ? "nft" : "legacy";
 }
 
+async function legacyTablesExist(): Promise<boolean> {
+  const names = await readFile("/proc/net/ip6_tables_names", "utf8").catch(() => "");
+  return names.split("\n").includes("filter");
+}
+
 export async function saveTable(variant: Variant): Promise<string> {
   return exec(`ip6tables-${variant}-save`, ["-t", "filter"]);
 }
@@ -83,6 +88,8 @@ export class IptablesBackend implements Dataplane {
   /** Refuse to run if the other ip6tables variant holds sg6 objects (two owners = undefined behaviour). */
   async checkOtherVariant(): Promise<void> {
     const other: Variant = this.variant === "nft" ? "legacy" : "nft";
+    // listing legacy tables instantiates them; /proc tells whether any exist without touching them
+    if (other === "legacy" && !(await legacyTablesExist())) return;
     const text = await execRaw(`ip6tables-${other}-save`, ["-t", "filter"]);
     if (text.code !== 0) return; // that variant is not usable here, so it cannot hold anything
     const { chains } = parseIptablesSave(text.stdout);
