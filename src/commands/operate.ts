@@ -13,12 +13,15 @@ import { oneLine, type Io } from "./common.js";
 
 type Source = "stream" | "saved state";
 
+/** A command gives up on NATS after one short try instead of waiting for it like the agent. */
+export const ONE_TRY = { maxReconnectAttempts: 0, reconnect: false, waitOnFirstConnect: false, timeout: 3000 } as const;
+
 /** The desired state from the stream, or from state.json when asked to or when NATS is unreachable. */
 async function desiredState(config: Config, offline: boolean, io: Io): Promise<{ state: HostState; source: Source; rejected: number }> {
   const store = new StateStore(config.stateDir);
   if (!offline) {
     try {
-      const nc = await connect({ ...connectionOptions(config.nats, `sg6-reconcile-${config.host}`), maxReconnectAttempts: 0, reconnect: false, timeout: 3000 });
+      const nc = await connect(connectionOptions(config.nats, `sg6-reconcile-${config.host}`, ONE_TRY));
       try {
         const messages = await readLatest(nc, config.nats.stream, config.host);
         const { state, rejected } = stateFromMessages(config, messages);

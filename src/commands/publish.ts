@@ -7,6 +7,7 @@ import { publishEvent } from "../nats/publish.js";
 import { vmSubject } from "../nats/subjects.js";
 import { connect } from "@nats-io/transport-node";
 import { UsageError, type Io } from "./common.js";
+import { ONE_TRY } from "./operate.js";
 
 export interface PublishArgs {
   action: string | undefined;
@@ -49,7 +50,7 @@ export function buildEvent(args: PublishArgs, now = Date.now()): VmEvent {
 export async function publishCommand(config: Config, args: PublishArgs, io: Io): Promise<number> {
   const event = buildEvent(args);
   const subject = vmSubject(event.host, event.vm);
-  const nc = await connect({ ...connectionOptions(config.nats, "sg6-publish"), maxReconnectAttempts: 3, timeout: 5000 });
+  const nc = await connect(connectionOptions(config.nats, "sg6-publish", { ...ONE_TRY, timeout: 5000 }));
   try {
     const seq = await publishEvent(jetstream(nc), await jetstreamManager(nc), config.nats, subject, event);
     io.out(`published ${event.kind} ${subject} generation ${event.generation} (stream seq ${seq})\n`);

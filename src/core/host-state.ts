@@ -61,6 +61,8 @@ export class HostState {
   private readonly macOwner = new Map<string, string>();
   private readonly prefixOwner = new Map<string, string>();
   private readonly deviceOwner = new Map<string, string>();
+  /** secondaries too: two VMs sending from one address is impersonation, whoever asked for it */
+  private readonly secondaryOwner = new Map<string, string>();
 
   constructor(
     private readonly policy: Policy,
@@ -101,7 +103,8 @@ export class HostState {
       const conflict =
         this.otherOwner(this.macOwner, nic.mac, vm, `nics.${i}.mac: ${nic.mac}`) ??
         (nic.delegated ? this.otherOwner(this.prefixOwner, nic.delegated, vm, `nics.${i}.delegated: ${nic.delegated}`) : undefined) ??
-        (nic.device ? this.otherOwner(this.deviceOwner, nic.device, vm, `nics.${i}.device: ${nic.device}`) : undefined);
+        (nic.device ? this.otherOwner(this.deviceOwner, nic.device, vm, `nics.${i}.device: ${nic.device}`) : undefined) ??
+        nic.secondary.map((a, j) => this.otherOwner(this.secondaryOwner, a, vm, `nics.${i}.secondary.${j}: ${a}`)).find(Boolean);
       if (conflict) return { outcome: "reject", vm, reason: conflict };
     }
     return { outcome: "apply", vm, event, record: { generation: event.generation, released: false, nics } };
@@ -119,12 +122,14 @@ export class HostState {
       this.macOwner.delete(nic.mac);
       if (nic.delegated) this.prefixOwner.delete(nic.delegated);
       if (nic.device) this.deviceOwner.delete(nic.device);
+      for (const a of nic.secondary) this.secondaryOwner.delete(a);
     }
     this.vms.set(vm, record);
     for (const nic of record.nics) {
       this.macOwner.set(nic.mac, vm);
       if (nic.delegated) this.prefixOwner.set(nic.delegated, vm);
       if (nic.device) this.deviceOwner.set(nic.device, vm);
+      for (const a of nic.secondary) this.secondaryOwner.set(a, vm);
     }
   }
 

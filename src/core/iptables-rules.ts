@@ -11,13 +11,11 @@ export const CHAIN_PORT = "sg6-port";
 export const CHAIN_SRC = "sg6-src";
 export const CHAIN_DROP = "sg6-drop";
 export const SET_SRC = "sg6-src";
-export const SET_DROPS = "sg6-drops";
 export const CHAINS = [CHAIN_DROP, CHAIN_SRC, CHAIN_PORT, CHAIN_FWD] as const;
 
 /** `create` lines exactly as sg6 makes the sets (ipset save adds bucketsize/initval, which we ignore). */
 export const SET_CREATE: Record<string, string> = {
   [SET_SRC]: `${SET_SRC} hash:net,iface family inet6 hashsize 4096 maxelem 1048576`,
-  [SET_DROPS]: `${SET_DROPS} hash:net,iface family inet6 hashsize 1024 maxelem 65536 counters`,
 };
 
 export interface ScaffoldOptions {
@@ -35,7 +33,6 @@ const ICMP6 = "-p ipv6-icmp -m icmp6 --icmpv6-type";
 /** Rules of the constant chains, in order, in ip6tables-save's own spelling. */
 export function scaffoldRules(options: ScaffoldOptions): Record<string, string[]> {
   return {
-    [CHAIN_DROP]: [`-A ${CHAIN_DROP} -m set --match-set ${SET_DROPS} src,src -j DROP`, `-A ${CHAIN_DROP} -j DROP`],
     // Order matters: the MAC is checked before anything (sg6-port), then the few things allowed
     // from :: (DAD, MLD), then the source address, and only then RA guard and DHCPv6 shield, so no
     // ICMPv6 or DHCPv6 packet skips the source check.
@@ -56,6 +53,18 @@ export function scaffoldRules(options: ScaffoldOptions): Record<string, string[]
 
 /** The last rule of sg6-port: whatever no port rule took (unbound port, wrong MAC) is dropped. */
 export const PORT_DEFAULT = `-A ${CHAIN_PORT} -j ${CHAIN_DROP}`;
+/** The last rule of sg6-drop: drops of ports without a counting rule (unbound guarded ports). */
+export const DROP_DEFAULT = `-A ${CHAIN_DROP} -j DROP`;
+
+/**
+ * Chains with one rule per bound port, in any order, and a fixed last rule. (Per-port drop
+ * counters are rules, not an ipset with counters: hash:net,iface does not hash the interface
+ * name, so one ::/0 entry per port all land in one bucket and the set is "full" at a dozen.)
+ */
+export const PER_PORT_CHAINS = [
+  { chain: CHAIN_PORT, last: PORT_DEFAULT, key: "portRules" },
+  { chain: CHAIN_DROP, last: DROP_DEFAULT, key: "dropRules" },
+] as const;
 
 export function portRule(device: string, mac: string): string {
   return `-A ${CHAIN_PORT} -m physdev --physdev-in ${device} -m mac --mac-source ${mac.toLowerCase()} -g ${CHAIN_SRC}`;
@@ -67,19 +76,20 @@ export function srcEntry(device: string, prefix: string): string {
   return `${entry},physdev:${device}`;
 }
 
-export function dropEntry(device: string): string {
-  return `::/0,physdev:${device}`;
+/** Counts (and drops) what a bound port may not send; its packet counter is the port's drops. */
+export function dropRule(device: string): string {
+  return `-A ${CHAIN_DROP} -m physdev --physdev-in ${device} -j DROP`;
 }
 
 /** Everything per-port that the kernel holds for sg6: the part that grows with the number of VMs. */
 export interface PortContent {
   portRules: Set<string>;
+  dropRules: Set<string>;
   srcEntries: Set<string>;
-  dropEntries: Set<string>;
 }
 
 export function emptyContent(): PortContent {
-  return { portRules: new Set(), srcEntries: new Set(), dropEntries: new Set() };
+  return { portRules: new Set(), dropRules: new Set(), srcEntries: new Set() };
 }
 
 /** Render bindings into kernel content. Bindings must have canonical addresses. */
@@ -87,7 +97,7 @@ export function renderContent(bindings: Iterable<PortBinding>): PortContent {
   const content = emptyContent();
   for (const binding of bindings) {
     content.portRules.add(portRule(binding.device, binding.mac));
-    content.dropEntries.add(dropEntry(binding.device));
+    content.dropRules.add(dropRule(binding.device));
     for (const source of binding.sources) content.srcEntries.add(srcEntry(binding.device, source));
   }
   return content;
@@ -98,8 +108,6 @@ export interface ContentDelta {
   addRules: string[];
   delSrc: string[];
   addSrc: string[];
-  delDrops: string[];
-  addDrops: string[];
 }
 
 function minus(a: Set<string>, b: Set<string>): string[] {
@@ -109,20 +117,17 @@ function minus(a: Set<string>, b: Set<string>): string[] {
 }
 
 export function diffContent(from: PortContent, to: PortContent): ContentDelta {
+  // rules of every per-port chain together: each rule names its chain
   return {
-    delRules: minus(from.portRules, to.portRules),
-    addRules: minus(to.portRules, from.portRules),
+    delRules: [...minus(from.portRules, to.portRules), ...minus(from.dropRules, to.dropRules)],
+    addRules: [...minus(to.dropRules, from.dropRules), ...minus(to.portRules, from.portRules)],
     delSrc: minus(from.srcEntries, to.srcEntries),
     addSrc: minus(to.srcEntries, from.srcEntries),
-    delDrops: minus(from.dropEntries, to.dropEntries),
-    addDrops: minus(to.dropEntries, from.dropEntries),
   };
 }
 
 export function deltaSize(delta: ContentDelta): number {
-  return (
-    delta.delRules.length + delta.addRules.length + delta.delSrc.length + delta.addSrc.length + delta.delDrops.length + delta.addDrops.length
-  );
+  return delta.delRules.length + delta.addRules.length + delta.delSrc.length + delta.addSrc.length;
 }
 
 /** What sg6 found of its own in the kernel. */
@@ -187,11 +192,11 @@ export function parseIpsetSave(text: string): KernelSnapshot["sets"] {
 
 /** Read the per-port content back out of a snapshot (sg6-port rules other than the default, set entries). */
 export function contentOf(snapshot: KernelSnapshot): PortContent {
-  const rules = (snapshot.chains.get(CHAIN_PORT) ?? []).filter((rule) => rule !== PORT_DEFAULT);
+  const rules = (chain: string, last: string) => new Set((snapshot.chains.get(chain) ?? []).filter((rule) => rule !== last));
   return {
-    portRules: new Set(rules),
+    portRules: rules(CHAIN_PORT, PORT_DEFAULT),
+    dropRules: rules(CHAIN_DROP, DROP_DEFAULT),
     srcEntries: new Set(snapshot.sets.get(SET_SRC)?.entries ?? []),
-    dropEntries: new Set(snapshot.sets.get(SET_DROPS)?.entries ?? []),
   };
 }
 
@@ -208,10 +213,23 @@ export interface ChangeScript {
 }
 
 const ruleSpec = (rule: string) => rule.split(" ").slice(2).join(" ");
+const chainOf = (rule: string) => rule.split(" ")[1]!;
+/** `-A chain spec` -> `-D chain spec` / `-I chain 1 spec` */
+const deleteLine = (rule: string) => `-D ${chainOf(rule)} ${ruleSpec(rule)}`;
+const insertLine = (rule: string) => `-I ${chainOf(rule)} 1 ${ruleSpec(rule)}`;
+
+function script(before: string[], ipt: string[], after: string[], changes: string[]): ChangeScript {
+  return {
+    ipsetBefore: before.length ? before.join("\n") + "\n" : "",
+    iptables: ipt.length ? `*filter\n${ipt.join("\n")}\nCOMMIT\n` : "",
+    ipsetAfter: after.length ? after.join("\n") + "\n" : "",
+    changes,
+  };
+}
 
 /**
  * Plan the scripts that bring `snapshot` to the desired state. Every intermediate state passes
- * only what both the old and the new state pass (deletions of sources first, rule swaps in one
+ * only what both the old and the new state pass (deletions of sources first, rule changes in one
  * transaction, additions of sources last).
  */
 export function planChange(snapshot: KernelSnapshot, desired: PortContent, options: ScaffoldOptions): ChangeScript {
@@ -233,9 +251,7 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
 
   const delta = diffContent(contentOf(snapshot), desired);
   for (const entry of delta.delSrc) before.push(`del ${SET_SRC} ${entry}`);
-  for (const entry of delta.addDrops) before.push(`add ${SET_DROPS} ${entry}`);
   for (const entry of delta.addSrc) after.push(`add ${SET_SRC} ${entry}`);
-  for (const entry of delta.delDrops) after.push(`del ${SET_DROPS} ${entry}`);
   changes.push(...delta.delSrc.map((e) => `remove source ${e}`), ...delta.addSrc.map((e) => `add source ${e}`));
 
   // Constant chains: created when missing, rewritten in the same transaction when they differ.
@@ -246,7 +262,7 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
       changes.push(`create chain ${chain}`);
     }
   }
-  for (const chain of [CHAIN_DROP, CHAIN_SRC, CHAIN_FWD]) {
+  for (const chain of [CHAIN_SRC, CHAIN_FWD]) {
     const have = snapshot.chains.get(chain) ?? [];
     const want = wanted[chain]!;
     if (have.join("\n") !== want.join("\n")) {
@@ -256,55 +272,44 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     }
   }
 
-  // sg6-port: port rules in any order, then the default drop last. Rogue or duplicate rules make
-  // the order unknowable, so the chain is rewritten whole; otherwise only the difference moves.
-  const havePort = snapshot.chains.get(CHAIN_PORT) ?? [];
-  const portRules = havePort.slice(0, -1);
-  const wellFormed =
-    havePort.length > 0 &&
-    havePort[havePort.length - 1] === PORT_DEFAULT &&
-    new Set(portRules).size === portRules.length &&
-    portRules.every((rule) => rule !== PORT_DEFAULT);
-  if (wellFormed) {
-    for (const rule of delta.delRules) ipt.push(`-D ${CHAIN_PORT} ${ruleSpec(rule)}`);
-    for (const rule of delta.addRules) ipt.push(`-I ${CHAIN_PORT} 1 ${ruleSpec(rule)}`);
-  } else {
-    if (havePort.length) ipt.push(`-F ${CHAIN_PORT}`);
-    ipt.push(...[...desired.portRules].sort(), PORT_DEFAULT);
-    if (havePort.length) changes.push(`rewrite chain ${CHAIN_PORT} (${havePort.length} -> ${desired.portRules.size + 1} rules)`);
+  // Per-port chains: port rules in any order, then the fixed last rule. Rogue or duplicate rules
+  // make the order unknowable, so such a chain is rewritten whole; otherwise only the difference moves.
+  for (const { chain, last, key } of PER_PORT_CHAINS) {
+    const have = snapshot.chains.get(chain) ?? [];
+    const body = have.slice(0, -1);
+    const wellFormed = have.length > 0 && have[have.length - 1] === last && new Set(body).size === body.length && !body.includes(last);
+    const dels = delta.delRules.filter((rule) => chainOf(rule) === chain);
+    const adds = delta.addRules.filter((rule) => chainOf(rule) === chain);
+    if (wellFormed) {
+      ipt.push(...dels.map(deleteLine), ...adds.map(insertLine));
+    } else {
+      if (have.length) {
+        ipt.push(`-F ${chain}`);
+        changes.push(`rewrite chain ${chain} (${have.length} -> ${desired[key].size + 1} rules)`);
+      }
+      ipt.push(...[...desired[key]].sort(), last);
+    }
+    changes.push(...dels.map((r) => `remove rule ${chain} ${ruleSpec(r)}`), ...adds.map((r) => `add rule ${chain} ${ruleSpec(r)}`));
   }
-  changes.push(...delta.delRules.map((r) => `remove port rule ${ruleSpec(r)}`), ...delta.addRules.map((r) => `add port rule ${ruleSpec(r)}`));
 
   // The jump from FORWARD: exactly one, first.
   const jump = forwardJump(options.portPrefix);
   const jumps = snapshot.forward.filter((rule) => rule.endsWith(` -j ${CHAIN_FWD}`) || rule.endsWith(` -g ${CHAIN_FWD}`));
   if (!(jumps.length === 1 && snapshot.forward[0] === jump)) {
-    for (const rule of jumps) ipt.push(`-D FORWARD ${ruleSpec(rule)}`);
-    ipt.push(`-I FORWARD 1 ${ruleSpec(jump)}`);
+    ipt.push(...jumps.map(deleteLine), insertLine(jump));
     changes.push(jumps.length ? `move the FORWARD jump to the top (found ${jumps.length})` : "add the FORWARD jump");
   }
 
-  return {
-    ipsetBefore: before.length ? before.join("\n") + "\n" : "",
-    iptables: ipt.length ? `*filter\n${ipt.join("\n")}\nCOMMIT\n` : "",
-    ipsetAfter: after.length ? after.join("\n") + "\n" : "",
-    changes,
-  };
+  return script(before, ipt, after, changes);
 }
 
 /** Scripts for one incremental change when the kernel is known to hold `from` (no read-back). */
 export function planDelta(from: PortContent, to: PortContent): ChangeScript {
   const delta = diffContent(from, to);
-  const ipt = [
-    ...delta.delRules.map((rule) => `-D ${CHAIN_PORT} ${ruleSpec(rule)}`),
-    ...delta.addRules.map((rule) => `-I ${CHAIN_PORT} 1 ${ruleSpec(rule)}`),
-  ];
-  const before = [...delta.delSrc.map((e) => `del ${SET_SRC} ${e}`), ...delta.addDrops.map((e) => `add ${SET_DROPS} ${e}`)];
-  const after = [...delta.addSrc.map((e) => `add ${SET_SRC} ${e}`), ...delta.delDrops.map((e) => `del ${SET_DROPS} ${e}`)];
-  return {
-    ipsetBefore: before.length ? before.join("\n") + "\n" : "",
-    iptables: ipt.length ? `*filter\n${ipt.join("\n")}\nCOMMIT\n` : "",
-    ipsetAfter: after.length ? after.join("\n") + "\n" : "",
-    changes: [...delta.delRules, ...delta.addRules, ...delta.delSrc, ...delta.addSrc],
-  };
+  return script(
+    delta.delSrc.map((e) => `del ${SET_SRC} ${e}`),
+    [...delta.delRules.map(deleteLine), ...delta.addRules.map(insertLine)],
+    delta.addSrc.map((e) => `add ${SET_SRC} ${e}`),
+    [...delta.delRules, ...delta.addRules, ...delta.delSrc, ...delta.addSrc],
+  );
 }

@@ -3,7 +3,6 @@ import { readFile, writeFile } from "node:fs/promises";
 import {
   CHAINS,
   CHAIN_FWD,
-  SET_DROPS,
   SET_SRC,
   parseIpsetSave,
   parseIptablesSave,
@@ -128,8 +127,8 @@ export class IptablesBackend implements Dataplane {
     await this.run(planDelta(before, after));
     for (const [mine, gone, added] of [
       [known.portRules, before.portRules, after.portRules],
+      [known.dropRules, before.dropRules, after.dropRules],
       [known.srcEntries, before.srcEntries, after.srcEntries],
-      [known.dropEntries, before.dropEntries, after.dropEntries],
     ] as const) {
       for (const item of gone) if (!added.has(item)) mine.delete(item);
       for (const item of added) mine.add(item);
@@ -159,13 +158,13 @@ export class IptablesBackend implements Dataplane {
     return { ipsetMs, iptablesMs };
   }
 
-  /** Dropped packets per guarded port, from the counters of the sg6-drops set. */
+  /** Dropped packets per bound port: the packet counters of the ports' rules in sg6-drop. */
   async dropCounters(): Promise<Map<string, number>> {
-    const text = await execRaw("ipset", ["save", SET_DROPS]);
+    const text = await exec(`ip6tables-${this.variant}-save`, ["-c", "-t", "filter"]);
     const drops = new Map<string, number>();
-    for (const line of text.stdout.split("\n")) {
-      const match = /^add \S+ \S+,physdev:(\S+) packets (\d+)/.exec(line);
-      if (match) drops.set(match[1]!, Number(match[2]));
+    for (const line of text.split("\n")) {
+      const match = /^\[(\d+):\d+\] -A sg6-drop -m physdev --physdev-in (\S+) -j DROP$/.exec(line);
+      if (match) drops.set(match[2]!, Number(match[1]));
     }
     return drops;
   }
@@ -196,4 +195,4 @@ export class IptablesBackend implements Dataplane {
   }
 }
 
-export const OWNED = { chains: CHAINS, sets: [SET_SRC, SET_DROPS], jumpTarget: CHAIN_FWD };
+export const OWNED = { chains: CHAINS, sets: [SET_SRC], jumpTarget: CHAIN_FWD };

@@ -1,0 +1,178 @@
+// The real `sg6 agent` process in a hypervisor namespace, fed by a real nats-server.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { slaacAddress, linkLocalAddress } from "../../src/core/addressing.js";
+import { AgentHarness, NETWORK } from "../support/agent-harness.js";
+import { randomMac, sleep, waitFor } from "../support/netns.js";
+
+const VARIANT = (process.env.SG6_TEST_VARIANT as "legacy" | "nft" | undefined) ?? "nft";
+
+async function withHarness(options: Parameters<typeof AgentHarness.create>[0], body: (h: AgentHarness) => Promise<void>): Promise<void> {
+  const h = await AgentHarness.create({ variant: VARIANT, ...options });
+  try {
+    await body(h);
+  } catch (error) {
+    console.error(h.logs.slice(-30).join("\n"));
+    throw error;
+  } finally {
+    await h.destroy();
+  }
+}
+
+const src = (mac: string, device: string) => [`${linkLocalAddress(mac)},physdev:${device}`, `${slaacAddress(NETWORK, mac)},physdev:${device}`];
+
+test("events published while the agent is stopped are enforced after it starts; restart keeps every rule", async () => {
+  await withHarness({}, async (h) => {
+    const macs = [randomMac(), randomMac(), randomMac()];
+    for (const [i, mac] of macs.entries()) await h.publish(h.subject(`vm${i}`), h.allocation(`vm${i}`, 1, { mac, device: `vnet${i}`, delegated: `2001:db8:ff00:${i + 1}0::/60` }));
+    await h.startAgent();
+    const expected = macs.flatMap((mac, i) => [...src(mac, `vnet${i}`), `2001:db8:ff00:${i + 1}0::/60,physdev:vnet${i}`]).sort();
+    await waitFor("all three VMs enforced", async () => JSON.stringify(await h.ipsetEntries()) === JSON.stringify(expected));
+    assert.is((await h.portRules()).length, 3);
+
+    // SIGTERM: exit 0, nothing flushed
+    const code = await h.stopAgent("SIGTERM");
+    assert.is(code, 0, "agent exits 0 on SIGTERM");
+    assert.equal(await h.ipsetEntries(), expected, "sources stay while the agent is down");
+    assert.is((await h.portRules()).length, 3, "port rules stay while the agent is down");
+
+    // an event while it is down, then a start: enforced, and the others untouched
+    await h.publish(h.subject("vm1"), h.release("vm1", 2));
+    await h.startAgent();
+    await waitFor("vm1 released", async () => !(await h.ipsetEntries()).some((e) => e.endsWith("physdev:vnet1")));
+    assert.is((await h.portRules()).length, 2);
+  });
+});
+
+test("kill -9 during a burst of 500 events: after a start the kernel converges to the stream's state", async () => {
+  await withHarness({}, async (h) => {
+    await h.startAgent();
+    const vms = 100;
+    const macs = Array.from({ length: vms }, () => randomMac());
+    const final = new Map<number, number>(); // vm -> generation of its last event
+    const publishes: Promise<number>[] = [];
+    for (let n = 0; n < 500; n++) {
+      const vm = n % vms;
+      const generation = Math.floor(n / vms) + 1;
+      final.set(vm, generation);
+      // the last round releases every third VM, the others get a prefix that encodes the round
+      const body =
+        generation === 5 && vm % 3 === 0
+          ? h.release(`vm${vm}`, generation)
+          : h.allocation(`vm${vm}`, generation, { mac: macs[vm], device: `vnet${vm}`, delegated: `2001:db8:ff00:${(vm * 8 + generation).toString(16)}0::/60` });
+      publishes.push(h.publish(h.subject(`vm${vm}`), body));
+      if (n === 250) {
+        await h.stopAgent("SIGKILL");
+      }
+    }
+    await Promise.all(publishes);
+    await h.startAgent();
+    const expected: string[] = [];
+    for (let vm = 0; vm < vms; vm++) {
+      if (vm % 3 === 0) continue;
+      expected.push(...src(macs[vm]!, `vnet${vm}`), `2001:db8:ff00:${(vm * 8 + 5).toString(16)}0::/60,physdev:vnet${vm}`);
+    }
+    expected.sort();
+    await waitFor("kernel matches the stream", async () => JSON.stringify(await h.ipsetEntries()) === JSON.stringify(expected), 20_000, 200);
+    assert.is((await h.portRules()).length, vms - Math.ceil(vms / 3));
+    const check = await h.cli(["reconcile", "--dry-run", "--json"]);
+    assert.is(check.code, 0, check.stdout + check.stderr);
+    assert.is(JSON.parse(check.stdout).changes.length, 0);
+  });
+});
+
+test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by sg6 reconcile", async () => {
+  await withHarness({}, async (h) => {
+    const mac = randomMac();
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac, device: "vnet1", delegated: "2001:db8:ff00:10::/60" }));
+    await h.startAgent();
+    await waitFor("enforced", async () => (await h.ipsetEntries()).length === 3);
+    const before = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
+    const ipt = `ip6tables-${h.variant}`;
+    await h.hv.ns.run(ipt, ["-F", "sg6-src"]);
+    await h.hv.ns.run("ipset", ["flush", "sg6-src"]);
+    await h.hv.ns.run(ipt, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
+
+    const dry = await h.cli(["reconcile", "--dry-run"]);
+    assert.is(dry.code, 3, `dry run reports drift: ${dry.stdout}${dry.stderr}`);
+    const fix = await h.cli(["reconcile", "--json"]);
+    assert.is(fix.code, 0, fix.stderr);
+    const report = JSON.parse(fix.stdout) as { changes: string[]; source: string };
+    assert.is(report.source, "stream");
+    assert.ok(report.changes.length >= 3, `changes reported: ${report.changes.join("; ")}`);
+    const strip = (t: string) => t.split("\n").filter((l) => l.startsWith("-A") || l.startsWith(":sg6")).sort().join("\n");
+    assert.is(strip(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])), strip(before), "rules back as they were");
+    assert.is((await h.ipsetEntries()).length, 3);
+    const again = await h.cli(["reconcile", "--json"]);
+    assert.equal(JSON.parse(again.stdout).changes, [], "a second reconcile has nothing to do");
+  });
+});
+
+test("the resync timer repairs drift by itself", async () => {
+  await withHarness({ resyncInterval: 1 }, async (h) => {
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: randomMac(), device: "vnet1" }));
+    await h.startAgent();
+    await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
+    await h.hv.ns.run("ipset", ["flush", "sg6-src"]);
+    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
+    await waitFor("timer repaired the set", async () => (await h.ipsetEntries()).length === 2, 5000);
+    await waitFor("timer removed the rogue rule", async () => !(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])).includes("-A sg6-port -j ACCEPT"), 5000);
+    await h.waitForLog("drift repaired");
+  });
+});
+
+test("a tap that appears after its event is guarded at once (found by MAC); moved away = cut off", async () => {
+  await withHarness({}, async (h) => {
+    await h.startAgent();
+    const mac = randomMac();
+    await h.publish(h.subject("vm7"), h.allocation("vm7", 1, { mac, delegated: "2001:db8:ff00:70::/60" }));
+    await h.waitForLog('"vm":"vm7"');
+    assert.is((await h.portRules()).length, 0, "no port, nothing bound yet");
+    const vm = await h.hv.addVm(h.cleanup, "vnet7", mac);
+    await waitFor("bound once the tap exists", async () => (await h.portRules()).some((r) => r.includes("--physdev-in vnet7")), 5000, 50);
+    assert.ok((await h.ipsetEntries()).includes(`2001:db8:ff00:70::/60,physdev:${vm.tap}`));
+    // the VM migrates away: the management server releases it here
+    await h.publish(h.subject("vm7"), h.release("vm7", 2));
+    await waitFor("cut off", async () => !(await h.portRules()).some((r) => r.includes("vnet7")), 5000, 50);
+    assert.is((await h.ipsetEntries()).length, 0);
+  });
+});
+
+test("saved state is re-asserted without NATS after a reboot-like loss of the kernel state", async () => {
+  await withHarness({}, async (h) => {
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: randomMac(), device: "vnet1" }));
+    await h.startAgent();
+    await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
+    await h.stopAgent("SIGTERM");
+    await h.cli(["purge"]);
+    await h.nats.kill("SIGKILL");
+    await h.startAgent(false);
+    await h.waitForLog("saved state re-asserted");
+    await waitFor("rules back without NATS", async () => (await h.ipsetEntries().catch(() => [])).length === 2, 5000);
+    const status = await h.cli(["status", "--json"]);
+    assert.is(status.code, 0);
+    const doc = JSON.parse(status.stdout) as { vms: { vm: string; nics: { state: string; device: string }[] }[] };
+    assert.is(doc.vms[0]!.nics[0]!.device, "vnet1");
+    assert.is(doc.vms[0]!.nics[0]!.state, "enforced");
+    const offline = await h.cli(["reconcile"]);
+    assert.is(offline.code, 0);
+    assert.match(offline.stderr, /NATS unreachable/);
+    await h.nats.restart();
+  });
+});
+
+test("an invalid config stops the agent before it touches anything", async () => {
+  await withHarness({}, async (h) => {
+    const { writeFileSync, readFileSync } = await import("node:fs");
+    writeFileSync(h.configPath, readFileSync(h.configPath, "utf8").replace('pd_length = 60', 'pd_length = "sixty"'));
+    await h.startAgent(false);
+    const code = await new Promise<number | null>((ok) => h.agent!.on("exit", ok));
+    assert.is(code, 1);
+    await sleep(50);
+    assert.match(h.logs.join("\n"), /config: pd_length: must be an integer/);
+    const saved = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
+    assert.not.match(saved, /sg6/, "no sg6 object was created");
+  });
+});
+
+test.run();
