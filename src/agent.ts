@@ -119,7 +119,14 @@ export class Agent {
         const record = decision.record;
         const nics = this.enforcer.bindings().filter((b) => b.vm === decision.vm);
         this.log.info(
-          { ...fields, generation: record.generation, kind: decision.event.kind, devices: nics.map((b) => b.device), applyMs: Math.round(result.applyMs * 10) / 10 },
+          {
+            ...fields,
+            generation: record.generation,
+            kind: decision.event.kind,
+            nic: record.nics.map((n) => n.mac),
+            device: nics.map((b) => b.device),
+            applyMs: Math.round(result.applyMs * 10) / 10,
+          },
           record.released ? "released" : "enforced",
         );
         return { outcome: "applied" };
