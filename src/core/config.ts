@@ -113,7 +113,9 @@ export function parseConfig(text: string): Config {
   try {
     doc = parseToml(text) as Table;
   } catch (error) {
-    throw new ConfigError(`config: not valid TOML: ${(error as Error).message.split("\n")[0]}`);
+    const where = error as { line?: number; column?: number; message: string };
+    const at = where.line ? `line ${where.line}, column ${where.column}: ` : "";
+    throw new ConfigError(`config: not valid TOML: ${at}${where.message.split("\n")[0]}`);
   }
   unknownKeys(doc, TOP_KEYS, "");
 
@@ -172,8 +174,9 @@ export function parseConfig(text: string): Config {
   const metricsTable = subTable(doc, "metrics");
   unknownKeys(metricsTable, METRICS_KEYS, "metrics");
   const listen = str(metricsTable, "listen", "metrics.", "127.0.0.1:9636");
-  if (listen !== "" && !/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):\d{1,5}$/.test(listen)) {
-    fail("metrics.listen", `"${listen}" must be host:port or ""`);
+  const listenMatch = /^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(listen);
+  if (listen !== "" && (!listenMatch || Number(listenMatch[2]) > 65535)) {
+    fail("metrics.listen", `"${listen}" must be host:port (port 0-65535) or ""`);
   }
 
   return { host, networks, pdPool: pool.text, pdLength, bridges, portPrefix, stateDir, backend, resyncInterval, nats, metrics: { listen } };

@@ -61,7 +61,8 @@ const checkReleased = TypeCompiler.Compile(ReleasedSchema);
 function firstError(check: TypeCheck<TSchema>, value: unknown): string | undefined {
   for (const error of check.Errors(value)) {
     const field = error.path === "" ? "body" : error.path.slice(1).replaceAll("/", ".");
-    return `${field}: ${error.message.toLowerCase()}`;
+    // lower-case only the first letter: the message may quote a pattern whose case matters
+    return `${field}: ${error.message.charAt(0).toLowerCase()}${error.message.slice(1)}`;
   }
   return undefined;
 }

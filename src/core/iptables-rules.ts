@@ -178,7 +178,8 @@ export function parseIpsetSave(text: string): KernelSnapshot["sets"] {
       const kept: string[] = [];
       for (let i = 0; i < words.length; i++) {
         const word = words[i]!;
-        if (word === "bucketsize" || word === "initval") i++;
+        // the kernel picks these (hashsize grows as the set fills): not part of what sg6 asks for
+        if (word === "bucketsize" || word === "initval" || word === "hashsize") i++;
         else kept.push(word);
       }
       sets.set(words[0]!, { create: kept.join(" "), entries: new Set() });
@@ -243,7 +244,7 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     if (!found) {
       before.push(`create ${create}`);
       changes.push(`create set ${name}`);
-    } else if (found.create !== create) {
+    } else if (found.create !== create.replace(/ hashsize \d+/, "")) {
       // swap needs a compatible type, and rules refer to the set: only an operator should do this
       throw new Error(`ipset ${name} exists with other settings ("${found.create}"); run "sg6 purge" first`);
     }
