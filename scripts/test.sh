@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and property tests, then real kernel, real NATS and end-to-end tests.
-# Needs root (network namespaces) on Debian 12 with the packages .ci/run installs.
+# Needs root (network namespaces) on Debian 12 with the packages scripts/setup.sh installs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (tests make network namespaces)" >&2; exit 1; }
 npm run --silent build || exit 1
 
 passed=0; failed=0; status=0
-for dir in unit kernel nats e2e; do
-  [ -d "test/$dir" ] || continue
-  ls test/$dir/*.test.ts >/dev/null 2>&1 || continue
-  echo "== test/$dir"
-  log=$(mktemp)
-  npx uvu -r tsx "test/$dir" '\.test\.ts$' 2>&1 | tee "$log"
-  rc=${PIPESTATUS[0]}
-  p=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '/^  Passed:/ {print $2}' | tail -1)
-  t=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '/^  Total:/ {print $2}' | tail -1)
+# suite: <dir> <file pattern> [VAR=value ...]
+run_suite() {
+  local dir=$1 pattern=$2; shift 2
+  ls test/$dir/*.test.ts >/dev/null 2>&1 || return 0
+  echo "== test/$dir $pattern $*"
+  local log; log=$(mktemp)
+  env "$@" npx uvu -r tsx "test/$dir" "$pattern" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local clean; clean=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
+  local p t
+  p=$(awk '/^  Passed:/ {print $2}' <<<"$clean" | tail -1); t=$(awk '/^  Total:/ {print $2}' <<<"$clean" | tail -1)
   p=${p:-0}; t=${t:-0}
   passed=$((passed + p)); failed=$((failed + t - p))
   if [ "$rc" != 0 ]; then status=1; [ "$t" = "$p" ] && failed=$((failed + 1)); fi
   rm -f "$log"
+}
+
+run_suite unit '\.test\.ts$'
+run_suite kernel '\.test\.ts$'
+run_suite nats '\.test\.ts$'
+# the agent end to end, on both ip6tables variants
+for variant in nft legacy; do
+  run_suite e2e '^(agent|fuzz|packets)\.test\.ts$' SG6_TEST_VARIANT=$variant
 done
+run_suite e2e '^demo\.test\.ts$'
+
 echo
 echo "tests: $passed passed, $failed failed"
 exit $status

@@ -6,7 +6,8 @@ import { Enforcer, type BatchItem } from "./enforcer.js";
 import { Metrics } from "./metrics.js";
 import { Intake, type IncomingEvent, type Verdict } from "./nats/intake.js";
 import { connectNats } from "./nats/options.js";
-import { ensureConsumer, ensureStream, readLatest } from "./nats/stream.js";
+import { ensureStream, readLatest } from "./nats/stream.js";
+import { inboxPrefix } from "./nats/subjects.js";
 import { openDataplane } from "./shell/backend.js";
 import { StateStore } from "./shell/state-store.js";
 import { PortInventory } from "./shell/taps.js";
@@ -67,13 +68,13 @@ export class Agent {
     this.timer = setInterval(() => void this.repairDrift(), config.resyncInterval * 1000);
 
     // 3. NATS: connect (retrying forever), resync from the stream, then consume.
-    this.nc = await connectNats(config.nats, `sg6-agent-${config.host}`);
+    // a per-host inbox prefix: with least-privilege NATS users a host may not read _INBOX.>
+    this.nc = await connectNats(config.nats, `sg6-agent-${config.host}`, { inboxPrefix: inboxPrefix(config.host) });
     this.metrics.natsConnected.set(1);
     void this.watchConnection(this.nc);
     const jsm = await jetstreamManager(this.nc);
     const warning = await ensureStream(jsm, config.nats);
     if (warning) log.warn(warning);
-    await ensureConsumer(jsm, config.nats.stream, config.host);
     await this.resyncFromStream();
     this.intake = new Intake({
       nc: this.nc,
@@ -147,6 +148,14 @@ export class Agent {
     if (!this.nc) return;
     const messages = await readLatest(this.nc, this.config.nats.stream, this.config.host);
     await this.enforcer.serial(async () => {
+      const active = [...this.enforcer.state.active()].length;
+      if (messages.length === 0 && active > 0) {
+        // A stream with no word at all on this host while we enforce VMs was deleted or purged,
+        // not emptied by releases (those leave vm.released messages). Wiping every tenant's rules
+        // on that evidence would be worse than keeping the last known state.
+        this.log.error({ vms: active }, "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)");
+        return;
+      }
       const { state, rejected } = stateFromMessages(this.config, messages);
       for (const r of rejected) this.log.warn({ vm: r.vm, seq: r.seq, subject: r.subject, reason: r.reason }, "rejected during resync");
       this.enforcer.replaceState(state.toJSON());

@@ -6,6 +6,7 @@ import { Enforcer } from "../enforcer.js";
 import { createLogger } from "../log.js";
 import { connectionOptions } from "../nats/options.js";
 import { readLatest } from "../nats/stream.js";
+import { inboxPrefix } from "../nats/subjects.js";
 import { openDataplane, purgeAll } from "../shell/backend.js";
 import { StateStore } from "../shell/state-store.js";
 import { PortInventory } from "../shell/taps.js";
@@ -21,9 +22,15 @@ async function desiredState(config: Config, offline: boolean, io: Io): Promise<{
   const store = new StateStore(config.stateDir);
   if (!offline) {
     try {
-      const nc = await connect(connectionOptions(config.nats, `sg6-reconcile-${config.host}`, ONE_TRY));
+      const nc = await connect(connectionOptions(config.nats, `sg6-reconcile-${config.host}`, { ...ONE_TRY, inboxPrefix: inboxPrefix(config.host) }));
       try {
         const messages = await readLatest(nc, config.nats.stream, config.host);
+        const saved = new HostState(config, await store.load());
+        if (messages.length === 0 && [...saved.active()].length > 0) {
+          // same guard as the agent: an empty stream means it was lost, not that every VM left
+          io.err(`sg6 reconcile: WARNING: the stream has no messages for ${config.host} but the saved state has VMs; using the saved state ${store.path}\n`);
+          return { state: saved, source: "saved state", rejected: 0 };
+        }
         const { state, rejected } = stateFromMessages(config, messages);
         return { state, source: "stream", rejected: rejected.length };
       } finally {
