@@ -31,7 +31,7 @@ run_suite nats '\.test\.ts$'
 for variant in nft legacy; do
   run_suite e2e '^(agent|fuzz|packets)\.test\.ts$' SG6_TEST_VARIANT=$variant
 done
-run_suite e2e '^demo\.test\.ts$'
+run_suite e2e '^(demo|packaging)\.test\.ts$'
 
 echo
 echo "tests: $passed passed, $failed failed"

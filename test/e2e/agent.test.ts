@@ -161,6 +161,27 @@ test("saved state is re-asserted without NATS after a reboot-like loss of the ke
   });
 });
 
+test("metrics, /healthz and /readyz tell an operator what the agent did", async () => {
+  await withHarness({}, async (h) => {
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: randomMac(), device: "vnet1" }));
+    await h.publish(h.subject("vm2"), h.allocation("vm2", 1, { mac: "01:00:5e:00:00:01", device: "vnet2" }));
+    await h.startAgent();
+    await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
+    const get = (path: string) => h.hv.ns.try("curl", ["-s", "-o", "-", "-w", "\n%{http_code}", `http://127.0.0.1:9636${path}`]);
+    assert.match((await get("/healthz")).stdout, /200$/);
+    assert.match((await get("/readyz")).stdout, /200$/);
+    const metrics = await waitFor("metrics", async () => {
+      const text = (await get("/metrics")).stdout;
+      return text.includes('sg6_events_total{outcome="rejected"} 1') ? text : undefined;
+    });
+    assert.match(metrics, /^sg6_enforced_nics 1$/m);
+    assert.match(metrics, /^sg6_nats_connected 1$/m);
+    assert.match(metrics, /^sg6_port_dropped_packets\{device="vnet1"\} 0$/m);
+    assert.match(metrics, /^sg6_apply_seconds_count \d+$/m);
+    assert.match(metrics, /^sg6_last_resync_timestamp_seconds \d/m);
+  });
+});
+
 test("an invalid config stops the agent before it touches anything", async () => {
   await withHarness({}, async (h) => {
     const { writeFileSync, readFileSync } = await import("node:fs");
