@@ -1,22 +1,19 @@
 // The "iptables" backend's kernel objects, as text, and the diff between two versions of them.
 // Pure: no I/O. The shell in src/shell/iptables.ts feeds it ip6tables-save / ipset save output.
 //
-// Layout (see docs/dataplane.md): a constant scaffold of four chains, one MAC rule per bound port,
-// and every allowed source in one hash:net,iface set keyed by the bridge port. A change of a VM's
-// addresses is an ipset update; only adding, removing or re-MACing a port touches ip6tables.
+// Layout (see docs/dataplane.md): a constant scaffold of chains, two rules per bound port (one
+// checks MAC and source together against the port's own ipset, one counts its drops), and one
+// hash:net set per port with its allowed sources. A change of a VM's addresses is an ipset
+// update; only adding, removing or re-MACing a port touches ip6tables.
 import type { PortBinding } from "./model.js";
 
 export const CHAIN_FWD = "sg6-fwd";
 export const CHAIN_PORT = "sg6-port";
-export const CHAIN_SRC = "sg6-src";
+export const CHAIN_GUARD = "sg6-guard";
 export const CHAIN_DROP = "sg6-drop";
-export const SET_SRC = "sg6-src";
-export const CHAINS = [CHAIN_DROP, CHAIN_SRC, CHAIN_PORT, CHAIN_FWD] as const;
-
-/** `create` lines exactly as sg6 makes the sets (ipset save adds bucketsize/initval, which we ignore). */
-export const SET_CREATE: Record<string, string> = {
-  [SET_SRC]: `${SET_SRC} hash:net,iface family inet6 hashsize 4096 maxelem 1048576`,
-};
+export const CHAINS = [CHAIN_DROP, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD] as const;
+/** per-port source sets are named sg6-s-<tap> (ipset names hold 31 characters, taps 15) */
+export const PORT_SET_PREFIX = "sg6-s-";
 
 export interface ScaffoldOptions {
   bridges: string[];
@@ -33,47 +30,56 @@ const ICMP6 = "-p ipv6-icmp -m icmp6 --icmpv6-type";
 /** Rules of the constant chains, in order, in ip6tables-save's own spelling. */
 export function scaffoldRules(options: ScaffoldOptions): Record<string, string[]> {
   return {
-    // Order matters: the MAC is checked before anything (sg6-port), then the few things allowed
-    // from :: (DAD, MLD), then the source address, and only then RA guard and DHCPv6 shield, so no
-    // ICMPv6 or DHCPv6 packet skips the source check.
-    [CHAIN_SRC]: [
-      `-A ${CHAIN_SRC} -s ::/128 ${ICMP6} 135 -j RETURN`,
-      `-A ${CHAIN_SRC} -s ::/128 ${ICMP6} 131 -j RETURN`,
-      `-A ${CHAIN_SRC} -s ::/128 ${ICMP6} 143 -j RETURN`,
-      `-A ${CHAIN_SRC} -m set ! --match-set ${SET_SRC} src,src -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_SRC} ${ICMP6} 134 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_SRC} ${ICMP6} 137 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_SRC} ${ICMP6} 138 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_SRC} -p udp -m udp --dport 546 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_SRC} -p udp -m udp --sport 547 -g ${CHAIN_DROP}`,
+    // Reached only with the port's MAC and a source from the port's set (which holds :: too).
+    // From :: only DAD and MLD reports pass; then RA guard and DHCPv6 shield, so no ICMPv6 or
+    // DHCPv6 packet skips the MAC and source check, and a valid source does not make an RA pass.
+    [CHAIN_GUARD]: [
+      `-A ${CHAIN_GUARD} -s ::/128 ${ICMP6} 135 -j RETURN`,
+      `-A ${CHAIN_GUARD} -s ::/128 ${ICMP6} 131 -j RETURN`,
+      `-A ${CHAIN_GUARD} -s ::/128 ${ICMP6} 143 -j RETURN`,
+      `-A ${CHAIN_GUARD} -s ::/128 -g ${CHAIN_DROP}`,
+      `-A ${CHAIN_GUARD} ${ICMP6} 134 -g ${CHAIN_DROP}`,
+      `-A ${CHAIN_GUARD} ${ICMP6} 137 -g ${CHAIN_DROP}`,
+      `-A ${CHAIN_GUARD} ${ICMP6} 138 -g ${CHAIN_DROP}`,
+      `-A ${CHAIN_GUARD} -p udp -m udp --dport 546 -g ${CHAIN_DROP}`,
+      `-A ${CHAIN_GUARD} -p udp -m udp --sport 547 -g ${CHAIN_DROP}`,
     ],
     [CHAIN_FWD]: options.bridges.map((bridge) => `-A ${CHAIN_FWD} -i ${bridge} -g ${CHAIN_PORT}`),
   };
 }
 
-/** The last rule of sg6-port: whatever no port rule took (unbound port, wrong MAC) is dropped. */
+/** The last rule of sg6-port: whatever no port rule took (unbound port, wrong MAC or source) is dropped. */
 export const PORT_DEFAULT = `-A ${CHAIN_PORT} -j ${CHAIN_DROP}`;
 /** The last rule of sg6-drop: drops of ports without a counting rule (unbound guarded ports). */
 export const DROP_DEFAULT = `-A ${CHAIN_DROP} -j DROP`;
 
-/**
- * Chains with one rule per bound port, in any order, and a fixed last rule. (Per-port drop
- * counters are rules, not an ipset with counters: hash:net,iface does not hash the interface
- * name, so one ::/0 entry per port all land in one bucket and the set is "full" at a dozen.)
- */
+/** Chains with one rule per bound port, in any order, and a fixed last rule. */
 export const PER_PORT_CHAINS = [
   { chain: CHAIN_PORT, last: PORT_DEFAULT, key: "portRules" },
   { chain: CHAIN_DROP, last: DROP_DEFAULT, key: "dropRules" },
 ] as const;
 
-export function portRule(device: string, mac: string): string {
-  return `-A ${CHAIN_PORT} -m physdev --physdev-in ${device} -m mac --mac-source ${mac.toLowerCase()} -g ${CHAIN_SRC}`;
+export function portSetName(device: string): string {
+  return `${PORT_SET_PREFIX}${device}`;
 }
 
-export function srcEntry(device: string, prefix: string): string {
-  // ipset prints /128 entries without the length; keep ours in that form to compare by text
-  const entry = prefix.endsWith("/128") ? prefix.slice(0, -4) : prefix;
-  return `${entry},physdev:${device}`;
+/** `create` line of a port's set as sg6 asks for it (hashsize is the kernel's business afterwards). */
+export function portSetCreate(name: string): string {
+  return `${name} hash:net family inet6 hashsize 64 maxelem 64`;
+}
+
+/** The same line as `ipset save` shows it once normalised by parseIpsetSave. */
+export function normalisedCreate(create: string): string {
+  return create.replace(/ hashsize \d+/, "");
+}
+
+/**
+ * The one rule that lets a port's traffic on: this tap, this MAC, a source from this port's set.
+ * (One shared hash:net,iface set keyed by port cannot work: the ip6tables set match looks the
+ * interface up as the bridge, never the bridge port, so "physdev:" entries never match.)
+ */
+export function portRule(device: string, mac: string): string {
+  return `-A ${CHAIN_PORT} -m physdev --physdev-in ${device} -m mac --mac-source ${mac.toLowerCase()} -m set --match-set ${portSetName(device)} src -g ${CHAIN_GUARD}`;
 }
 
 /** Counts (and drops) what a bound port may not send; its packet counter is the port's drops. */
@@ -81,24 +87,36 @@ export function dropRule(device: string): string {
   return `-A ${CHAIN_DROP} -m physdev --physdev-in ${device} -j DROP`;
 }
 
+/** A set member as `ipset save` prints it: /128 without its length. */
+export function setEntry(prefix: string): string {
+  return prefix.endsWith("/128") ? prefix.slice(0, -4) : prefix;
+}
+
 /** Everything per-port that the kernel holds for sg6: the part that grows with the number of VMs. */
 export interface PortContent {
   portRules: Set<string>;
   dropRules: Set<string>;
+  /** names of the per-port sets */
+  portSets: Set<string>;
+  /** members of the per-port sets, as "<set> <entry>" */
   srcEntries: Set<string>;
 }
 
 export function emptyContent(): PortContent {
-  return { portRules: new Set(), dropRules: new Set(), srcEntries: new Set() };
+  return { portRules: new Set(), dropRules: new Set(), portSets: new Set(), srcEntries: new Set() };
 }
 
 /** Render bindings into kernel content. Bindings must have canonical addresses. */
 export function renderContent(bindings: Iterable<PortBinding>): PortContent {
   const content = emptyContent();
   for (const binding of bindings) {
+    const set = portSetName(binding.device);
     content.portRules.add(portRule(binding.device, binding.mac));
     content.dropRules.add(dropRule(binding.device));
-    for (const source of binding.sources) content.srcEntries.add(srcEntry(binding.device, source));
+    content.portSets.add(set);
+    // :: is in every port's set so DAD and MLD from :: are MAC-checked like everything else
+    content.srcEntries.add(`${set} ::`);
+    for (const source of binding.sources) content.srcEntries.add(`${set} ${setEntry(source)}`);
   }
   return content;
 }
@@ -106,6 +124,8 @@ export function renderContent(bindings: Iterable<PortBinding>): PortContent {
 export interface ContentDelta {
   delRules: string[];
   addRules: string[];
+  delSets: string[];
+  addSets: string[];
   delSrc: string[];
   addSrc: string[];
 }
@@ -117,17 +137,22 @@ function minus(a: Set<string>, b: Set<string>): string[] {
 }
 
 export function diffContent(from: PortContent, to: PortContent): ContentDelta {
-  // rules of every per-port chain together: each rule names its chain
+  const delSets = minus(from.portSets, to.portSets);
+  const gone = new Set(delSets);
   return {
+    // rules of every per-port chain together: each rule names its chain
     delRules: [...minus(from.portRules, to.portRules), ...minus(from.dropRules, to.dropRules)],
     addRules: [...minus(to.dropRules, from.dropRules), ...minus(to.portRules, from.portRules)],
-    delSrc: minus(from.srcEntries, to.srcEntries),
+    delSets,
+    addSets: minus(to.portSets, from.portSets),
+    // members of a set that goes away go with it
+    delSrc: minus(from.srcEntries, to.srcEntries).filter((e) => !gone.has(e.slice(0, e.indexOf(" ")))),
     addSrc: minus(to.srcEntries, from.srcEntries),
   };
 }
 
 export function deltaSize(delta: ContentDelta): number {
-  return delta.delRules.length + delta.addRules.length + delta.delSrc.length + delta.addSrc.length;
+  return delta.delRules.length + delta.addRules.length + delta.delSets.length + delta.addSets.length + delta.delSrc.length + delta.addSrc.length;
 }
 
 /** What sg6 found of its own in the kernel. */
@@ -191,14 +216,18 @@ export function parseIpsetSave(text: string): KernelSnapshot["sets"] {
   return sets;
 }
 
-/** Read the per-port content back out of a snapshot (sg6-port rules other than the default, set entries). */
+/** Read the per-port content back out of a snapshot (per-port rules other than the defaults, port sets). */
 export function contentOf(snapshot: KernelSnapshot): PortContent {
   const rules = (chain: string, last: string) => new Set((snapshot.chains.get(chain) ?? []).filter((rule) => rule !== last));
-  return {
-    portRules: rules(CHAIN_PORT, PORT_DEFAULT),
-    dropRules: rules(CHAIN_DROP, DROP_DEFAULT),
-    srcEntries: new Set(snapshot.sets.get(SET_SRC)?.entries ?? []),
-  };
+  const content = emptyContent();
+  content.portRules = rules(CHAIN_PORT, PORT_DEFAULT);
+  content.dropRules = rules(CHAIN_DROP, DROP_DEFAULT);
+  for (const [name, set] of snapshot.sets) {
+    if (!name.startsWith(PORT_SET_PREFIX)) continue;
+    content.portSets.add(name);
+    for (const entry of set.entries) content.srcEntries.add(`${name} ${entry}`);
+  }
+  return content;
 }
 
 /** The kernel transactions that carry out one change, in the order they must run. */
@@ -239,21 +268,21 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
   const ipt: string[] = [];
   const changes: string[] = [];
 
-  for (const [name, create] of Object.entries(SET_CREATE)) {
-    const found = snapshot.sets.get(name);
-    if (!found) {
-      before.push(`create ${create}`);
-      changes.push(`create set ${name}`);
-    } else if (found.create !== create.replace(/ hashsize \d+/, "")) {
-      // swap needs a compatible type, and rules refer to the set: only an operator should do this
-      throw new Error(`ipset ${name} exists with other settings ("${found.create}"); run "sg6 purge" first`);
+  // Port sets that exist with other settings cannot be swapped under rules that use them.
+  for (const [name, set] of snapshot.sets) {
+    if (name.startsWith(PORT_SET_PREFIX) && set.create !== normalisedCreate(portSetCreate(name))) {
+      throw new Error(`ipset ${name} exists with other settings ("${set.create}"); run "sg6 purge" first`);
     }
   }
-
   const delta = diffContent(contentOf(snapshot), desired);
-  for (const entry of delta.delSrc) before.push(`del ${SET_SRC} ${entry}`);
-  for (const entry of delta.addSrc) after.push(`add ${SET_SRC} ${entry}`);
-  changes.push(...delta.delSrc.map((e) => `remove source ${e}`), ...delta.addSrc.map((e) => `add source ${e}`));
+  before.push(...ipsetBefore(delta));
+  after.push(...ipsetAfter(delta));
+  changes.push(
+    ...delta.addSets.map((n) => `create set ${n}`),
+    ...delta.delSrc.map((e) => `remove source ${e}`),
+    ...delta.addSrc.map((e) => `add source ${e}`),
+    ...delta.delSets.map((n) => `destroy set ${n}`),
+  );
 
   // Constant chains: created when missing, rewritten in the same transaction when they differ.
   const wanted = scaffoldRules(options);
@@ -263,7 +292,7 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
       changes.push(`create chain ${chain}`);
     }
   }
-  for (const chain of [CHAIN_SRC, CHAIN_FWD]) {
+  for (const chain of [CHAIN_GUARD, CHAIN_FWD]) {
     const have = snapshot.chains.get(chain) ?? [];
     const want = wanted[chain]!;
     if (have.join("\n") !== want.join("\n")) {
@@ -304,13 +333,23 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
   return script(before, ipt, after, changes);
 }
 
+/** ipset lines run before the rule transaction: new sets made, dropped sources removed (never widens). */
+function ipsetBefore(delta: ContentDelta): string[] {
+  return [...delta.addSets.map((name) => `create ${portSetCreate(name)}`), ...delta.delSrc.map((e) => `del ${e}`)];
+}
+
+/** ipset lines run after it: sources added once their rule is in place, sets no rule uses destroyed. */
+function ipsetAfter(delta: ContentDelta): string[] {
+  return [...delta.addSrc.map((e) => `add ${e}`), ...delta.delSets.map((name) => `destroy ${name}`)];
+}
+
 /** Scripts for one incremental change when the kernel is known to hold `from` (no read-back). */
 export function planDelta(from: PortContent, to: PortContent): ChangeScript {
   const delta = diffContent(from, to);
   return script(
-    delta.delSrc.map((e) => `del ${SET_SRC} ${e}`),
+    ipsetBefore(delta),
     [...delta.delRules.map(deleteLine), ...delta.addRules.map(insertLine)],
-    delta.addSrc.map((e) => `add ${SET_SRC} ${e}`),
-    [...delta.delRules, ...delta.addRules, ...delta.delSrc, ...delta.addSrc],
+    ipsetAfter(delta),
+    [...delta.delRules, ...delta.addRules, ...delta.addSets, ...delta.delSets, ...delta.delSrc, ...delta.addSrc],
   );
 }

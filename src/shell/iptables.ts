@@ -3,7 +3,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import {
   CHAINS,
   CHAIN_FWD,
-  SET_SRC,
+  PORT_SET_PREFIX,
   parseIpsetSave,
   parseIptablesSave,
   planChange,
@@ -128,6 +128,7 @@ export class IptablesBackend implements Dataplane {
     for (const [mine, gone, added] of [
       [known.portRules, before.portRules, after.portRules],
       [known.dropRules, before.dropRules, after.dropRules],
+      [known.portSets, before.portSets, after.portSets],
       [known.srcEntries, before.srcEntries, after.srcEntries],
     ] as const) {
       for (const item of gone) if (!added.has(item)) mine.delete(item);
@@ -195,4 +196,4 @@ export class IptablesBackend implements Dataplane {
   }
 }
 
-export const OWNED = { chains: CHAINS, sets: [SET_SRC], jumpTarget: CHAIN_FWD };
+export const OWNED = { chains: CHAINS, setPrefix: PORT_SET_PREFIX, jumpTarget: CHAIN_FWD };

@@ -89,8 +89,8 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
     await waitFor("enforced", async () => (await h.ipsetEntries()).length === 3);
     const before = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
     const ipt = `ip6tables-${h.variant}`;
-    await h.hv.ns.run(ipt, ["-F", "sg6-src"]);
-    await h.hv.ns.run("ipset", ["flush", "sg6-src"]);
+    await h.hv.ns.run(ipt, ["-F", "sg6-guard"]);
+    await h.hv.ns.run("ipset", ["flush", "sg6-s-vnet1"]);
     await h.hv.ns.run(ipt, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
 
     const dry = await h.cli(["reconcile", "--dry-run"]);
@@ -113,7 +113,7 @@ test("the resync timer repairs drift by itself", async () => {
     await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: randomMac(), device: "vnet1" }));
     await h.startAgent();
     await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
-    await h.hv.ns.run("ipset", ["flush", "sg6-src"]);
+    await h.hv.ns.run("ipset", ["flush", "sg6-s-vnet1"]);
     await h.hv.ns.run(`ip6tables-${h.variant}`, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
     await waitFor("timer repaired the set", async () => (await h.ipsetEntries()).length === 2, 5000);
     await waitFor("timer removed the rogue rule", async () => !(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])).includes("-A sg6-port -j ACCEPT"), 5000);
@@ -130,7 +130,8 @@ test("a tap that appears after its event is guarded at once (found by MAC); move
     assert.is((await h.portRules()).length, 0, "no port, nothing bound yet");
     const vm = await h.hv.addVm(h.cleanup, "vnet7", mac);
     await waitFor("bound once the tap exists", async () => (await h.portRules()).some((r) => r.includes("--physdev-in vnet7")), 5000, 50);
-    assert.ok((await h.ipsetEntries()).includes(`2001:db8:ff00:70::/60,physdev:${vm.tap}`));
+    // sources go in right after the rule (add-after, for atomicity)
+    await waitFor("its prefix allowed", async () => (await h.ipsetEntries()).includes(`2001:db8:ff00:70::/60,physdev:${vm.tap}`), 2000, 20);
     // the VM migrates away: the management server releases it here
     await h.publish(h.subject("vm7"), h.release("vm7", 2));
     await waitFor("cut off", async () => !(await h.portRules()).some((r) => r.includes("vnet7")), 5000, 50);

@@ -160,12 +160,15 @@ export class AgentHarness {
     return result;
   }
 
-  async ipsetEntries(set = "sg6-src"): Promise<string[]> {
-    const out = await this.hv.ns.run("ipset", ["save", set]);
+  /** Sources the kernel allows, as "<prefix>,physdev:<tap>" from every per-port set (without ::). */
+  async ipsetEntries(): Promise<string[]> {
+    const out = await this.hv.ns.run("ipset", ["save"]);
     return out
       .split("\n")
-      .filter((l) => l.startsWith("add "))
-      .map((l) => l.split(" ")[2]!)
+      .filter((l) => l.startsWith("add sg6-s-"))
+      .map((l) => l.split(" "))
+      .filter((w) => w[2] !== "::")
+      .map((w) => `${w[2]},physdev:${w[1]!.slice("sg6-s-".length)}`)
       .sort();
   }
 

@@ -1,0 +1,173 @@
+// Runs the iptables backend inside a network namespace for kernel tests. The backend calls the
+// kernel tools in its own namespace, so tests start this file there, once per topology:
+//
+//   ip netns exec <hv> node --import tsx test/support/dataplane-driver.ts <legacy|nft> [bridge,…] [prefix]
+//
+// Protocol: one JSON request a line on stdin, one JSON answer a line on stdout, in order.
+//   {"op":"reconcile","bindings":[…]}          -> {"ok":true,"changes":[…]}
+//   {"op":"change","from":[…],"to":[…]}        -> {"ok":true}            (applyChange: no read-back)
+//   {"op":"sequence","states":[[…],[…],…]}     -> {"ok":true,"ms":N}     (applyChange state[i] -> state[i+1], back to back)
+//   {"op":"drops"}                            -> {"ok":true,"drops":{"vnet1":N,…}}
+//   {"op":"save"}                             -> {"ok":true,"iptables":"…","ipset":"…"}
+//   {"op":"purge"}                            -> {"ok":true,"removed":[…]}
+// Failures answer {"ok":false,"error":"…"}; the driver keeps running.
+// DataplaneDriver below is the test side of that protocol.
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { dirname, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import type { PortBinding } from "../../src/core/model.js";
+import { execRaw } from "../../src/shell/exec.js";
+import { IptablesBackend, saveTable, type Variant } from "../../src/shell/iptables.js";
+
+type Request =
+  | { op: "reconcile"; bindings: PortBinding[] }
+  | { op: "change"; from: PortBinding[]; to: PortBinding[] }
+  | { op: "sequence"; states: PortBinding[][] }
+  | { op: "drops" }
+  | { op: "save" }
+  | { op: "purge" };
+
+type Answer = { ok: true; [key: string]: unknown } | { ok: false; error: string };
+
+async function serve(variant: Variant, bridges: string[], portPrefix: string): Promise<void> {
+  const backend = new IptablesBackend(variant, { bridges, portPrefix });
+  await backend.enableBridgeNetfilter();
+  const handle = async (request: Request): Promise<Answer> => {
+    switch (request.op) {
+      case "reconcile":
+        return { ok: true, changes: await backend.reconcile(request.bindings) };
+      case "change":
+        await backend.applyChange(request.from, request.to);
+        return { ok: true };
+      case "sequence": {
+        const started = performance.now();
+        for (let i = 1; i < request.states.length; i++) await backend.applyChange(request.states[i - 1]!, request.states[i]!);
+        return { ok: true, ms: performance.now() - started, changes: request.states.length - 1 };
+      }
+      case "drops":
+        return { ok: true, drops: Object.fromEntries(await backend.dropCounters()) };
+      case "save":
+        return { ok: true, iptables: await saveTable(variant), ipset: (await execRaw("ipset", ["save"])).stdout };
+      case "purge":
+        return { ok: true, removed: await IptablesBackend.purge() };
+      default:
+        return { ok: false, error: `unknown op ${JSON.stringify((request as { op?: unknown }).op)}` };
+    }
+  };
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    if (!line.trim()) continue;
+    let answer: Answer;
+    try {
+      answer = await handle(JSON.parse(line) as Request);
+    } catch (error) {
+      answer = { ok: false, error: error instanceof Error ? error.message : String(error) };
+    }
+    process.stdout.write(JSON.stringify(answer) + "\n");
+  }
+}
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+
+/** The test side: one driver process in a namespace, requests answered in order. */
+export class DataplaneDriver {
+  private readonly waiting: { resolve: (answer: Answer) => void; reject: (error: Error) => void }[] = [];
+  private stderr = "";
+  private exited = false;
+
+  private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const next = this.waiting.shift();
+      if (!next) return;
+      try {
+        next.resolve(JSON.parse(line) as Answer);
+      } catch {
+        next.reject(new Error(`driver said something that is not JSON: ${line}`));
+      }
+    });
+    child.stderr.on("data", (chunk: Buffer) => {
+      this.stderr = (this.stderr + chunk.toString("utf8")).slice(-4000);
+    });
+    child.on("exit", (code, signal) => {
+      this.exited = true;
+      for (const pending of this.waiting.splice(0)) {
+        pending.reject(new Error(`dataplane driver exited (${code ?? signal}): ${this.stderr.trim()}`));
+      }
+    });
+  }
+
+  /** Start a driver in namespace `ns` for one ip6tables variant. */
+  static start(ns: string, variant: Variant, bridges = ["cloudbr0"], portPrefix = "vnet"): DataplaneDriver {
+    const child = spawn(
+      "ip",
+      ["netns", "exec", ns, process.execPath, "--import", "tsx", fileURLToPath(import.meta.url), variant, bridges.join(","), portPrefix],
+      { cwd: REPO, stdio: ["pipe", "pipe", "pipe"] },
+    );
+    return new DataplaneDriver(child);
+  }
+
+  private async request(request: Request, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+    if (this.exited) throw new Error(`dataplane driver is gone: ${this.stderr.trim()}`);
+    let timer: NodeJS.Timeout | undefined;
+    const answer = await new Promise<Answer>((resolve, reject) => {
+      this.waiting.push({ resolve, reject });
+      this.child.stdin.write(JSON.stringify(request) + "\n");
+      // answers come in order, so a late answer would be taken for the next request: give up on the driver
+      timer = setTimeout(() => {
+        this.child.kill("SIGKILL");
+        reject(new Error(`dataplane driver gave no answer to ${request.op} in ${timeoutMs} ms: ${this.stderr.trim()}`));
+      }, timeoutMs);
+    }).finally(() => clearTimeout(timer));
+    if (!answer.ok) throw new Error(`driver ${request.op}: ${answer.error}`);
+    return answer;
+  }
+
+  async reconcile(bindings: PortBinding[]): Promise<string[]> {
+    return (await this.request({ op: "reconcile", bindings })).changes as string[];
+  }
+
+  async change(from: PortBinding[], to: PortBinding[]): Promise<void> {
+    await this.request({ op: "change", from, to });
+  }
+
+  /** applyChange from each state to the next, back to back; returns the milliseconds it took */
+  async sequence(states: PortBinding[][]): Promise<number> {
+    return (await this.request({ op: "sequence", states })).ms as number;
+  }
+
+  async drops(): Promise<Record<string, number>> {
+    return (await this.request({ op: "drops" })).drops as Record<string, number>;
+  }
+
+  async save(): Promise<{ iptables: string; ipset: string }> {
+    const answer = await this.request({ op: "save" });
+    return { iptables: answer.iptables as string, ipset: answer.ipset as string };
+  }
+
+  async purge(): Promise<string[]> {
+    return (await this.request({ op: "purge" })).removed as string[];
+  }
+
+  /** Close stdin and wait for the process to end (killed after a second). */
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    const gone = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
+    this.child.stdin.end();
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), 1000);
+    await gone;
+    clearTimeout(timer);
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const [variant, bridges = "cloudbr0", prefix = "vnet"] = process.argv.slice(2);
+  if (variant !== "legacy" && variant !== "nft") {
+    process.stderr.write("usage: dataplane-driver.ts legacy|nft [bridge,…] [port prefix]\n");
+    process.exit(2);
+  }
+  serve(variant, bridges.split(",").filter(Boolean), prefix).catch((error: unknown) => {
+    process.stderr.write(`dataplane driver: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exit(1);
+  });
+}

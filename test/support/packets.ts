@@ -1,0 +1,224 @@
+// Real packets for kernel tests: wrappers around test/support/pkt.py (raw AF_PACKET frames, run
+// with /usr/bin/python3 inside a namespace). A check is "send N frames from one namespace, count
+// how many arrive in another", every call with its own marker in the payload.
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import type { Netns } from "./netns.js";
+
+const PKT = join(dirname(fileURLToPath(import.meta.url)), "pkt.py");
+const PYTHON = "/usr/bin/python3";
+
+export type PacketKind = "echo" | "ra" | "redirect" | "rr" | "ns" | "na" | "mld" | "mld1" | "udp" | "udp4";
+
+/** a namespace (or its name) and an interface in it */
+export interface Endpoint {
+  ns: Netns | string;
+  iface: string;
+}
+
+export interface Sender extends Endpoint {
+  /** the source MAC put on the frames */
+  mac: string;
+}
+
+export interface PacketSpec {
+  from: Sender;
+  src: string;
+  /** destination address; "auto" with kind ns means the solicited-node group of `target` */
+  dst: string;
+  /** needed for a unicast dst; a multicast dst gets 33:33:… */
+  dstMac?: string;
+  kind: PacketKind;
+  sport?: number;
+  dport?: number;
+  /** NS/NA/Redirect target, MLD group's address */
+  target?: string;
+}
+
+export interface SendSpec extends PacketSpec {
+  to: Endpoint | Endpoint[];
+  /** frames to send (default 3) */
+  count?: number;
+  /** how long to wait for stragglers after the last frame is out (default 150 ms) */
+  settleMs?: number;
+}
+
+const nsName = (ns: Netns | string) => (typeof ns === "string" ? ns : ns.name);
+
+export function newMarker(): string {
+  return `sg6m-${randomBytes(6).toString("hex")}`;
+}
+
+function packetArgs(spec: PacketSpec): string[] {
+  const args = ["--iface", spec.from.iface, "--src-mac", spec.from.mac, "--src", spec.src, "--dst", spec.dst, "--kind", spec.kind];
+  if (spec.dstMac) args.push("--dst-mac", spec.dstMac);
+  if (spec.sport !== undefined) args.push("--sport", String(spec.sport));
+  if (spec.dport !== undefined) args.push("--dport", String(spec.dport));
+  if (spec.target) args.push("--target", spec.target);
+  return args;
+}
+
+/** pkt.py running in a namespace; `lines` yields its stdout line by line. */
+class PktProcess {
+  readonly child: ChildProcessWithoutNullStreams;
+  private readonly lines: string[] = [];
+  private readonly waiters: ((line: string | undefined) => void)[] = [];
+  stderr = "";
+  private closed = false;
+  readonly exited: Promise<number>;
+
+  constructor(ns: Netns | string, args: string[]) {
+    this.child = spawn("ip", ["netns", "exec", nsName(ns), PYTHON, PKT, ...args], { stdio: ["pipe", "pipe", "pipe"] });
+    this.child.stdin.on("error", () => {
+      /* it may be gone already */
+    });
+    createInterface({ input: this.child.stdout }).on("line", (line) => {
+      const waiter = this.waiters.shift();
+      if (waiter) waiter(line);
+      else this.lines.push(line);
+    });
+    this.child.stderr.on("data", (chunk: Buffer) => {
+      this.stderr += chunk.toString("utf8");
+    });
+    this.exited = new Promise((resolve) => {
+      this.child.on("close", (code) => {
+        this.closed = true;
+        for (const waiter of this.waiters.splice(0)) waiter(undefined);
+        resolve(code ?? 1);
+      });
+    });
+  }
+
+  /** the next stdout line; throws if the process ends first or the time is up */
+  async line(what: string, timeoutMs = 5000): Promise<string> {
+    const queued = this.lines.shift();
+    if (queued !== undefined) return queued;
+    if (this.closed) throw new Error(`pkt.py ended before ${what}: ${this.stderr.trim()}`);
+    let timer: NodeJS.Timeout | undefined;
+    const line = await new Promise<string | undefined>((resolve) => {
+      this.waiters.push(resolve);
+      timer = setTimeout(() => {
+        const i = this.waiters.indexOf(resolve);
+        if (i >= 0) this.waiters.splice(i, 1);
+        this.child.kill("SIGKILL");
+        resolve(undefined);
+      }, timeoutMs);
+    });
+    clearTimeout(timer);
+    if (line === undefined) throw new Error(`pkt.py gave no ${what} in ${timeoutMs} ms: ${this.stderr.trim()}`);
+    return line;
+  }
+
+  /** close stdin (the "stop" signal for sniff --stop-on-eof and stream) */
+  endInput(): void {
+    this.child.stdin.end();
+  }
+
+  kill(): void {
+    if (!this.closed) this.child.kill("SIGKILL");
+  }
+}
+
+export interface Sniffer {
+  /** stop and return how many incoming frames carried each marker */
+  stop(): Promise<Record<string, number>>;
+  kill(): void;
+}
+
+/**
+ * Start counting incoming frames with any of `markers` on `at` (optionally only those from one
+ * source MAC, so replies and ICMP errors quoting the payload are not counted). Resolves once bound.
+ */
+export async function startSniffer(at: Endpoint, markers: string[], options: { srcMac?: string; maxSeconds?: number } = {}): Promise<Sniffer> {
+  const args = ["sniff", "--iface", at.iface, "--seconds", String(options.maxSeconds ?? 60), "--stop-on-eof"];
+  for (const marker of markers) args.push("--marker", marker);
+  if (options.srcMac) args.push("--src-mac", options.srcMac);
+  const proc = new PktProcess(at.ns, args);
+  try {
+    const ready = await proc.line("ready");
+    if (ready !== "ready") throw new Error(`sniffer said ${ready}`);
+  } catch (error) {
+    proc.kill();
+    throw error;
+  }
+  return {
+    async stop() {
+      proc.endInput();
+      try {
+        const result = JSON.parse(await proc.line("count")) as { counts: Record<string, number> };
+        return result.counts;
+      } finally {
+        proc.kill();
+        await proc.exited;
+      }
+    },
+    kill: () => proc.kill(),
+  };
+}
+
+/** Send `count` frames and wait until they are out. */
+export async function send(spec: PacketSpec & { count?: number; intervalMs?: number; marker: string }): Promise<void> {
+  const args = ["send", ...packetArgs(spec), "--count", String(spec.count ?? 1), "--marker", spec.marker];
+  if (spec.intervalMs) args.push("--interval-ms", String(spec.intervalMs));
+  const proc = new PktProcess(spec.from.ns, args);
+  const code = await proc.exited;
+  if (code !== 0) throw new Error(`pkt.py send exited ${code}: ${proc.stderr.trim()}`);
+}
+
+/**
+ * Start sniffers on every `to`, send `count` frames (default 3) from `from`, and return how many
+ * frames with this call's marker (and the sender's source MAC) arrived at each `to`.
+ */
+export async function sendAndCountEach(spec: SendSpec): Promise<number[]> {
+  const targets = Array.isArray(spec.to) ? spec.to : [spec.to];
+  const marker = newMarker();
+  const sniffers: Sniffer[] = [];
+  try {
+    for (const sniffer of await Promise.all(targets.map((to) => startSniffer(to, [marker], { srcMac: spec.from.mac })))) sniffers.push(sniffer);
+    await send({ ...spec, count: spec.count ?? 3, marker });
+    await new Promise((resolve) => setTimeout(resolve, spec.settleMs ?? 150));
+    const counts = await Promise.all(sniffers.map((sniffer) => sniffer.stop()));
+    return counts.map((c) => c[marker] ?? 0);
+  } finally {
+    for (const sniffer of sniffers) sniffer.kill();
+  }
+}
+
+/** sendAndCountEach summed over every `to` */
+export async function sendAndCount(spec: SendSpec): Promise<number> {
+  return (await sendAndCountEach(spec)).reduce((a, b) => a + b, 0);
+}
+
+export interface Stream {
+  /** stop sending; resolves to the number of frames sent */
+  stop(): Promise<number>;
+  kill(): void;
+}
+
+/** Send one frame every `intervalMs` (default 1) with `marker` until stop(). Resolves once sending. */
+export async function startStream(spec: PacketSpec & { marker: string; intervalMs?: number; maxSeconds?: number }): Promise<Stream> {
+  const args = ["stream", ...packetArgs(spec), "--marker", spec.marker, "--interval-ms", String(spec.intervalMs ?? 1), "--seconds", String(spec.maxSeconds ?? 120)];
+  const proc = new PktProcess(spec.from.ns, args);
+  try {
+    const ready = await proc.line("ready");
+    if (ready !== "ready") throw new Error(`stream said ${ready}`);
+  } catch (error) {
+    proc.kill();
+    throw error;
+  }
+  return {
+    async stop() {
+      proc.endInput();
+      try {
+        return (JSON.parse(await proc.line("sent count")) as { sent: number }).sent;
+      } finally {
+        proc.kill();
+        await proc.exited;
+      }
+    },
+    kill: () => proc.kill(),
+  };
+}
