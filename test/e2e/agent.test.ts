@@ -183,6 +183,44 @@ test("metrics, /healthz and /readyz tell an operator what the agent did", async 
   });
 });
 
+test("sg6 publish: allocate and release from the command line; bad input is one line and exit 1", async () => {
+  await withHarness({}, async (h) => {
+    await h.startAgent();
+    const mac = randomMac();
+    const pub = await h.cli(["publish", "allocate", "--host", h.host, "--vm", "vm5", "--mac", mac, "--network", NETWORK, "--delegated", "2001:db8:ff00:50::/60", "--secondary", "2001:db8:1::55", "--device", "vnet5"]);
+    assert.is(pub.code, 0, pub.stderr);
+    assert.match(pub.stdout, /published vm.allocated sg6.vm.kvm-01.vm5 generation \d+ \(stream seq \d+\)/);
+    await waitFor("enforced", async () => (await h.ipsetEntries()).includes("2001:db8:1::55,physdev:vnet5"));
+    const bad = await h.cli(["publish", "allocate", "--host", h.host, "--vm", "vm5"]);
+    assert.is(bad.code, 1);
+    assert.is(bad.stderr.trim().split("\n").length, 1, bad.stderr);
+    assert.match(bad.stderr, /--mac is required/);
+    const rel = await h.cli(["publish", "release", "--host", h.host, "--vm", "vm5"]);
+    assert.is(rel.code, 0, rel.stderr);
+    await waitFor("released", async () => (await h.ipsetEntries()).length === 0);
+  });
+});
+
+test("bridge-nf-call-ip6tables is turned on (and logged); sg6 objects in the other ip6tables variant are refused", async () => {
+  await withHarness({}, async (h) => {
+    await h.hv.ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "0");
+    await h.startAgent();
+    assert.is((await h.hv.ns.run("sysctl", ["-n", "net.bridge.bridge-nf-call-ip6tables"])).trim(), "1");
+    await h.waitForLog("turned on net.bridge.bridge-nf-call-ip6tables");
+    await h.stopAgent();
+    const other = h.variant === "nft" ? "legacy" : "nft";
+    await h.hv.ns.run(`ip6tables-${other}`, ["-N", "sg6-port"]);
+    const refused = await h.cli(["reconcile"]);
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, new RegExp(`sg6 chains exist in ip6tables-${other}.*run "sg6 purge"`));
+    const purge = await h.cli(["purge"]);
+    assert.is(purge.code, 0);
+    assert.match(purge.stdout, new RegExp(`ip6tables-${other}: chain sg6-port`));
+    const fixed = await h.cli(["reconcile"]);
+    assert.is(fixed.code, 0, fixed.stderr);
+  });
+});
+
 test("an invalid config stops the agent before it touches anything", async () => {
   await withHarness({}, async (h) => {
     const { writeFileSync, readFileSync } = await import("node:fs");
