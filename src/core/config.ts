@@ -7,14 +7,20 @@ export type Backend = "iptables" | "nftables";
 
 export interface NatsConfig {
   servers: string[];
+  /** stream name (contract: "SG6") */
   stream: string;
+  /** replicas of the stream when sg6 creates it */
   replicas: number;
+  /** path to a .creds file (user JWT + nkey seed) */
   creds?: string;
   user?: string;
   password?: string;
   token?: string;
+  /** path to a file holding an nkey user seed (SU...) */
   nkeySeed?: string;
+  /** CA bundle that signed the server certificates */
   tlsCa?: string;
+  /** client certificate and key, for servers with `verify: true` */
   tlsCert?: string;
   tlsKey?: string;
 }

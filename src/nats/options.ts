@@ -8,25 +8,10 @@ import {
   type NatsConnection,
   type NodeConnectionOptions,
 } from "@nats-io/transport-node";
+import type { NatsConfig } from "../core/config.js";
 
-export interface NatsSettings {
-  servers: string[];
-  /** stream name (contract: "SG6") */
-  stream: string;
-  /** replicas of the stream when sg6 creates it */
-  replicas: number;
-  /** path to a .creds file (user JWT + nkey seed) */
-  creds?: string;
-  user?: string;
-  password?: string;
-  token?: string;
-  /** path to a file holding an nkey user seed (SU...) */
-  nkeySeed?: string;
-  /** CA bundle that signed the server certificates */
-  tlsCa?: string;
-  /** client certificate and key, for servers with `verify: true` */
-  tlsCert?: string;
-  tlsKey?: string;
+/** The [nats] section of agent.toml, plus what only code sets. */
+export interface NatsSettings extends NatsConfig {
   /** inbox prefix of the connection; per-host prefixes (`_INBOX_<host>`) allow least-privilege permissions */
   inboxPrefix?: string;
 }
