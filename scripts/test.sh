@@ -32,6 +32,7 @@ for variant in nft legacy; do
   run_suite e2e '^(agent|fuzz|packets)\.test\.ts$' SG6_TEST_VARIANT=$variant
 done
 run_suite e2e '^(demo|packaging)\.test\.ts$'
+run_suite e2e '^demo\.test\.ts$' SG6_DEMO_BACKEND=nftables
 
 echo
 echo "tests: $passed passed, $failed failed"

@@ -2,14 +2,15 @@
 import type { Config } from "../core/config.js";
 import type { Dataplane } from "./dataplane.js";
 import { IptablesBackend } from "./iptables.js";
+import { NftBackend, purgeNftables } from "./nftables.js";
 
-export async function openDataplane(config: Config): Promise<Dataplane> {
-  const options = { bridges: config.bridges, portPrefix: config.portPrefix };
-  if (config.backend === "iptables") return IptablesBackend.open(options);
-  throw new Error(`backend "${config.backend}" is not available in this build`);
+export async function openDataplane(config: Config, options: { watchLinks?: boolean } = {}): Promise<Dataplane> {
+  const scaffold = { bridges: config.bridges, portPrefix: config.portPrefix };
+  if (config.backend === "nftables") return new NftBackend({ ...scaffold, watchLinks: options.watchLinks ?? true });
+  return IptablesBackend.open(scaffold);
 }
 
 /** Remove every kernel object sg6 owns, whatever backend made it. */
 export async function purgeAll(): Promise<string[]> {
-  return IptablesBackend.purge();
+  return [...(await IptablesBackend.purge()), ...(await purgeNftables())];
 }

@@ -17,6 +17,7 @@ import {
 import type { PortBinding } from "../core/model.js";
 import type { Dataplane } from "./dataplane.js";
 import { exec, execRaw } from "./exec.js";
+import { purgeNftables, tableExists as nftTableExists } from "./nftables.js";
 
 export type Variant = "legacy" | "nft";
 
@@ -65,6 +66,7 @@ export class IptablesBackend implements Dataplane {
 
   /** what the kernel holds after our last successful apply; undefined until read */
   private known: PortContent | undefined;
+  private purgeNftablesPending = false;
 
   constructor(
     readonly variant: Variant,
@@ -113,6 +115,10 @@ export class IptablesBackend implements Dataplane {
       this.known = undefined;
       await this.run(script);
       this.known = desired;
+      if (this.purgeNftablesPending) {
+        script.changes.push(...(await purgeNftables()));
+        this.purgeNftablesPending = false;
+      }
     }
     return script.changes;
   }
@@ -140,6 +146,9 @@ export class IptablesBackend implements Dataplane {
   async prepare(): Promise<string[]> {
     const notes: string[] = [];
     await this.checkOtherVariant();
+    // switching backend: the nftables table goes once these rules enforce (no unguarded gap)
+    this.purgeNftablesPending = await nftTableExists().catch(() => false);
+    if (this.purgeNftablesPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
     if (await this.enableBridgeNetfilter()) notes.push("turned on net.bridge.bridge-nf-call-ip6tables (bridged IPv6 now passes ip6tables)");
     return notes;
   }

@@ -52,7 +52,9 @@ test("fuzz: every bad event rejected with a reason, every good one enforced, the
   try {
     const rejects: { reason: string; seq: number }[] = [];
     const sub = h.nc.subscribe(`sg6.reject.${h.host}`, {
-      callback: (_err, msg) => rejects.push(msg.json()),
+      callback: (_err, msg) => {
+        rejects.push(msg.json());
+      },
     });
     await h.nc.flush();
     await h.startAgent();

@@ -18,7 +18,10 @@ import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import type { PortBinding } from "../../src/core/model.js";
 import { execRaw } from "../../src/shell/exec.js";
+import { purgeAll } from "../../src/shell/backend.js";
+import type { Dataplane } from "../../src/shell/dataplane.js";
 import { IptablesBackend, saveTable, type Variant } from "../../src/shell/iptables.js";
+import { NftBackend } from "../../src/shell/nftables.js";
 
 type Request =
   | { op: "reconcile"; bindings: PortBinding[] }
@@ -30,9 +33,13 @@ type Request =
 
 type Answer = { ok: true; [key: string]: unknown } | { ok: false; error: string };
 
-async function serve(variant: Variant, bridges: string[], portPrefix: string): Promise<void> {
-  const backend = new IptablesBackend(variant, { bridges, portPrefix });
-  await backend.enableBridgeNetfilter();
+/** Which dataplane a driver runs: an ip6tables variant of the iptables backend, or nftables. */
+export type DriverBackend = Variant | "nftables";
+
+async function serve(variant: DriverBackend, bridges: string[], portPrefix: string): Promise<void> {
+  const backend: Dataplane = variant === "nftables" ? new NftBackend({ bridges, portPrefix }) : new IptablesBackend(variant, { bridges, portPrefix });
+  // the tests' hypervisor turns bridge-nf on itself; prepare() also removes the other backend's objects
+  await backend.prepare();
   const handle = async (request: Request): Promise<Answer> => {
     switch (request.op) {
       case "reconcile":
@@ -48,9 +55,13 @@ async function serve(variant: Variant, bridges: string[], portPrefix: string): P
       case "drops":
         return { ok: true, drops: Object.fromEntries(await backend.dropCounters()) };
       case "save":
-        return { ok: true, iptables: await saveTable(variant), ipset: (await execRaw("ipset", ["save"])).stdout };
+        return {
+          ok: true,
+          iptables: variant === "nftables" ? (await execRaw("nft", ["list", "ruleset"])).stdout : await saveTable(variant),
+          ipset: (await execRaw("ipset", ["save"])).stdout,
+        };
       case "purge":
-        return { ok: true, removed: await IptablesBackend.purge() };
+        return { ok: true, removed: await purgeAll() };
       default:
         return { ok: false, error: `unknown op ${JSON.stringify((request as { op?: unknown }).op)}` };
     }
@@ -98,7 +109,7 @@ export class DataplaneDriver {
   }
 
   /** Start a driver in namespace `ns` for one ip6tables variant. */
-  static start(ns: string, variant: Variant, bridges = ["cloudbr0"], portPrefix = "vnet"): DataplaneDriver {
+  static start(ns: string, variant: DriverBackend, bridges = ["cloudbr0"], portPrefix = "vnet"): DataplaneDriver {
     const child = spawn(
       "ip",
       ["netns", "exec", ns, process.execPath, "--import", "tsx", fileURLToPath(import.meta.url), variant, bridges.join(","), portPrefix],
@@ -162,8 +173,8 @@ export class DataplaneDriver {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const [variant, bridges = "cloudbr0", prefix = "vnet"] = process.argv.slice(2);
-  if (variant !== "legacy" && variant !== "nft") {
-    process.stderr.write("usage: dataplane-driver.ts legacy|nft [bridge,…] [port prefix]\n");
+  if (variant !== "legacy" && variant !== "nft" && variant !== "nftables") {
+    process.stderr.write("usage: dataplane-driver.ts legacy|nft|nftables [bridge,…] [port prefix]\n");
     process.exit(2);
   }
   serve(variant, bridges.split(",").filter(Boolean), prefix).catch((error: unknown) => {

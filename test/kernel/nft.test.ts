@@ -1,0 +1,528 @@
+// The "nftables" backend against real packets. A hypervisor namespace with cloudbr0 (guarded) and
+// otherbr (not guarded), a router port on each, VMs behind vnetN veths; frames are sent with raw
+// sockets (test/support/pkt.py, pkt_nd.py) and counted where they would arrive.
+//
+// The backend runs `nft` in its own network namespace, so this file is also its driver: started
+// with SG6_NFT_DRIVER="<bridges>|<port prefix>" inside the hypervisor namespace, it serves one
+// JSON request a line on stdin (see serveDriver) instead of defining tests.
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { linkLocalAddress, slaacAddress } from "../../src/core/addressing.js";
+import type { PortBinding } from "../../src/core/model.js";
+import { execRaw } from "../../src/shell/exec.js";
+import { newMarker, sendAndCountEach, startSniffer, startStream, type Endpoint, type PacketKind, type Sender } from "../support/packets.js";
+import { Cleanup, Hypervisor, randomMac, sleep, waitFor, type VmHandle } from "../support/netns.js";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const REPO = resolve(HERE, "../..");
+const PKT_ND = join(HERE, "../support/pkt_nd.py");
+const PYTHON = "/usr/bin/python3";
+
+// ---------------------------------------------------------------- driver (inside the hypervisor)
+
+type Request =
+  | { op: "prepare" }
+  | { op: "reconcile"; bindings: PortBinding[]; dryRun?: boolean }
+  | { op: "change"; from: PortBinding[]; to: PortBinding[] }
+  | { op: "sequence"; states: PortBinding[][] }
+  | { op: "drops" }
+  | { op: "purge" }
+  | { op: "iptables"; bindings: PortBinding[] };
+
+async function serveDriver(spec: string): Promise<void> {
+  const [bridges = "cloudbr0", portPrefix = "vnet"] = spec.split("|");
+  const { NftBackend } = await import("../../src/shell/nftables.js");
+  const { IptablesBackend } = await import("../../src/shell/iptables.js");
+  const backend = new NftBackend({ bridges: bridges.split(","), portPrefix });
+  const handle = async (request: Request): Promise<Record<string, unknown>> => {
+    switch (request.op) {
+      case "prepare":
+        return { notes: await backend.prepare() };
+      case "reconcile":
+        return { changes: await backend.reconcile(request.bindings, request.dryRun) };
+      case "change":
+        await backend.applyChange(request.from, request.to);
+        return {};
+      case "sequence": {
+        const started = performance.now();
+        for (let i = 1; i < request.states.length; i++) await backend.applyChange(request.states[i - 1]!, request.states[i]!);
+        return { ms: performance.now() - started };
+      }
+      case "drops":
+        return { drops: Object.fromEntries(await backend.dropCounters()) };
+      case "purge":
+        return { removed: await NftBackend.purge() };
+      case "iptables": {
+        // objects of the other backend, as a host switching backends would have them
+        const other = await IptablesBackend.open({ bridges: bridges.split(","), portPrefix });
+        await other.prepare();
+        return { changes: await other.reconcile(request.bindings) };
+      }
+    }
+  };
+  for await (const line of createInterface({ input: process.stdin })) {
+    if (!line.trim()) continue;
+    let answer: Record<string, unknown>;
+    try {
+      answer = { ok: true, ...(await handle(JSON.parse(line) as Request)) };
+    } catch (error) {
+      answer = { ok: false, error: error instanceof Error ? error.message : String(error) };
+    }
+    process.stdout.write(JSON.stringify(answer) + "\n");
+  }
+  backend.close();
+}
+
+class Driver {
+  private readonly waiting: ((answer: Record<string, unknown>) => void)[] = [];
+  private stderr = "";
+  private exited = false;
+
+  private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    createInterface({ input: child.stdout }).on("line", (line) => this.waiting.shift()?.(JSON.parse(line) as Record<string, unknown>));
+    child.stderr.on("data", (chunk: Buffer) => {
+      this.stderr = (this.stderr + chunk.toString("utf8")).slice(-4000);
+    });
+    child.on("exit", (code) => {
+      this.exited = true;
+      for (const waiter of this.waiting.splice(0)) waiter({ ok: false, error: `driver exited ${code}: ${this.stderr.trim()}` });
+    });
+  }
+
+  static start(ns: string, bridges: string[], portPrefix: string): Driver {
+    const child = spawn("ip", ["netns", "exec", ns, process.execPath, "--import", "tsx", fileURLToPath(import.meta.url)], {
+      cwd: REPO,
+      env: { ...process.env, SG6_NFT_DRIVER: `${bridges.join(",")}|${portPrefix}` },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    return new Driver(child);
+  }
+
+  /** Send a request; resolves to the answer, or rejects with the backend's error. */
+  async request(request: Request): Promise<Record<string, unknown>> {
+    if (this.exited) throw new Error(`driver is gone: ${this.stderr.trim()}`);
+    const answer = await new Promise<Record<string, unknown>>((resolve) => {
+      this.waiting.push(resolve);
+      this.child.stdin.write(JSON.stringify(request) + "\n");
+    });
+    if (answer.ok !== true) throw new Error(`driver ${request.op}: ${String(answer.error)}`);
+    return answer;
+  }
+
+  reconcile = async (bindings: PortBinding[], dryRun = false) => (await this.request({ op: "reconcile", bindings, dryRun })).changes as string[];
+  change = async (from: PortBinding[], to: PortBinding[]) => void (await this.request({ op: "change", from, to }));
+  drops = async () => (await this.request({ op: "drops" })).drops as Record<string, number>;
+
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    const gone = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
+    this.child.stdin.end();
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), 2000);
+    await gone;
+    clearTimeout(timer);
+  }
+}
+
+// ---------------------------------------------------------------- the lab
+
+const NETWORK = "2001:db8:1::/64";
+const ROUTER_ADDRESS = "2001:db8:1::1";
+
+interface Vm {
+  handle: VmHandle;
+  mac: string;
+  ll: string;
+  slaac: string;
+  sender: Sender;
+  at: Endpoint;
+}
+
+interface Lab {
+  hv: Hypervisor;
+  driver: Driver;
+  router: Vm;
+  vm1: Vm;
+  vm2: Vm;
+  vm3: Vm;
+  vm9: Vm;
+  router9: Vm;
+}
+
+const cleanup = new Cleanup();
+let lab: Lab | undefined;
+let setupError: unknown;
+
+function vmOf(handle: VmHandle): Vm {
+  return {
+    handle,
+    mac: handle.mac,
+    ll: linkLocalAddress(handle.mac),
+    slaac: slaacAddress(NETWORK, handle.mac),
+    sender: { ns: handle.ns, iface: handle.ifname, mac: handle.mac },
+    at: { ns: handle.ns, iface: handle.ifname },
+  };
+}
+
+const PD1 = "2001:db8:ff00:10::/60";
+const PD1_NEW = "2001:db8:ff00:30::/60";
+const PD1_ALT = "2001:db8:ff00:40::/60";
+const PD2 = "2001:db8:ff00:20::/60";
+const SECONDARY1 = "2001:db8:1::10";
+
+function binding(vm: Vm, name: string, extra: string[], device = vm.handle.tap): PortBinding {
+  return { vm: name, device, mac: vm.mac, sources: [`${vm.ll}/128`, `${vm.slaac}/128`, ...extra] };
+}
+
+const b1 = () => binding(lab!.vm1, "vm1", [`${SECONDARY1}/128`, PD1]);
+const b1new = () => binding(lab!.vm1, "vm1", [`${SECONDARY1}/128`, PD1_NEW]);
+const b2 = () => binding(lab!.vm2, "vm2", [PD2]);
+
+async function buildLab(): Promise<Lab> {
+  const hv = await Hypervisor.create(cleanup);
+  await hv.ns.run("ip", ["link", "add", "otherbr", "type", "bridge"]);
+  await hv.ns.run("ip", ["link", "set", "otherbr", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"]);
+  await hv.ns.run("ip", ["link", "set", "otherbr", "up"]);
+  const router = vmOf(await hv.addVm(cleanup, "uplink0", randomMac(), { dad: false }));
+  const vm1 = vmOf(await hv.addVm(cleanup, "vnet1", randomMac()));
+  const vm2 = vmOf(await hv.addVm(cleanup, "vnet2", randomMac()));
+  const vm3 = vmOf(await hv.addVm(cleanup, "vnet3", randomMac()));
+  const vm9 = vmOf(await hv.addVm(cleanup, "vnet9", randomMac(), { bridge: "otherbr" }));
+  const router9 = vmOf(await hv.addVm(cleanup, "uplink9", randomMac(), { bridge: "otherbr", dad: false }));
+  await router.handle.ns.run("ip", ["addr", "add", `${ROUTER_ADDRESS}/64`, "dev", "eth0", "nodad"]);
+  const driver = Driver.start(hv.ns.name, [hv.bridge], "vnet");
+  cleanup.add(() => driver.stop());
+  return { hv, driver, router, vm1, vm2, vm3, vm9, router9 };
+}
+
+/** Frames (default echo to ff02::1) sent from `from`, counted at each of `to`. */
+async function counts(from: Vm, to: Vm[], spec: { src: string; kind?: PacketKind; dst?: string; mac?: string; sport?: number; dport?: number; target?: string }): Promise<number[]> {
+  return sendAndCountEach({
+    from: { ...from.sender, mac: spec.mac ?? from.mac },
+    src: spec.src,
+    dst: spec.dst ?? "ff02::1",
+    kind: spec.kind ?? "echo",
+    sport: spec.sport,
+    dport: spec.dport,
+    target: spec.target,
+    to: to.map((vm) => vm.at),
+  });
+}
+
+/** pkt_nd.py frames; returns per receiver the count of each marker (`m` and, for fragments, `m/1`, `m/2`). */
+async function ndCounts(from: Vm, to: Vm[], args: string[]): Promise<Record<string, number>[]> {
+  const marker = newMarker();
+  const markers = [marker, `${marker}/1`, `${marker}/2`];
+  const sniffers = await Promise.all(to.map((vm) => startSniffer(vm.at, markers, { srcMac: from.mac })));
+  try {
+    const ns = from.handle.ns.name;
+    const result = await execRaw("ip", ["netns", "exec", ns, PYTHON, PKT_ND, "send", "--iface", from.handle.ifname, "--src-mac", from.mac, "--marker", marker, "--count", "3", ...args]);
+    if (result.code !== 0) throw new Error(`pkt_nd.py: ${result.stderr.trim()}`);
+    await sleep(150);
+    const all = await Promise.all(sniffers.map((s) => s.stop()));
+    return all.map((c) => ({ whole: c[marker] ?? 0, first: c[`${marker}/1`] ?? 0, second: c[`${marker}/2`] ?? 0 }));
+  } finally {
+    for (const s of sniffers) s.kill();
+  }
+}
+
+async function ping(from: Vm, dst: string, timeout = 5): Promise<boolean> {
+  const result = await execRaw("ip", ["netns", "exec", from.handle.ns.name, PYTHON, join(HERE, "../support/pkt.py"), "ping", "--dst", dst, "--timeout", String(timeout)]);
+  return result.code === 0;
+}
+
+interface AddrInfo {
+  local: string;
+  tentative?: boolean;
+  dadfailed?: boolean;
+}
+
+async function addrState(vm: Vm, address: string): Promise<AddrInfo | undefined> {
+  const links = JSON.parse(await vm.handle.ns.run("ip", ["-j", "-6", "addr", "show", "dev", "eth0"])) as { addr_info: AddrInfo[] }[];
+  return links[0]?.addr_info.find((a) => a.local === address);
+}
+
+async function neighbourMac(vm: Vm, address: string): Promise<string | undefined> {
+  const entries = JSON.parse(await vm.handle.ns.run("ip", ["-j", "-6", "neigh", "show", address, "dev", "eth0"])) as { lladdr?: string }[];
+  return entries[0]?.lladdr;
+}
+
+async function nft(...args: string[]): Promise<string> {
+  return lab!.hv.ns.run("nft", args);
+}
+
+const sum = (list: number[]) => list.reduce((a, b) => a + b, 0);
+
+// ---------------------------------------------------------------- tests
+
+const test = suite("nftables backend with real packets");
+
+test.before(async () => {
+  try {
+    lab = await buildLab();
+  } catch (error) {
+    setupError = error;
+  }
+});
+
+test.after(async () => {
+  await cleanup.run();
+});
+
+const ready = (): Lab => {
+  if (setupError) throw setupError;
+  return lab!;
+};
+
+test("switching from iptables: the table is built, then the iptables objects go; a second reconcile changes nothing", async () => {
+  const { driver, hv } = ready();
+  await driver.request({ op: "iptables", bindings: [b1(), b2()] });
+  assert.match(await hv.ns.run("ipset", ["list", "-n"]), /sg6/);
+  const notes = (await driver.request({ op: "prepare" })).notes as string[];
+  assert.ok(notes.some((n) => n.includes("nftables v")), notes.join("; "));
+  const first = await driver.reconcile([b1(), b2()]);
+  assert.ok(first.some((c) => c.startsWith("create table bridge sg6")), first.join("; "));
+  assert.ok(first.some((c) => c.startsWith("removed the iptables backend's objects")), first.join("; "));
+  assert.not.match(await hv.ns.run("ipset", ["list", "-n"]), /sg6/);
+  const saved = await hv.ns.try("ip6tables-save", ["-t", "filter"]);
+  assert.not.match(saved.stdout, /sg6/);
+  assert.equal(await driver.reconcile([b1(), b2()]), []);
+  assert.equal(await driver.reconcile([b1(), b2()], true), []);
+});
+
+test("DAD completes through the guard (and detects a real duplicate), neighbours resolve", async () => {
+  const { vm1, vm2, router } = ready();
+  // a duplicate held by the router: vm1's DAD probe must reach it and the router's answer come back
+  await router.handle.ns.run("ip", ["addr", "add", `${SECONDARY1}/128`, "dev", "eth0", "nodad"]);
+  await vm1.handle.ns.run("ip", ["addr", "add", `${SECONDARY1}/64`, "dev", "eth0"]);
+  await waitFor("DAD to fail on a duplicate", async () => (await addrState(vm1, SECONDARY1))?.dadfailed === true, 8000);
+  await vm1.handle.ns.run("ip", ["addr", "del", `${SECONDARY1}/64`, "dev", "eth0"]);
+  await router.handle.ns.run("ip", ["addr", "del", `${SECONDARY1}/128`, "dev", "eth0"]);
+
+  for (const vm of [vm1, vm2]) await vm.handle.ns.run("ip", ["addr", "add", `${vm.slaac}/64`, "dev", "eth0"]);
+  for (const vm of [vm1, vm2]) {
+    await waitFor(`${vm.slaac} to leave tentative`, async () => {
+      const state = await addrState(vm, vm.slaac);
+      if (state?.dadfailed) throw new Error(`DAD failed for ${vm.slaac}`);
+      return state !== undefined && !state.tentative;
+    }, 8000);
+  }
+  assert.ok(await ping(vm1, ROUTER_ADDRESS), "vm1 reaches the router (both sides resolved the other)");
+  assert.ok(await ping(router, vm2.slaac), "the router reaches vm2");
+  assert.equal(await neighbourMac(router, vm2.slaac), vm2.mac);
+});
+
+test("own link-local, SLAAC /128, secondary and /60 pass", async () => {
+  const { vm1, vm2, router } = ready();
+  for (const src of [vm1.ll, vm1.slaac, SECONDARY1, "2001:db8:ff00:1a::77"]) {
+    assert.equal(await counts(vm1, [router, vm2], { src }), [3, 3], `source ${src}`);
+  }
+});
+
+test("another VM's address or prefix, another /64 source and a MAC spoof are dropped and counted", async () => {
+  const { vm1, vm2, router, driver } = ready();
+  const before = (await driver.drops()).vnet1 ?? 0;
+  for (const src of [vm2.slaac, "2001:db8:ff00:21::1", "2001:db8:1::dead", "2001:db8:99::1", "fe80::1"]) {
+    assert.equal(await counts(vm1, [router, vm2], { src }), [0, 0], `source ${src}`);
+  }
+  // vm2's MAC with vm2's address, and vm1's address with a made-up MAC
+  assert.equal(await counts(vm1, [router, vm2], { src: vm2.slaac, mac: vm2.mac }), [0, 0]);
+  assert.equal(await counts(vm1, [router, vm2], { src: vm1.slaac, mac: randomMac() }), [0, 0]);
+  const after = (await driver.drops()).vnet1 ?? 0;
+  assert.ok(after - before >= 7 * 3, `vnet1 drops grew by ${after - before}`);
+});
+
+test("RA, Redirect and Router Renumbering from a VM reach nobody (RA guard); an RA from the router port does", async () => {
+  const { vm1, vm2, router } = ready();
+  for (const kind of ["ra", "redirect", "rr"] as const) {
+    assert.equal(await counts(vm1, [router, vm2], { src: vm1.ll, kind, target: vm1.ll }), [0, 0], kind);
+  }
+  assert.equal(await counts(router, [vm1, vm2], { src: router.ll, kind: "ra" }), [3, 3], "control: the router's RA");
+});
+
+test("DHCPv6 server and relay messages from a VM are dropped, client messages pass", async () => {
+  const { vm1, vm2, router } = ready();
+  const dhcp = { src: vm1.ll, kind: "udp" as const };
+  assert.equal(await counts(vm1, [router, vm2], { ...dhcp, sport: 547, dport: 546 }), [0, 0], "reply to a client");
+  assert.equal(await counts(vm1, [router, vm2], { ...dhcp, sport: 40000, dport: 546 }), [0, 0], "anything to port 546");
+  assert.equal(await counts(vm1, [router, vm2], { ...dhcp, dst: "ff02::1:2", sport: 547, dport: 547 }), [0, 0], "relay message");
+  assert.equal(await counts(vm1, [router, vm2], { ...dhcp, dst: "ff02::1:2", sport: 546, dport: 547 }), [3, 3], "client solicit");
+});
+
+test("ND guard: an NA for another VM's address is dropped and the router's cache keeps the owner; NAs for own addresses pass", async () => {
+  const { vm1, vm2, router } = ready();
+  assert.ok(await ping(router, vm2.slaac));
+  const spoof = await ndCounts(vm1, [router, vm2], ["--kind", "na", "--src", vm1.ll, "--dst", "ff02::1", "--target", vm2.slaac, "--tlla", vm1.mac]);
+  assert.equal(spoof.map((c) => c.whole), [0, 0], "spoofed NA");
+  assert.equal(await neighbourMac(router, vm2.slaac), vm2.mac);
+  const spoofLl = await ndCounts(vm1, [router, vm2], ["--kind", "na", "--src", vm1.slaac, "--dst", "ff02::1", "--target", vm2.ll, "--tlla", vm1.mac]);
+  assert.equal(spoofLl.map((c) => c.whole), [0, 0], "spoofed NA for vm2's link-local");
+  for (const target of [vm1.slaac, vm1.ll, "2001:db8:ff00:1f::1"]) {
+    const own = await ndCounts(vm1, [router, vm2], ["--kind", "na", "--src", vm1.ll, "--dst", "ff02::1", "--target", target, "--tlla", vm1.mac]);
+    assert.equal(own.map((c) => c.whole), [3, 3], `NA for own ${target}`);
+  }
+  // DAD probes (from ::) only for owned targets: a VM cannot make another's DAD fail
+  const dadOther = await ndCounts(vm1, [router, vm2], ["--kind", "ns-dad", "--target", vm2.slaac]);
+  assert.equal(dadOther.map((c) => c.whole), [0, 0], "DAD probe for vm2's address");
+  const dadOwn = await ndCounts(vm1, [router], ["--kind", "ns-dad", "--target", SECONDARY1]);
+  assert.equal(dadOwn.map((c) => c.whole), [3], "DAD probe for an own address");
+});
+
+test("header chain (RFC 7112/7113): fragmented or extension-header RAs and DHCPv6 replies do not get through", async () => {
+  const { vm1, vm2, router } = ready();
+  for (const kind of ["ra-frag", "ra-frag-split", "ra-frag-whole", "dhcp-frag"]) {
+    const got = await ndCounts(vm1, [router, vm2], ["--kind", kind, "--src", vm1.ll, "--dst", "ff02::1"]);
+    // the first fragment is what a receiver needs to reassemble; a lone later fragment is harmless
+    assert.equal(got.map((c) => c.first), [0, 0], `${kind}: first fragment`);
+  }
+  const ext = await ndCounts(vm1, [router, vm2], ["--kind", "ra-ext", "--src", vm1.ll, "--dst", "ff02::1"]);
+  assert.equal(ext.map((c) => c.whole), [0, 0], "RA behind a Destination Options header");
+  // control: the same frames from the (unguarded) router port arrive whole
+  const control = await ndCounts(router, [vm1], ["--kind", "ra-frag", "--src", router.ll, "--dst", "ff02::1"]);
+  assert.equal([control[0]!.first, control[0]!.second], [3, 3], "control from the router port");
+});
+
+test("IPv6 behind VLAN tags is dropped; untagged own traffic passes", async () => {
+  const { vm1, vm2, router } = ready();
+  const tagged = await ndCounts(vm1, [router, vm2], ["--kind", "echo", "--src", vm1.ll, "--vlan", "8100:5"]);
+  assert.equal(tagged.map((c) => c.whole), [0, 0], "802.1Q");
+  const stacked = await ndCounts(vm1, [router, vm2], ["--kind", "echo", "--src", vm2.slaac, "--vlan", "88a8:5", "--vlan", "8100:7"]);
+  assert.equal(stacked.map((c) => c.whole), [0, 0], "802.1ad + 802.1Q");
+  const plain = await ndCounts(vm1, [router, vm2], ["--kind", "echo", "--src", vm1.ll]);
+  assert.equal(plain.map((c) => c.whole), [3, 3]);
+});
+
+test("an unallocated guarded tap passes no IPv6 (not even DAD or MLD); its IPv4 and traffic to VMs are untouched", async () => {
+  const { vm3, vm1, router } = ready();
+  assert.equal(await counts(vm3, [router, vm1], { src: vm3.ll }), [0, 0]);
+  assert.equal(await counts(vm3, [router, vm1], { src: "::", kind: "mld", target: vm3.ll }), [0, 0]);
+  const dad = await ndCounts(vm3, [router, vm1], ["--kind", "ns-dad", "--target", vm3.ll]);
+  assert.equal(dad.map((c) => c.whole), [0, 0]);
+  assert.equal(await counts(vm3, [router], { src: "192.0.2.3", dst: "192.0.2.255", kind: "udp4" }), [3], "IPv4");
+  assert.equal(await counts(router, [vm1, vm3], { src: "2001:db8:99::1" }), [3, 3], "to the VMs");
+});
+
+test("ports of a bridge sg6 does not guard are never matched, also ones that appear later; a new tap on cloudbr0 is guarded at once", async () => {
+  const { vm9, router9, hv, driver } = ready();
+  assert.equal(await counts(vm9, [router9], { src: "2001:db8:77::1" }), [3]);
+  const late = vmOf(await hv.addVm(cleanup, "vnet10", randomMac(), { bridge: "otherbr" }));
+  const fresh = vmOf(await hv.addVm(cleanup, "vnet11", randomMac()));
+  assert.equal(await counts(fresh, [lab!.router], { src: fresh.ll }), [0], "new unbound tap on cloudbr0");
+  await waitFor("the new port of otherbr to pass", async () => sum(await counts(late, [router9], { src: "2001:db8:77::2" })) === 3, 5000, 50);
+  // the link watcher kept the set current: a reconcile has nothing to do
+  assert.equal(await driver.reconcile([b1(), b2()], true), []);
+});
+
+test("release cuts the VM off; replacing the /60 drops the old and passes the new", async () => {
+  const { vm1, vm2, router, driver } = ready();
+  await driver.change([b2()], []);
+  assert.equal(await counts(vm2, [router], { src: vm2.slaac }), [0], "released vm2");
+  assert.equal((await driver.drops()).vnet2, undefined);
+  await driver.change([b1()], [b1new()]);
+  assert.equal(await counts(vm1, [router], { src: "2001:db8:ff00:1a::77" }), [0], "old /60");
+  assert.equal(await counts(vm1, [router], { src: "2001:db8:ff00:3a::77" }), [3], "new /60");
+  assert.equal(await counts(vm1, [router], { src: vm1.slaac }), [3], "SLAAC untouched");
+  assert.equal(await driver.reconcile([b1new()], true), [], "the kernel holds what applyChange was told");
+});
+
+test("a /56 delegated prefix: the first one adds sets for its length (one rebuild), then it passes like a /60", async () => {
+  const { vm1, router, driver } = ready();
+  const b56 = binding(vm1, "vm1", [`${SECONDARY1}/128`, "2001:db8:ff00:100::/56"]);
+  let refused = false;
+  await driver.change([b1new()], [b56]).catch(() => (refused = true));
+  assert.ok(refused, "applyChange cannot use a prefix length the table has no sets for");
+  const changes = await driver.reconcile([b56]);
+  assert.ok(changes.includes("set sources_56 is missing"), changes.join("; "));
+  assert.equal(await driver.reconcile([b56]), []);
+  assert.equal(await counts(vm1, [router], { src: "2001:db8:ff00:1ff::1" }), [3], "inside the /56");
+  assert.equal(await counts(vm1, [router], { src: "2001:db8:ff00:3a::77" }), [0], "the /60 it replaced");
+  // back to the /60: an element update again; the /56 sets stay (no rebuild when lengths come and go)
+  await driver.change([b56], [b1new()]);
+  assert.equal(await driver.reconcile([b1new()], true), []);
+  assert.equal(await counts(vm1, [router], { src: "2001:db8:ff00:3a::77" }), [3]);
+});
+
+test("atomicity: 100 back-to-back changes lose nothing of a flow allowed throughout and pass nothing of one never allowed", async () => {
+  const { vm1, router, driver } = ready();
+  const alt = binding(vm1, "vm1", [`${SECONDARY1}/128`, PD1_ALT]);
+  const states: PortBinding[][] = [[b1new()]];
+  for (let i = 0; i < 100; i++) states.push([i % 2 ? b1new() : alt]);
+  const good = newMarker();
+  const bad = newMarker();
+  const sniffer = await startSniffer(router.at, [good, bad], { srcMac: vm1.mac });
+  try {
+    const flows = [
+      await startStream({ from: vm1.sender, src: vm1.slaac, dst: "ff02::1", kind: "echo", marker: good, intervalMs: 1 }),
+      await startStream({ from: vm1.sender, src: "2001:db8:ff00:50::1", dst: "ff02::1", kind: "echo", marker: bad, intervalMs: 1 }),
+    ];
+    await sleep(100);
+    const ms = (await driver.request({ op: "sequence", states })).ms as number;
+    await sleep(100);
+    const [sentGood] = await Promise.all(flows.map((f) => f.stop()));
+    await sleep(200);
+    const got = await sniffer.stop();
+    assert.ok(sentGood! > 100, `sent ${sentGood}`);
+    assert.is(got[good], sentGood, `allowed flow: ${got[good]} of ${sentGood} arrived during ${Math.round(ms)} ms of changes`);
+    assert.is(got[bad], 0, "never-allowed flow");
+  } finally {
+    sniffer.kill();
+  }
+  assert.equal(await driver.reconcile([b1new()], true), []);
+});
+
+test("drift: a deleted element, a flushed chain, a foreign rule are repaired; the second reconcile reports nothing", async () => {
+  const { vm1, vm2, router, driver } = ready();
+  const bindings = [b1new()];
+  await nft("delete", "element", "bridge", "sg6", "sources_128", `{ "vnet1" . ${vm1.mac} . ${vm1.slaac} }`);
+  assert.equal(await counts(vm1, [router], { src: vm1.slaac }), [0], "the deletion bites");
+  const repaired = await driver.reconcile(bindings);
+  assert.equal(repaired, [`add sources_128 "vnet1" . ${vm1.mac} . ${vm1.slaac}`]);
+  assert.equal(await driver.reconcile(bindings), []);
+  assert.equal(await counts(vm1, [router], { src: vm1.slaac }), [3]);
+
+  // applyChange trusts its memory; when the kernel disagrees, it refuses instead of guessing
+  await nft("delete", "element", "bridge", "sg6", "sources_60", `{ "vnet1" . ${vm1.mac} . ${PD1_NEW.replace("/60", "")} }`);
+  let refused = false;
+  await driver.change([b1new()], [b1()]).catch(() => (refused = true));
+  assert.ok(refused, "applyChange must throw when an element it removes is gone");
+  assert.ok((await driver.reconcile([b1()])).length > 0);
+  assert.equal(await driver.reconcile([b1()]), []);
+
+  await nft("flush", "chain", "bridge", "sg6", "guard");
+  assert.equal(await counts(vm1, [router], { src: vm2.slaac }), [3], "the flush bites");
+  const rebuilt = await driver.reconcile([b1()]);
+  assert.ok(rebuilt.some((c) => c.startsWith("chain guard has 0 rules")), rebuilt.join("; "));
+  assert.ok(rebuilt.some((c) => c.startsWith("rebuild table bridge sg6")), rebuilt.join("; "));
+  assert.equal(await driver.reconcile([b1()]), []);
+  assert.equal(await counts(vm1, [router], { src: vm2.slaac }), [0]);
+
+  await nft("insert", "rule", "bridge", "sg6", "guard", "accept");
+  assert.ok((await driver.reconcile([b1()])).some((c) => c.startsWith("chain guard has 15 rules")));
+  assert.equal(await driver.reconcile([b1()]), []);
+  assert.equal(await counts(vm1, [router, vm2], { src: vm1.slaac }), [3, 3]);
+});
+
+test("purge removes the table; then the attacks the guard stopped do arrive (controls)", async () => {
+  const { driver, hv, vm1, vm2, router } = ready();
+  assert.equal((await driver.request({ op: "purge" })).removed, ["nftables: table bridge sg6"]);
+  assert.equal((await driver.request({ op: "purge" })).removed, []);
+  assert.not.match(await hv.ns.run("nft", ["list", "tables"]), /sg6/);
+  assert.ok(await ping(router, vm2.slaac));
+  const spoof = await ndCounts(vm1, [router], ["--kind", "na", "--src", vm1.ll, "--dst", "ff02::1", "--target", vm2.slaac, "--tlla", vm1.mac]);
+  assert.equal(spoof[0]!.whole, 3);
+  assert.equal(await neighbourMac(router, vm2.slaac), vm1.mac, "without the guard the spoofed NA takes the address over");
+  const frag = await ndCounts(vm1, [router], ["--kind", "ra-frag", "--src", vm1.ll, "--dst", "ff02::1"]);
+  assert.equal(frag[0]!.first, 3, "without the guard the evasive first fragment arrives");
+});
+
+if (process.env.SG6_NFT_DRIVER !== undefined) {
+  serveDriver(process.env.SG6_NFT_DRIVER).catch((error: unknown) => {
+    process.stderr.write(`nft driver: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exit(1);
+  });
+} else {
+  test.run();
+}
