@@ -39,7 +39,7 @@ export class Agent {
 
     // 1. Re-assert the saved state before anything else: a reboot without NATS still enforces.
     const saved = await this.store.load();
-    this.enforcer = new Enforcer(config, dataplane, log, saved);
+    this.enforcer = new Enforcer(config, dataplane, log, saved, (vms) => this.store.record(vms));
     this.inventory = await PortInventory.open(config.bridges, config.portPrefix);
     this.enforcer.setPorts(this.inventory.ports());
     const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
@@ -109,7 +109,7 @@ export class Agent {
     }
     if (result.changed.length) {
       this.metrics.applySeconds.observe(result.applyMs / 1000);
-      this.store.saveSoon(this.enforcer.state.toJSON());
+      this.store.saveSoon(() => this.enforcer.state.toJSON());
     }
     this.updateGauges();
     return result.decisions.map((decision, i) => {
@@ -159,8 +159,9 @@ export class Agent {
       const { state, rejected } = stateFromMessages(this.config, messages);
       for (const r of rejected) this.log.warn({ vm: r.vm, seq: r.seq, subject: r.subject, reason: r.reason }, "rejected during resync");
       this.enforcer.replaceState(state.toJSON());
+      // on disk before the kernel, like every batch (write-ahead)
+      await this.store.save(() => this.enforcer.state.toJSON());
       const changes = await this.enforcer.reconcile();
-      this.store.saveSoon(this.enforcer.state.toJSON());
       this.metrics.lastResync.set(Date.now() / 1000);
       if (changes.length) this.metrics.driftRepairs.inc(changes.length);
       this.log.info({ messages: messages.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");

@@ -36,6 +36,8 @@ export class Enforcer {
     readonly dataplane: Dataplane,
     readonly log: Logger,
     initial?: DesiredState,
+    /** makes records durable (the agent's journal); the CLI does without */
+    private readonly persist: (vms: Record<string, VmRecord | null>) => Promise<void> = async () => undefined,
   ) {
     this.state = new HostState(config, initial);
   }
@@ -125,6 +127,9 @@ export class Enforcer {
     }
     const changed = [...previous.keys()];
     if (!changed.length) return { decisions, changed, applyMs: 0 };
+    // write-ahead: the new records are on disk before the kernel holds them, so a restart never
+    // re-asserts anything older than what the kernel may already enforce
+    await this.persist(Object.fromEntries(changed.map((vm) => [vm, this.state.vms.get(vm) ?? null])));
     const start = performance.now();
     const { from, to, next } = this.rebind(changed);
     try {
@@ -142,6 +147,7 @@ export class Enforcer {
         if (record) this.state.set(vm, record);
         else this.state.vms.delete(vm);
       }
+      await this.persist(Object.fromEntries([...previous].map(([vm, record]) => [vm, record ?? null]))).catch(() => undefined);
       await this.reconcile().catch(() => undefined);
       throw error;
     }

@@ -221,6 +221,37 @@ test("bridge-nf-call-ip6tables is turned on (and logged); sg6 objects in the oth
   });
 });
 
+test("switching a host between backends: reconcile, status and purge work the same, and the other backend's objects go", async () => {
+  await withHarness({}, async (h) => {
+    const mac = randomMac();
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac, device: "vnet1", delegated: "2001:db8:ff00:10::/60" }));
+    assert.is((await h.cli(["reconcile"])).code, 0);
+    assert.is((await h.portRules()).length, 1);
+
+    h.setBackend("nftables");
+    const toNft = await h.cli(["reconcile", "--json"]);
+    assert.is(toNft.code, 0, toNft.stderr);
+    assert.ok((JSON.parse(toNft.stdout) as { changes: string[] }).changes.some((c) => c.includes("chain sg6-port")), "the ip6tables objects were removed");
+    assert.is((await h.portRules()).length, 0);
+    assert.equal(await h.ipsetEntries(), []);
+    assert.match(await h.hv.ns.run("nft", ["list", "table", "bridge", "sg6"]), /table bridge sg6/);
+    const again = await h.cli(["reconcile", "--dry-run"]);
+    assert.is(again.code, 0, `nothing left to do on nftables: ${again.stdout}`);
+    const status = JSON.parse((await h.cli(["status", "--json"])).stdout) as { backend: string; inSync: boolean };
+    assert.match(status.backend, /nftables/);
+
+    h.setBackend("iptables");
+    assert.is((await h.cli(["reconcile"])).code, 0);
+    assert.is((await h.portRules()).length, 1);
+    assert.is((await h.hv.ns.try("nft", ["list", "table", "bridge", "sg6"])).code, 1, "the nftables table was removed");
+
+    const purge = await h.cli(["purge"]);
+    assert.is(purge.code, 0);
+    assert.is((await h.portRules()).length, 0);
+    assert.not.match(await h.hv.ns.run("ipset", ["save"]), /sg6/);
+  });
+});
+
 test("an invalid config stops the agent before it touches anything", async () => {
   await withHarness({}, async (h) => {
     const { writeFileSync, readFileSync } = await import("node:fs");

@@ -1,6 +1,6 @@
 // A real `sg6 agent` process inside a hypervisor namespace, talking to a real nats-server.
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -20,6 +20,7 @@ export interface HarnessOptions {
   variant?: "legacy" | "nft";
   resyncInterval?: number;
   host?: string;
+  backend?: "iptables" | "nftables";
 }
 
 /** Forwards unix-socket connections to a TCP port on the host's loopback. */
@@ -84,6 +85,7 @@ export class AgentHarness {
           `bridges = ["cloudbr0"]`,
           `state_dir = "${join(dir, "state")}"`,
           `resync_interval = ${options.resyncInterval ?? 60}`,
+          `backend = "${options.backend ?? "iptables"}"`,
           `[nats]`,
           `servers = ["nats://127.0.0.1:4222"]`,
           `[metrics]`,
@@ -175,6 +177,12 @@ export class AgentHarness {
   async portRules(): Promise<string[]> {
     const out = await this.hv.ns.run(`ip6tables-${this.variant}-save`, ["-t", "filter"]);
     return out.split("\n").filter((l) => l.startsWith("-A sg6-port ") && l.includes("--physdev-in"));
+  }
+
+  /** Point the config at another backend (as an operator switching a host over would). */
+  setBackend(backend: "iptables" | "nftables"): void {
+    const text = readFileSync(this.configPath, "utf8").replace(/^backend = ".*"$/m, `backend = "${backend}"`);
+    writeFileSync(this.configPath, text);
   }
 
   async destroy(): Promise<void> {
