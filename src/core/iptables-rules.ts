@@ -322,6 +322,17 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     changes.push(...dels.map((r) => `remove rule ${chain} ${ruleSpec(r)}`), ...adds.map((r) => `add rule ${chain} ${ruleSpec(r)}`));
   }
 
+  // sg6 chains and sets this layout does not use (an older layout's): go once nothing refers to them
+  const known = new Set<string>(CHAINS);
+  for (const chain of snapshot.chains.keys()) {
+    if (known.has(chain)) continue;
+    ipt.push(`-F ${chain}`);
+    changes.push(`remove chain ${chain} (not part of this layout)`);
+  }
+  const strays = [...snapshot.chains.keys()].filter((chain) => !known.has(chain));
+  const straySets = [...snapshot.sets.keys()].filter((name) => !name.startsWith(PORT_SET_PREFIX));
+  changes.push(...straySets.map((name) => `destroy set ${name} (not part of this layout)`));
+
   // The jump from FORWARD: exactly one, first.
   const jump = forwardJump(options.portPrefix);
   const jumps = snapshot.forward.filter((rule) => rule.endsWith(` -j ${CHAIN_FWD}`) || rule.endsWith(` -g ${CHAIN_FWD}`));
@@ -330,6 +341,8 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     changes.push(jumps.length ? `move the FORWARD jump to the top (found ${jumps.length})` : "add the FORWARD jump");
   }
 
+  ipt.push(...strays.map((chain) => `-X ${chain}`));
+  after.push(...straySets.map((name) => `destroy ${name}`));
   return script(before, ipt, after, changes);
 }
 

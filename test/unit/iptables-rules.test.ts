@@ -212,6 +212,13 @@ function iptablesRestore(k: Kernel, script: string): void {
       t.filter.set(chain!, []);
     } else if (op === "-F") {
       chainOf(chain!).length = 0;
+    } else if (op === "-X") {
+      // like the kernel: only an empty chain no rule jumps to can go
+      if (chainOf(chain!).length) throw new Error(`ip6tables-restore: chain ${chain} is not empty`);
+      for (const rules of t.filter.values()) {
+        if (rules.some((rule) => / -[jg] (\S+)/.exec(rule)?.[1] === chain)) throw new Error(`ip6tables-restore: chain ${chain} is in use`);
+      }
+      t.filter.delete(chain!);
     } else if (op === "-A") {
       checkRefs(line);
       chainOf(chain!).push(line);
@@ -808,7 +815,7 @@ drift("a port set with other settings is left to the operator, needed or stray",
   }
 });
 
-drift("the previous layout (one shared hash:net,iface set): swapped for port sets in one transaction", () => {
+drift("the previous layout (one shared hash:net,iface set): swapped for port sets in one transaction, its leftovers removed", () => {
   const clean = converged();
   const oldRule = (rule: string) => rule.replace(/ -m set --match-set \S+ src -g sg6-guard$/, " -g sg6-src");
   const k = clone(clean);
@@ -835,8 +842,10 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
         `-D sg6-port ${spec(oldRule(RULE_B))}`,
         `-I sg6-port 1 ${spec(RULE_A)}`,
         `-I sg6-port 1 ${spec(RULE_B)}`,
+        "-F sg6-src",
+        "-X sg6-src",
       ),
-      ipsetAfter: [...SRC_A, ...SRC_B].map((e) => `add ${e}\n`).join(""),
+      ipsetAfter: [...SRC_A, ...SRC_B].map((e) => `add ${e}\n`).join("") + "destroy sg6-src\n",
       changes: [],
     },
   );
@@ -848,11 +857,10 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
   for (const chain of ["FORWARD", CHAIN_GUARD, CHAIN_FWD, CHAIN_DROP]) assert.equal(k.filter.get(chain), clean.filter.get(chain), chain);
   assert.equal(k.filter.get(CHAIN_PORT), [RULE_B, RULE_A, PORT_DEFAULT], "new port rules inserted at the top, the default drop still last");
   for (const set of [SET_A, SET_B]) assert.equal(k.sets.get(set), clean.sets.get(set), set);
-  // the old chain (and the old set it names) may stay behind for "sg6 purge", but no packet reaches it
-  const reachable = new Set(["FORWARD"]);
-  for (const chain of reachable) for (const rule of k.filter.get(chain) ?? []) if (userTarget(rule)) reachable.add(userTarget(rule)!);
-  assert.equal([...reachable].sort(), ["FORWARD", "cs-fwd", ...CHAINS].sort());
-  assert.equal(rulesNaming(k, "sg6-src").filter((rule) => reachable.has(rule.split(" ")[1]!)), [], "no reachable rule uses the old set");
+  // the old chain and the old set are gone (the chain in the transaction, the set after it)
+  assert.not.ok(k.filter.has("sg6-src"), "the old chain was removed");
+  assert.not.ok(k.sets.has("sg6-src"), "the old set was destroyed");
+  assert.equal(rulesNaming(k, "sg6-src"), [], "no rule names the old set or chain");
   assert.equal(planChange(read(k), DESIRED, OPTIONS), NOTHING);
 });
 
