@@ -146,7 +146,7 @@ export function diffContent(from: PortContent, to: PortContent): ContentDelta {
     delSets,
     addSets: minus(to.portSets, from.portSets),
     // members of a set that goes away go with it
-    delSrc: minus(from.srcEntries, to.srcEntries).filter((e) => !gone.has(e.slice(0, e.indexOf(" ")))),
+    delSrc: minus(from.srcEntries, to.srcEntries).filter((e) => !gone.has(setOfEntry(e))),
     addSrc: minus(to.srcEntries, from.srcEntries),
   };
 }
@@ -346,14 +346,25 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
   return script(before, ipt, after, changes);
 }
 
-/** ipset lines run before the rule transaction: new sets made, dropped sources removed (never widens). */
+const setOfEntry = (entry: string) => entry.slice(0, entry.indexOf(" "));
+
+/**
+ * ipset lines run before the rule transaction: new sets made and filled (no rule refers to them
+ * yet, so this passes nothing), dropped sources removed (never widens what passes).
+ */
 function ipsetBefore(delta: ContentDelta): string[] {
-  return [...delta.addSets.map((name) => `create ${portSetCreate(name)}`), ...delta.delSrc.map((e) => `del ${e}`)];
+  const fresh = new Set(delta.addSets);
+  return [
+    ...delta.addSets.map((name) => `create ${portSetCreate(name)}`),
+    ...delta.addSrc.filter((e) => fresh.has(setOfEntry(e))).map((e) => `add ${e}`),
+    ...delta.delSrc.map((e) => `del ${e}`),
+  ];
 }
 
-/** ipset lines run after it: sources added once their rule is in place, sets no rule uses destroyed. */
+/** ipset lines run after it: sources of existing ports added once the rules changed, sets no rule uses destroyed. */
 function ipsetAfter(delta: ContentDelta): string[] {
-  return [...delta.addSrc.map((e) => `add ${e}`), ...delta.delSets.map((name) => `destroy ${name}`)];
+  const fresh = new Set(delta.addSets);
+  return [...delta.addSrc.filter((e) => !fresh.has(setOfEntry(e))).map((e) => `add ${e}`), ...delta.delSets.map((name) => `destroy ${name}`)];
 }
 
 /** Scripts for one incremental change when the kernel is known to hold `from` (no read-back). */
