@@ -1,0 +1,167 @@
+// Deterministic synthetic hosts for the benchmark: N VMs with one NIC each on taps vnet0..vnet{N-1},
+// their events, the desired state sg6 derives from them and the kernel scripts of the references.
+import { parseConfig, type Config } from "../src/core/config.js";
+import { bindPorts } from "../src/core/bindings.js";
+import { HostState } from "../src/core/host-state.js";
+import type { DesiredState, PortBinding } from "../src/core/model.js";
+import { planChange, planDelta, renderContent, type ChangeScript, type KernelSnapshot, type ScaffoldOptions } from "../src/core/iptables-rules.js";
+
+export const NETWORK = "2001:db8:1::/64";
+export const PD_POOL = "2001:db8:ff00::/40";
+export const BRIDGE = "cloudbr0";
+export const PORT_PREFIX = "vnet";
+export const SCAFFOLD: ScaffoldOptions = { bridges: [BRIDGE], portPrefix: PORT_PREFIX };
+
+export function benchConfig(host: string, stateDir: string, natsUrl = "nats://127.0.0.1:4222", backend: "iptables" | "nftables" = "iptables"): Config {
+  return parseConfig(
+    [
+      `host = "${host}"`,
+      `networks = ["${NETWORK}"]`,
+      `pd_pool = "${PD_POOL}"`,
+      `pd_length = 60`,
+      `bridges = ["${BRIDGE}"]`,
+      `port_prefix = "${PORT_PREFIX}"`,
+      `state_dir = "${stateDir}"`,
+      `backend = "${backend}"`,
+      // the benchmark triggers drift checks itself; the timer must not fire during a measurement
+      `resync_interval = 86400`,
+      `[nats]`,
+      `servers = ["${natsUrl}"]`,
+      `[metrics]`,
+      `listen = ""`,
+    ].join("\n") + "\n",
+  );
+}
+
+/** The TOML text of the same config (for the `sg6 agent` process). */
+export function benchConfigToml(host: string, stateDir: string, natsUrl: string): string {
+  return [
+    `host = "${host}"`,
+    `networks = ["${NETWORK}"]`,
+    `pd_pool = "${PD_POOL}"`,
+    `pd_length = 60`,
+    `bridges = ["${BRIDGE}"]`,
+    `port_prefix = "${PORT_PREFIX}"`,
+    `state_dir = "${stateDir}"`,
+    `resync_interval = 86400`,
+    `[nats]`,
+    `servers = ["${natsUrl}"]`,
+    `[metrics]`,
+    `listen = ""`,
+  ].join("\n") + "\n";
+}
+
+/** Unicast, locally administered MAC number i (i < 2^24). */
+export function macOf(i: number): string {
+  return ["52", "54", "00", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff]
+    .map((b) => (typeof b === "string" ? b : b.toString(16).padStart(2, "0")))
+    .join(":");
+}
+
+/** The i-th /60 of the /40 pool (i < 2^20), canonical enough for the validator to canonicalise. */
+export function delegatedOf(i: number): string {
+  const g2 = 0xff00 | ((i >> 12) & 0xff);
+  const g3 = (i & 0xfff) << 4;
+  return `2001:db8:${g2.toString(16)}:${g3.toString(16)}::/60`;
+}
+
+export const vmName = (i: number) => `vm-${i}`;
+export const deviceOf = (i: number) => `${PORT_PREFIX}${i}`;
+
+export interface Allocation {
+  v: 1;
+  kind: "vm.allocated";
+  host: string;
+  vm: string;
+  generation: number;
+  nics: { mac: string; network: string; delegated: string; device: string }[];
+}
+
+export interface Release {
+  v: 1;
+  kind: "vm.released";
+  host: string;
+  vm: string;
+  generation: number;
+}
+
+/** VM number `i` on tap vnet{i} with MAC number i and delegated prefix number `pd` (default i). */
+export function allocation(host: string, i: number, generation: number, pd = i): Allocation {
+  return {
+    v: 1,
+    kind: "vm.allocated",
+    host,
+    vm: vmName(i),
+    generation,
+    nics: [{ mac: macOf(i), network: NETWORK, delegated: delegatedOf(pd), device: deviceOf(i) }],
+  };
+}
+
+export function release(host: string, i: number, generation: number): Release {
+  return { v: 1, kind: "vm.released", host, vm: vmName(i), generation };
+}
+
+export const subjectOf = (host: string, vm: string) => `sg6.vm.${host}.${vm}`;
+
+const encoder = new TextEncoder();
+
+/** The desired state of a host carrying VMs 0..n-1, built by the agent's own decision code. */
+export function hostState(config: Config, n: number): HostState {
+  const state = new HostState(config);
+  for (let i = 0; i < n; i++) {
+    const event = allocation(config.host, i, 1);
+    const decision = state.accept(subjectOf(config.host, event.vm), encoder.encode(JSON.stringify(event)), i + 1);
+    if (decision.outcome !== "apply") throw new Error(`fixture VM ${i} not accepted: ${decision.reason}`);
+  }
+  return state;
+}
+
+export function desiredState(config: Config, n: number): DesiredState {
+  return hostState(config, n).toJSON();
+}
+
+export function bindingsOf(config: Config, n: number): PortBinding[] {
+  const { bindings, unbound } = bindPorts(hostState(config, n).active(), new Map());
+  if (unbound.length) throw new Error(`fixture: ${unbound.length} NICs unbound`);
+  return bindings;
+}
+
+export const emptySnapshot = (): KernelSnapshot => ({ forward: [], chains: new Map(), sets: new Map() });
+
+/**
+ * The floor: what the kernel tools alone need, as one `ipset restore` and one `ip6tables-restore`
+ * input. Rendered by the core itself (whatever layout it has), so the objects are sg6's exactly.
+ */
+export function floorScripts(bindings: PortBinding[]): { ipset: string; iptables: string } {
+  const script = planChange(emptySnapshot(), renderContent(bindings), SCAFFOLD);
+  // from nothing the split before/after that sg6 makes for atomicity buys nothing: one ipset restore
+  return { ipset: script.ipsetBefore + script.ipsetAfter, iptables: script.iptables };
+}
+
+/** Each line of a change script as its own process: `ipset <line>` and `ip6tables-<variant> -w <line>`. */
+function perObject(script: ChangeScript, variant: "legacy" | "nft"): string[] {
+  const lines = (text: string) => text.split("\n").filter((l) => l.trim() !== "");
+  return [
+    ...lines(script.ipsetBefore).map((l) => `ipset ${l}`),
+    ...lines(script.iptables)
+      .filter((l) => l.startsWith("-"))
+      .map((l) => `ip6tables-${variant} -w ${l}`),
+    ...lines(script.ipsetAfter).map((l) => `ipset ${l}`),
+  ];
+}
+
+/**
+ * The naive reference: the same objects, one kernel-tool process per object (ipset create/add per
+ * set/entry, ip6tables -N/-A/-I per chain/rule), as a shell script: the cheapest way to start many
+ * processes, so the reference is not handicapped by node's spawn.
+ */
+export function naiveScript(bindings: PortBinding[], variant: "legacy" | "nft"): { script: string; processes: number } {
+  const lines = perObject(planChange(emptySnapshot(), renderContent(bindings), SCAFFOLD), variant);
+  return { script: ["set -e", ...lines].join("\n") + "\n", processes: lines.length };
+}
+
+/** Naive processes that take a host holding `from` to one holding `to` (for the extrapolation sample). */
+export function naiveDeltaScript(from: PortBinding[], to: PortBinding[], variant: "legacy" | "nft"): { script: string; processes: number } {
+  const lines = perObject(planDelta(renderContent(from), renderContent(to)), variant);
+  return { script: ["set -e", ...lines].join("\n") + "\n", processes: lines.length };
+}
