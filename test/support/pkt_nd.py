@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import struct
+import sys
 
 ETH_P_IPV6 = 0x86DD
 NH_DSTOPTS = 60
@@ -37,24 +38,9 @@ NH_ICMPV6 = 58
 NH_UDP = 17
 
 
-def mac_bytes(text):
-    parts = text.split(":")
-    if len(parts) != 6:
-        raise SystemExit(f"bad MAC {text!r}")
-    return bytes(int(p, 16) for p in parts)
-
-
-def ip6(text):
-    return socket.inet_pton(socket.AF_INET6, text)
-
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return (~total) & 0xFFFF
+# frame helpers shared with the main packet tool
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pkt import checksum, ip6, mac_bytes  # noqa: E402
 
 
 def l4(src, dst, next_header, message, csum_at):
