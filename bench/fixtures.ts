@@ -13,28 +13,11 @@ export const PORT_PREFIX = "vnet";
 export const SCAFFOLD: ScaffoldOptions = { bridges: [BRIDGE], portPrefix: PORT_PREFIX };
 
 export function benchConfig(host: string, stateDir: string, natsUrl = "nats://127.0.0.1:4222", backend: "iptables" | "nftables" = "iptables"): Config {
-  return parseConfig(
-    [
-      `host = "${host}"`,
-      `networks = ["${NETWORK}"]`,
-      `pd_pool = "${PD_POOL}"`,
-      `pd_length = 60`,
-      `bridges = ["${BRIDGE}"]`,
-      `port_prefix = "${PORT_PREFIX}"`,
-      `state_dir = "${stateDir}"`,
-      `backend = "${backend}"`,
-      // the benchmark triggers drift checks itself; the timer must not fire during a measurement
-      `resync_interval = 86400`,
-      `[nats]`,
-      `servers = ["${natsUrl}"]`,
-      `[metrics]`,
-      `listen = ""`,
-    ].join("\n") + "\n",
-  );
+  return parseConfig(benchConfigToml(host, stateDir, natsUrl, backend));
 }
 
 /** The TOML text of the same config (for the `sg6 agent` process). */
-export function benchConfigToml(host: string, stateDir: string, natsUrl: string): string {
+export function benchConfigToml(host: string, stateDir: string, natsUrl: string, backend: "iptables" | "nftables" = "iptables"): string {
   return [
     `host = "${host}"`,
     `networks = ["${NETWORK}"]`,
@@ -43,6 +26,8 @@ export function benchConfigToml(host: string, stateDir: string, natsUrl: string)
     `bridges = ["${BRIDGE}"]`,
     `port_prefix = "${PORT_PREFIX}"`,
     `state_dir = "${stateDir}"`,
+    `backend = "${backend}"`,
+    // the benchmark triggers drift checks itself; the timer must not fire during a measurement
     `resync_interval = 86400`,
     `[nats]`,
     `servers = ["${natsUrl}"]`,

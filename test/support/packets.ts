@@ -128,6 +128,19 @@ export interface Sniffer {
   kill(): void;
 }
 
+/** Start pkt.py and wait until it says "ready" (killed again if it says anything else). */
+async function startedPkt(ns: Netns | string, args: string[], what: string): Promise<PktProcess> {
+  const proc = new PktProcess(ns, args);
+  try {
+    const ready = await proc.line("ready");
+    if (ready !== "ready") throw new Error(`${what} said ${ready}`);
+  } catch (error) {
+    proc.kill();
+    throw error;
+  }
+  return proc;
+}
+
 /**
  * Start counting incoming frames with any of `markers` on `at` (optionally only those from one
  * source MAC, so replies and ICMP errors quoting the payload are not counted). Resolves once bound.
@@ -136,14 +149,7 @@ export async function startSniffer(at: Endpoint, markers: string[], options: { s
   const args = ["sniff", "--iface", at.iface, "--seconds", String(options.maxSeconds ?? 60), "--stop-on-eof"];
   for (const marker of markers) args.push("--marker", marker);
   if (options.srcMac) args.push("--src-mac", options.srcMac);
-  const proc = new PktProcess(at.ns, args);
-  try {
-    const ready = await proc.line("ready");
-    if (ready !== "ready") throw new Error(`sniffer said ${ready}`);
-  } catch (error) {
-    proc.kill();
-    throw error;
-  }
+  const proc = await startedPkt(at.ns, args, "sniffer");
   return {
     async stop() {
       proc.endInput();
@@ -201,14 +207,7 @@ export interface Stream {
 /** Send one frame every `intervalMs` (default 1) with `marker` until stop(). Resolves once sending. */
 export async function startStream(spec: PacketSpec & { marker: string; intervalMs?: number; maxSeconds?: number }): Promise<Stream> {
   const args = ["stream", ...packetArgs(spec), "--marker", spec.marker, "--interval-ms", String(spec.intervalMs ?? 1), "--seconds", String(spec.maxSeconds ?? 120)];
-  const proc = new PktProcess(spec.from.ns, args);
-  try {
-    const ready = await proc.line("ready");
-    if (ready !== "ready") throw new Error(`stream said ${ready}`);
-  } catch (error) {
-    proc.kill();
-    throw error;
-  }
+  const proc = await startedPkt(spec.from.ns, args, "stream");
   return {
     async stop() {
       proc.endInput();
