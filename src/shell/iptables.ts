@@ -150,6 +150,11 @@ export class IptablesBackend implements Dataplane {
     this.purgeNftablesPending = await nftTableExists().catch(() => false);
     if (this.purgeNftablesPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
     if (await this.enableBridgeNetfilter()) notes.push("turned on net.bridge.bridge-nf-call-ip6tables (bridged IPv6 now passes ip6tables)");
+    // Not switched on by sg6: it changes what the host's IPv4 bridge rules see as well.
+    const vlanTagged = (await readFile("/proc/sys/net/bridge/bridge-nf-filter-vlan-tagged", "utf8").catch(() => "")).trim();
+    if (vlanTagged === "0") {
+      notes.push("WARNING: net.bridge.bridge-nf-filter-vlan-tagged is 0: 802.1Q-tagged IPv6 from a VM is not seen by ip6tables; set it to 1 (it also affects IPv4 bridge rules) or use the nftables backend, which drops tagged IPv6");
+    }
     return notes;
   }
 
