@@ -11,7 +11,7 @@ import * as assert from "uvu/assert";
 import { linkLocalAddress, slaacAddress } from "../../src/core/addressing.js";
 import { AgentHarness, NETWORK } from "../support/agent-harness.js";
 import { Netns, randomMac, runId, sleep, tapMac, waitFor, type VmHandle } from "../support/netns.js";
-import { type Endpoint, type Sender, type Sniffer, type Stream, newMarker, sendAndCount, startSniffer, startStream } from "../support/packets.js";
+import { type Endpoint, type LabNode, type Sender, labNode, type Sniffer, type Stream, newMarker, sendAndCount, startSniffer, startStream } from "../support/packets.js";
 
 const VARIANT = (process.env.SG6_TEST_VARIANT as "legacy" | "nft" | undefined) ?? "nft";
 const ROUTER_IP = "2001:db8:1::1";
@@ -19,33 +19,14 @@ const ROUTER_IP = "2001:db8:1::1";
 const DST = "2001:db8:1::2";
 const FRAMES = 3;
 
-/** a namespace on the bridge with its addresses */
-interface Node {
-  ns: Netns;
-  tap: string;
-  mac: string;
-  ll: string;
-  slaac: string;
-  from: Sender;
-  at: Endpoint;
-}
+type Node = LabNode;
 
 interface Lab {
   h: AgentHarness;
   router: Node;
 }
 
-function node(handle: VmHandle): Node {
-  return {
-    ns: handle.ns,
-    tap: handle.tap,
-    mac: handle.mac,
-    ll: linkLocalAddress(handle.mac),
-    slaac: slaacAddress(NETWORK, handle.mac),
-    from: { ns: handle.ns, iface: handle.ifname, mac: handle.mac },
-    at: { ns: handle.ns, iface: handle.ifname },
-  };
-}
+const node = (handle: VmHandle): Node => labNode(handle, NETWORK);
 
 function note(text: string): void {
   process.stdout.write(`\n  [${VARIANT}] ${text}`);

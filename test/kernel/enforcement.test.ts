@@ -19,7 +19,7 @@ import { allowedSources } from "../../src/core/host-state.js";
 import type { NicIntent, PortBinding } from "../../src/core/model.js";
 import type { DriverBackend as Variant } from "../support/dataplane-driver.js";
 import { DataplaneDriver } from "../support/dataplane-driver.js";
-import { type Endpoint, type SendSpec, type Sender, newMarker, sendAndCount, sendAndCountEach, startSniffer, startStream } from "../support/packets.js";
+import { type Endpoint, type LabNode, type SendSpec, type Sender, labNode, newMarker, sendAndCount, sendAndCountEach, startSniffer, startStream } from "../support/packets.js";
 import { Cleanup, Hypervisor, type Netns, type VmHandle, randomMac, sleep, waitFor } from "../support/netns.js";
 
 const NETWORK = "2001:db8:1::/64";
@@ -27,19 +27,7 @@ const ROUTER_IP = "2001:db8:1::1";
 const FRAMES = 3;
 const PKT = new URL("../support/pkt.py", import.meta.url).pathname;
 
-/** a namespace on one of the bridges, with its addresses */
-interface Node {
-  handle: VmHandle;
-  ns: Netns;
-  tap: string;
-  mac: string;
-  ll: string;
-  slaac: string;
-  /** where frames are sent from (eth0, the NIC's MAC) */
-  from: Sender;
-  /** where frames are counted (eth0) */
-  at: Endpoint;
-}
+type Node = LabNode;
 
 interface GuardedVm extends Node {
   nic: NicIntent;
@@ -63,18 +51,7 @@ interface Lab {
   base: PortBinding[];
 }
 
-function node(handle: VmHandle): Node {
-  return {
-    handle,
-    ns: handle.ns,
-    tap: handle.tap,
-    mac: handle.mac,
-    ll: linkLocalAddress(handle.mac),
-    slaac: slaacAddress(NETWORK, handle.mac),
-    from: { ns: handle.ns, iface: handle.ifname, mac: handle.mac },
-    at: { ns: handle.ns, iface: handle.ifname },
-  };
-}
+const node = (handle: VmHandle): Node => labNode(handle, NETWORK);
 
 function nicOf(mac: string, tap: string, delegated: string | undefined, secondary: string[] = []): NicIntent {
   const nic: NicIntent = { mac, network: NETWORK, slaac: slaacAddress(NETWORK, mac), linkLocal: linkLocalAddress(mac), secondary, device: tap };

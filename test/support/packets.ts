@@ -6,7 +6,8 @@ import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import type { Netns } from "./netns.js";
+import { linkLocalAddress, slaacAddress } from "../../src/core/addressing.js";
+import type { Netns, VmHandle } from "./netns.js";
 
 const PKT = join(dirname(fileURLToPath(import.meta.url)), "pkt.py");
 const PYTHON = "/usr/bin/python3";
@@ -219,5 +220,32 @@ export async function startStream(spec: PacketSpec & { marker: string; intervalM
       }
     },
     kill: () => proc.kill(),
+  };
+}
+
+/** A namespace on the bridge, with the addresses a test sends from and the ends frames use. */
+export interface LabNode {
+  handle: VmHandle;
+  ns: Netns;
+  tap: string;
+  mac: string;
+  ll: string;
+  slaac: string;
+  /** where frames are sent from (the NIC, with its MAC) */
+  from: Sender;
+  /** where frames are counted (the NIC) */
+  at: Endpoint;
+}
+
+export function labNode(handle: VmHandle, network: string): LabNode {
+  return {
+    handle,
+    ns: handle.ns,
+    tap: handle.tap,
+    mac: handle.mac,
+    ll: linkLocalAddress(handle.mac),
+    slaac: slaacAddress(network, handle.mac),
+    from: { ns: handle.ns, iface: handle.ifname, mac: handle.mac },
+    at: { ns: handle.ns, iface: handle.ifname },
   };
 }
