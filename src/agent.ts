@@ -118,7 +118,7 @@ export class Agent {
       if (decision.outcome === "apply") {
         this.metrics.events.inc({ outcome: "applied" });
         const record = decision.record;
-        const nics = this.enforcer.bindings().filter((b) => b.vm === decision.vm);
+        const nics = this.enforcer.bindingsOf(decision.vm);
         this.log.info(
           {
             ...fields,
@@ -137,8 +137,8 @@ export class Agent {
         this.log.info({ ...fields, reason: decision.reason }, "ignored");
         return { outcome: "ignored" };
       }
+      // the intake terminates it, publishes the reject record and logs it (with vm, seq, reason)
       this.metrics.events.inc({ outcome: "rejected" });
-      this.log.warn({ ...fields, reason: decision.reason }, "rejected");
       return { outcome: "rejected", reason: decision.reason, vm: decision.vm };
     });
   }
@@ -187,7 +187,7 @@ export class Agent {
   }
 
   private updateGauges(): void {
-    this.metrics.enforcedNics.set(this.enforcer.bindings().length);
+    this.metrics.enforcedNics.set(this.enforcer.boundCount());
     this.metrics.waitingNics.set(this.enforcer.unboundNics().length);
   }
 

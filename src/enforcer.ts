@@ -61,6 +61,18 @@ export class Enforcer {
     return [...this.bound.values()].flat();
   }
 
+  /** How many NICs are bound (without building the list). */
+  boundCount(): number {
+    let count = 0;
+    for (const bindings of this.bound.values()) count += bindings.length;
+    return count;
+  }
+
+  /** What one VM has in the kernel now. */
+  bindingsOf(vm: string): PortBinding[] {
+    return this.bound.get(vm) ?? [];
+  }
+
   /** Bind one VM's NICs to ports, skipping ports another VM holds (fail closed, never steal). */
   private bindVm(vm: string, record: VmRecord | undefined): { bindings: PortBinding[]; unbound: UnboundNic[] } {
     const bindings: PortBinding[] = [];
@@ -131,17 +143,8 @@ export class Enforcer {
     // re-asserts anything older than what the kernel may already enforce
     await this.persist(Object.fromEntries(changed.map((vm) => [vm, this.state.vms.get(vm) ?? null])));
     const start = performance.now();
-    const { from, to, next } = this.rebind(changed);
     try {
-      try {
-        await this.dataplane.applyChange(from, to);
-        this.commitBindings(next);
-      } catch (error) {
-        // the kernel was not as we left it (drift, an operator): read it back and fix it whole
-        this.log.warn({ err: (error as Error).message }, "incremental apply failed; reconciling the whole host");
-        this.commitBindings(next);
-        await this.dataplane.reconcile(this.bindings());
-      }
+      await this.enforceRebind(changed);
     } catch (error) {
       for (const [vm, record] of previous) {
         if (record) this.state.set(vm, record);
@@ -169,15 +172,24 @@ export class Enforcer {
       }
     }
     if (!affected.size) return [];
-    const { from, to, next } = this.rebind(affected);
+    await this.enforceRebind(affected);
+    return [...affected];
+  }
+
+  /**
+   * Rebind `vms` and change the kernel by the difference. If the kernel was not as we left it
+   * (drift, an operator), read it back and fix the whole host instead.
+   */
+  private async enforceRebind(vms: Iterable<string>): Promise<void> {
+    const { from, to, next } = this.rebind(vms);
     try {
       await this.dataplane.applyChange(from, to);
       this.commitBindings(next);
-    } catch {
+    } catch (error) {
+      this.log.warn({ err: (error as Error).message }, "incremental apply failed; reconciling the whole host");
       this.commitBindings(next);
       await this.dataplane.reconcile(this.bindings());
     }
-    return [...affected];
   }
 
   /** Replace the desired state wholesale (from the stream or state.json). */
