@@ -151,10 +151,6 @@ export function diffContent(from: PortContent, to: PortContent): ContentDelta {
   };
 }
 
-export function deltaSize(delta: ContentDelta): number {
-  return delta.delRules.length + delta.addRules.length + delta.delSets.length + delta.addSets.length + delta.delSrc.length + delta.addSrc.length;
-}
-
 /** What sg6 found of its own in the kernel. */
 export interface KernelSnapshot {
   /** FORWARD's rules, in order, as ip6tables-save spells them */

@@ -1,9 +1,6 @@
 // The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore and ipset for the core.
 import { readFile, writeFile } from "node:fs/promises";
 import {
-  CHAINS,
-  CHAIN_FWD,
-  PORT_SET_PREFIX,
   parseIpsetSave,
   parseIptablesSave,
   planChange,
@@ -51,11 +48,6 @@ async function ipsetSave(): Promise<string> {
   const result = await execRaw("ipset", ["save"]);
   if (result.code !== 0) throw new BackendError(`ipset save failed: ${result.stderr.trim()}`);
   return result.stdout;
-}
-
-export interface ApplyTimings {
-  ipsetMs: number;
-  iptablesMs: number;
 }
 
 /** Owns sg6's ip6tables chains and ipsets on this host for one variant. */
@@ -158,20 +150,13 @@ export class IptablesBackend implements Dataplane {
     return notes;
   }
 
-  private async run(script: ChangeScript): Promise<ApplyTimings> {
-    let ipsetMs = 0;
-    let iptablesMs = 0;
-    let t = performance.now();
+  /** Run a change's scripts in their order: ipset before, the one rule transaction, ipset after. */
+  private async run(script: ChangeScript): Promise<void> {
     if (script.ipsetBefore) await exec("ipset", ["-exist", "restore"], { input: script.ipsetBefore });
-    ipsetMs += performance.now() - t;
-    t = performance.now();
     if (script.iptables) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: script.iptables });
-    iptablesMs += performance.now() - t;
-    t = performance.now();
     if (script.ipsetAfter) await exec("ipset", ["-exist", "restore"], { input: script.ipsetAfter });
-    ipsetMs += performance.now() - t;
-    return { ipsetMs, iptablesMs };
   }
+
 
   /** Dropped packets per bound port: the packet counters of the ports' rules in sg6-drop. */
   async dropCounters(): Promise<Map<string, number>> {
@@ -209,5 +194,3 @@ export class IptablesBackend implements Dataplane {
     return removed;
   }
 }
-
-export const OWNED = { chains: CHAINS, setPrefix: PORT_SET_PREFIX, jumpTarget: CHAIN_FWD };
