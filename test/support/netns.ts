@@ -2,6 +2,7 @@
 // Every name is unique per run and everything made is removed by destroy(), also after failures.
 import { randomBytes } from "node:crypto";
 import { exec, execRaw, type ExecResult } from "../../src/shell/exec.js";
+import { PATIENCE } from "./patience.js";
 
 export const runId = () => randomBytes(3).toString("hex");
 
@@ -128,7 +129,7 @@ export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve
 
 /** Poll until fn returns a truthy value or the deadline passes. */
 export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 10_000, stepMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = Date.now() + timeoutMs * PATIENCE;
   for (;;) {
     const value = await fn();
     if (value) return value;

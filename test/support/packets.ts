@@ -1,6 +1,9 @@
 // Real packets for kernel tests: wrappers around test/support/pkt.py (raw AF_PACKET frames, run
 // with /usr/bin/python3 inside a namespace). A check is "send N frames from one namespace, count
-// how many arrive in another", every call with its own marker in the payload.
+// how many arrive in another", every call with its own marker in the payload. Counting stops at a
+// barrier, not after a pause: the sender puts an unguarded frame (IPv4 broadcast, from its
+// interface's own MAC) on the wire after the counted ones, and once it arrived everything sent
+// before it on that path has arrived or was dropped, however busy the machine is.
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
@@ -8,6 +11,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { linkLocalAddress, slaacAddress } from "../../src/core/addressing.js";
 import type { Netns, VmHandle } from "./netns.js";
+import { PATIENCE } from "./patience.js";
 
 const PKT = join(dirname(fileURLToPath(import.meta.url)), "pkt.py");
 const PYTHON = "/usr/bin/python3";
@@ -43,8 +47,6 @@ export interface SendSpec extends PacketSpec {
   to: Endpoint | Endpoint[];
   /** frames to send (default 3) */
   count?: number;
-  /** how long to wait for stragglers after the last frame is out (default 150 ms) */
-  settleMs?: number;
 }
 
 const nsName = (ns: Netns | string) => (typeof ns === "string" ? ns : ns.name);
@@ -70,6 +72,9 @@ class PktProcess {
   stderr = "";
   private closed = false;
   readonly exited: Promise<number>;
+  /** barriers seen so far ("barrier <id>" lines, which never reach line()) */
+  readonly barriers = new Set<string>();
+  private barrierWaiters: (() => void)[] = [];
 
   constructor(ns: Netns | string, args: string[]) {
     this.child = spawn("ip", ["netns", "exec", nsName(ns), PYTHON, PKT, ...args], { stdio: ["pipe", "pipe", "pipe"] });
@@ -77,6 +82,11 @@ class PktProcess {
       /* it may be gone already */
     });
     createInterface({ input: this.child.stdout }).on("line", (line) => {
+      if (line.startsWith("barrier ")) {
+        this.barriers.add(line.slice("barrier ".length));
+        for (const wake of this.barrierWaiters.splice(0)) wake();
+        return;
+      }
       const waiter = this.waiters.shift();
       if (waiter) waiter(line);
       else this.lines.push(line);
@@ -88,13 +98,14 @@ class PktProcess {
       this.child.on("close", (code) => {
         this.closed = true;
         for (const waiter of this.waiters.splice(0)) waiter(undefined);
+        for (const wake of this.barrierWaiters.splice(0)) wake();
         resolve(code ?? 1);
       });
     });
   }
 
   /** the next stdout line; throws if the process ends first or the time is up */
-  async line(what: string, timeoutMs = 5000): Promise<string> {
+  async line(what: string, timeoutMs = 5000 * PATIENCE): Promise<string> {
     const queued = this.lines.shift();
     if (queued !== undefined) return queued;
     if (this.closed) throw new Error(`pkt.py ended before ${what}: ${this.stderr.trim()}`);
@@ -113,6 +124,21 @@ class PktProcess {
     return line;
   }
 
+  /** resolves when the next barrier line arrives, the process ends or `ms` pass */
+  nextBarrier(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.barrierWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  get ended(): boolean {
+    return this.closed;
+  }
+
   /** close stdin (the "stop" signal for sniff --stop-on-eof and stream) */
   endInput(): void {
     this.child.stdin.end();
@@ -127,6 +153,10 @@ export interface Sniffer {
   /** stop and return how many incoming frames carried each marker */
   stop(): Promise<Record<string, number>>;
   kill(): void;
+  /** whether a frame holding `barrier` arrived */
+  saw(barrier: string): boolean;
+  /** resolves when another barrier arrives or `ms` pass */
+  nextBarrier(ms: number): Promise<void>;
 }
 
 /** Start pkt.py and wait until it says "ready" (killed again if it says anything else). */
@@ -163,7 +193,29 @@ export async function startSniffer(at: Endpoint, markers: string[], options: { s
       }
     },
     kill: () => proc.kill(),
+    saw: (barrier) => proc.barriers.has(barrier),
+    nextBarrier: (ms) => (proc.ended ? Promise.reject(new Error(`sniffer on ${at.iface} ended: ${proc.stderr.trim()}`)) : proc.nextBarrier(ms)),
   };
+}
+
+/**
+ * Wait until everything each sender put on the wire so far has arrived at every sniffer or was
+ * dropped: each sender sends a barrier frame (again every 250 ms, in case one is lost) until every
+ * sniffer saw it. The barrier is IPv4 from the interface's own MAC, which no guard drops.
+ */
+export async function settle(sniffers: Sniffer[], senders: Endpoint[], timeoutMs = 30_000): Promise<void> {
+  await Promise.all(
+    senders.map(async (sender) => {
+      const barrier = `sg6barrier-${randomBytes(6).toString("hex")}`;
+      const deadline = Date.now() + timeoutMs;
+      while (!sniffers.every((s) => s.saw(barrier))) {
+        if (Date.now() > deadline) throw new Error(`settle: no barrier from ${sender.iface} in ${nsName(sender.ns)} reached every sniffer in ${timeoutMs} ms`);
+        const sighting = Promise.all(sniffers.map((s) => (s.saw(barrier) ? undefined : s.nextBarrier(250))));
+        await send({ from: { ...sender, mac: "auto" }, src: "0.0.0.0", dst: "255.255.255.255", dstMac: "ff:ff:ff:ff:ff:ff", kind: "udp4", sport: 9, dport: 9, marker: barrier });
+        await sighting;
+      }
+    }),
+  );
 }
 
 /** Send `count` frames and wait until they are out. */
@@ -186,7 +238,7 @@ export async function sendAndCountEach(spec: SendSpec): Promise<number[]> {
   try {
     for (const sniffer of await Promise.all(targets.map((to) => startSniffer(to, [marker], { srcMac: spec.from.mac })))) sniffers.push(sniffer);
     await send({ ...spec, count: spec.count ?? 3, marker });
-    await new Promise((resolve) => setTimeout(resolve, spec.settleMs ?? 150));
+    await settle(sniffers, [spec.from]);
     const counts = await Promise.all(sniffers.map((sniffer) => sniffer.stop()));
     return counts.map((c) => c[marker] ?? 0);
   } finally {

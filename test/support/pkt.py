@@ -8,7 +8,9 @@
   sniff  --iface IF --seconds T --marker TEXT [--marker TEXT ...] [--src-mac M] [--stop-on-eof]
          prints "ready" once bound, then {"count": N, "counts": {marker: n}} after T seconds (or as
          soon as stdin closes with --stop-on-eof); counts incoming frames (not PACKET_OUTGOING)
-         that contain a marker anywhere, optionally only from one Ethernet source MAC.
+         that contain a marker anywhere, optionally only from one Ethernet source MAC. A frame that
+         holds a barrier (sg6barrier-<12 hex>, from any MAC) prints "barrier <it>" the first time: the
+         sender put it on the wire after the counted frames, so they have all arrived or been dropped.
 
 KIND: echo (ICMPv6 128), ra (134), redirect (137), rr (138, Router Renumbering), ns (135; the
 target defaults to --dst, and a multicast --dst may be left to the solicited-node group of
@@ -24,6 +26,7 @@ The marker is the payload, or trailing bytes after the fixed part of ICMPv6 mess
 import argparse
 import json
 import os
+import re
 import select
 import socket
 import struct
@@ -35,6 +38,14 @@ ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 SO_RCVBUFFORCE = 33
+
+
+BARRIER = re.compile(rb"sg6barrier-[0-9a-f]{12}")
+
+
+def iface_mac(iface):
+    with open(f"/sys/class/net/{iface}/address") as f:
+        return f.read().strip()
 
 
 def mac_bytes(text):
@@ -103,7 +114,7 @@ def icmp6(kind, args, marker, src, dst):
 
 
 def build_frame(args, marker):
-    src_mac = mac_bytes(args.src_mac)
+    src_mac = mac_bytes(iface_mac(args.iface) if args.src_mac == "auto" else args.src_mac)
     if args.kind == "udp4":
         src = socket.inet_aton(args.src)
         dst = socket.inet_aton(args.dst)
@@ -197,6 +208,7 @@ def cmd_sniff(args):
     sock.bind((args.iface, ETH_P_ALL))
     sock.setblocking(False)
     counts = {m: 0 for m in args.marker}
+    barriers = set()
 
     def drain():
         while True:
@@ -205,6 +217,12 @@ def cmd_sniff(args):
             except BlockingIOError:
                 return
             if addr[2] == PACKET_OUTGOING:
+                continue
+            barrier = BARRIER.search(frame)
+            if barrier:
+                if barrier.group() not in barriers:
+                    barriers.add(barrier.group())
+                    print("barrier " + barrier.group().decode(), flush=True)
                 continue
             if only_mac is not None and frame[6:12] != only_mac:
                 continue
@@ -260,7 +278,7 @@ def main():
     for name in ("send", "stream"):
         p = sub.add_parser(name)
         p.add_argument("--iface", required=True)
-        p.add_argument("--src-mac", required=True)
+        p.add_argument("--src-mac", required=True, help='a MAC, or "auto" for the interface\'s own')
         p.add_argument("--dst-mac")
         p.add_argument("--src", required=True)
         p.add_argument("--dst", required=True)
