@@ -848,7 +848,9 @@ async function change(o: ChangeOptions): Promise<void> {
         measuredFrom = Math.min(measuredFrom, t0);
         windows.push({ t0, t1, kind, applyMs: obs.applyMs.get(ack.seq) ?? NaN });
         applyMs.push(obs.applyMs.get(ack.seq) ?? NaN);
-        (byKind[kind] ??= []).push(t1 - t0);
+        const ofKind = byKind[kind] ?? [];
+        byKind[kind] = ofKind;
+        ofKind.push(t1 - t0);
       }
     }
     await sleep(300);
@@ -994,8 +996,7 @@ async function startAgentProcess(argv: string[], configPath: string, variant: Va
     child.stdout!.on("data", (chunk: Buffer) => {
       const t = now();
       buffer += chunk.toString();
-      let nl: number;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
+      for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
         const line = buffer.slice(0, nl);
         buffer = buffer.slice(nl + 1);
         let parsed: { msg?: string; time?: string; level?: number };

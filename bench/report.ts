@@ -40,7 +40,7 @@ export const TARGETS = {
 const dataplaneOf = (r: { backend: string; variant: string }) => (r.backend === "nftables" ? "nftables" : `ip6tables-${r.variant}`);
 const f = (x: number | undefined, digits = 1) => (x === undefined || !Number.isFinite(x) ? "–" : round(x, digits).toLocaleString("en-US"));
 const sp = (s: Spread | undefined, digits = 0) =>
-  !s || !s.runs ? "–" : s.runs === 1 ? `${f(s.median, digits)} (1 run)` : `${f(s.median, digits)} [${f(s.min, digits)}–${f(s.max, digits)}]`;
+  !s?.runs ? "–" : s.runs === 1 ? `${f(s.median, digits)} (1 run)` : `${f(s.median, digits)} [${f(s.min, digits)}–${f(s.max, digits)}]`;
 const ratio = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined || !b ? undefined : a / b);
 const mb = (kb: number | undefined) => (kb === undefined ? undefined : kb / 1024);
 

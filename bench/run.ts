@@ -135,8 +135,7 @@ function runInner(ns: Netns, step: Step): Promise<InnerRecord[]> {
     let err = "";
     child.stdout!.on("data", (chunk: Buffer) => {
       out += chunk.toString();
-      let nl: number;
-      while ((nl = out.indexOf("\n")) >= 0) {
+      for (let nl = out.indexOf("\n"); nl >= 0; nl = out.indexOf("\n")) {
         const line = out.slice(0, nl);
         out = out.slice(nl + 1);
         if (line.startsWith("BENCH ")) records.push(JSON.parse(line.slice(6)) as InnerRecord);

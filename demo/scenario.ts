@@ -338,7 +338,8 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     const enforced = await waitFor(
       "the agent to enforce every allocation",
       async () => {
-        const doc = (lastStatus = await status());
+        const doc = await status();
+        lastStatus = doc;
         const nics = vms.map((vm) => doc.vms.find((v) => v.vm === vm.name)?.nics[0]);
         return nics.every((nic) => nic?.state === "enforced") ? doc : undefined;
       },
@@ -406,7 +407,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     );
 
     // ---- verdicts with real frames, counted at the router's port --------------------------------
-    const checks = vms.flatMap((vm, i) => {
+    const checks = vms.flatMap((_vm, i) => {
       const other = booted[(i + 1) % vms.length]!;
       const sources: Record<VerdictKey, { src: string; kind: PacketKind }> = {
         ownAddress: { src: booted[i]!.kernelSlaac, kind: "echo" },
@@ -453,7 +454,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     const releasedIndex = vms.findIndex((vm) => vm.name === released.name);
     await sg6(["publish", "release", "--host", HOST, "--vm", released.name]);
     await waitFor("the agent to apply the release", async () => !(await status()).vms.some((v) => v.vm === released.name), 20_000, 200);
-    const afterChecks = vms.map((vm, i) => ({
+    const afterChecks = vms.map((_vm, i) => ({
       vm: i,
       expect: (i === releasedIndex ? "drop" : "pass") as Outcome,
       src: booted[i]!.kernelSlaac,

@@ -82,7 +82,12 @@ export function startDaemon(name: string, ns: DemoNs, command: string, args: rea
   closeSync(fd);
   child.unref();
   let exited = child.exitCode !== null;
-  const gone = new Promise<void>((resolve) => child.once("exit", () => ((exited = true), resolve())));
+  const gone = new Promise<void>((resolve) =>
+    child.once("exit", () => {
+      exited = true;
+      resolve();
+    }),
+  );
   child.on("error", () => {
     exited = true;
   });

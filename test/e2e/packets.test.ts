@@ -8,10 +8,9 @@
 // Run once per ip6tables variant: SG6_TEST_VARIANT=legacy|nft (default nft).
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { linkLocalAddress, slaacAddress } from "../../src/core/addressing.js";
 import { AgentHarness, NETWORK } from "../support/agent-harness.js";
 import { Netns, randomMac, runId, sleep, tapMac, waitFor, type VmHandle } from "../support/netns.js";
-import { type Endpoint, type LabNode, type Sender, labNode, type Sniffer, type Stream, newMarker, sendAndCount, settle, startSniffer, startStream } from "../support/packets.js";
+import { type LabNode, labNode, type Sniffer, type Stream, newMarker, sendAndCount, settle, startSniffer, startStream } from "../support/packets.js";
 
 const VARIANT = (process.env.SG6_TEST_VARIANT as "legacy" | "nft" | undefined) ?? "nft";
 const ROUTER_IP = "2001:db8:1::1";

@@ -19,7 +19,7 @@ import { allowedSources } from "../../src/core/host-state.js";
 import type { NicIntent, PortBinding } from "../../src/core/model.js";
 import type { DriverBackend as Variant } from "../support/dataplane-driver.js";
 import { DataplaneDriver } from "../support/dataplane-driver.js";
-import { type Endpoint, type LabNode, type SendSpec, type Sender, labNode, newMarker, sendAndCount, sendAndCountEach, settle, startSniffer, startStream } from "../support/packets.js";
+import { type LabNode, type SendSpec, type Sender, labNode, newMarker, sendAndCountEach, settle, startSniffer, startStream } from "../support/packets.js";
 import { Cleanup, Hypervisor, type Netns, type VmHandle, randomMac, sleep, waitFor } from "../support/netns.js";
 
 const NETWORK = "2001:db8:1::/64";

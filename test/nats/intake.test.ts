@@ -132,7 +132,7 @@ test("events published before the intake starts are all delivered, in batches, a
     for (const b of rec.batches) {
       for (let i = 1; i < b.length; i++) assert.ok(b[i]!.seq > b[i - 1]!.seq, "a batch is in stream order");
     }
-    for (let i = 0; i < N; i++) assert.equal((rec.applied.get(`sg6.vm.${host}.vm${i}`)?.body as { i: number }).i, i);
+    for (let i = 0; i < N; i++) assert.equal((rec.applied.get(`sg6.vm.${host}.vm${i}`)?.body as { i: number } | undefined)?.i, i);
     console.log(`    backlog: ${N} events in ${s.batches} batches (max ${s.maxBatchSize}) in ${took} ms`);
   } finally {
     await agent.stop();
