@@ -337,3 +337,15 @@ function shortList(items: readonly string[]): string {
 function typeName(value: unknown): string {
   return value === null ? "null" : Array.isArray(value) ? "an array" : typeof value;
 }
+
+/**
+ * The first address after a prefix's own (all host bits zero) one: the prefix plus one, e.g.
+ * 2001:db8:ff00:10::/60 -> 2001:db8:ff00:10::1 (what a VM puts on its loopback from its /60).
+ * Validated like parsePrefix; a /128 has no such address (InputError).
+ */
+export function firstHostAddress(prefix: string, what = "prefix"): string {
+  const p = prefixOf(prefix, what);
+  if (p.length === 128) throw new InputError(`${what} ${quote(prefix)} is a /128; it holds no address after its own`);
+  // host bits are zero and there is at least one, so setting the lowest bit adds one
+  return format([...p.groups.slice(0, 7), p.groups[7]! | 1]);
+}

@@ -11,6 +11,7 @@ import {
   checkNetwork,
   checkSecondary,
   eui64InterfaceId,
+  firstHostAddress,
   linkLocalAddress,
   macFromInterfaceId,
   parseAddress,
@@ -451,3 +452,34 @@ addr("agrees with slaacAddress/linkLocalAddress for random input", () => {
 });
 
 addr.run();
+
+const firstHost = suite("firstHostAddress");
+
+firstHost("documented examples", () => {
+  assert.is(firstHostAddress("2001:db8:ff00:10::/60"), "2001:db8:ff00:10::1");
+  assert.is(firstHostAddress("2001:DB8:FF00:0010:0000::/60"), "2001:db8:ff00:10::1");
+  assert.is(firstHostAddress("2001:db8:1::/64"), "2001:db8:1::1");
+  assert.is(firstHostAddress("::/0"), "::1");
+  assert.is(firstHostAddress("2001:db8::fffe/127"), "2001:db8::ffff");
+});
+
+firstHost("rejects a /128, a misaligned prefix and an address", () => {
+  rejects(() => firstHostAddress("2001:db8::1/128"), /^prefix "2001:db8::1\/128" is a \/128; it holds no address after its own$/);
+  rejects(() => firstHostAddress("2001:db8:ff00:11::/60", "delegated"), /^delegated "2001:db8:ff00:11::\/60" is not aligned to \/60/);
+  rejects(() => firstHostAddress("2001:db8::1"), /^prefix "2001:db8::1" is not a prefix/);
+});
+
+firstHost("is the prefix plus one (BigInt oracle) and lies inside the prefix", () => {
+  fc.assert(
+    fc.property(addrGroups, fc.integer({ min: 0, max: 127 }), (g, length) => {
+      const network = toBig(g) & maskBig(length);
+      const prefix = `${full(fromBig(network))}/${length}`;
+      const first = firstHostAddress(prefix);
+      assert.is(first, whatwg(fromBig(network + 1n)));
+      assert.ok(prefixContains(prefix, first));
+    }),
+    RUNS,
+  );
+});
+
+firstHost.run();
