@@ -1,8 +1,8 @@
 // The demo's one table: per VM, what the kernel and Kea did next to what sg6 was told and computed,
 // and what happened to real frames from the VM.
 import { NETWORK, PD_LENGTH, PD_POOL } from "./services.js";
-import { canonicalAddress, canonicalPrefix } from "./topology.js";
-import { VERDICTS, type DemoResult, type Verdict } from "./scenario.js";
+import { canonicalAddress, canonicalPrefix } from "./addresses.js";
+import { VERDICTS, type DemoResult, type Verdict } from "./result.js";
 
 const mark = (ok: boolean) => (ok ? "✔" : "✘");
 const width = (text: string) => Array.from(text).length;

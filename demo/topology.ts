@@ -95,13 +95,7 @@ export function startDaemon(name: string, ns: DemoNs, command: string, args: rea
     name,
     child,
     logFile,
-    log: () => {
-      try {
-        return readFileSync(logFile, "utf8");
-      } catch {
-        return "";
-      }
-    },
+    log: () => readText(logFile),
     running: () => !exited,
     async stop(signal = "SIGTERM") {
       if (exited) return;
@@ -113,19 +107,13 @@ export function startDaemon(name: string, ns: DemoNs, command: string, args: rea
   };
 }
 
-/** canonical text of an IPv6 address (RFC 5952 compression, lower case), or the input if it is not one */
-export function canonicalAddress(address: string): string {
+/** a file's text, or "" when it is not there (yet) */
+export function readText(path: string): string {
   try {
-    return new URL(`http://[${address}]/`).hostname.replace(/^\[|\]$/g, "");
+    return readFileSync(path, "utf8");
   } catch {
-    return address;
+    return "";
   }
-}
-
-/** canonical text of a prefix "addr/len" */
-export function canonicalPrefix(prefix: string): string {
-  const [address, length] = prefix.split("/");
-  return `${canonicalAddress(address ?? "")}/${length ?? ""}`;
 }
 
 export interface IfAddress {

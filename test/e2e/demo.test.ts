@@ -4,7 +4,8 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { runDemo, VERDICTS, type DemoResult } from "../../demo/scenario.js";
-import { canonicalAddress, canonicalPrefix, namespacesWithPrefix } from "../../demo/topology.js";
+import { canonicalAddress, canonicalPrefix } from "../../demo/addresses.js";
+import { namespacesWithPrefix } from "../../demo/topology.js";
 import { randomMac } from "../support/netns.js";
 
 const VARIANT = process.env.SG6_TEST_VARIANT as "legacy" | "nft" | undefined;
