@@ -1,7 +1,7 @@
 // `sg6 agent`: the daemon. Saved state first (no NATS needed), then the stream, then events.
 import type { Logger } from "pino";
 import type { Config } from "./core/config.js";
-import { stateFromMessages } from "./core/host-state.js";
+import { planResync } from "./core/host-state.js";
 import { Enforcer, type BatchItem } from "./enforcer.js";
 import { Metrics } from "./metrics.js";
 import { Intake, type IncomingEvent, type Verdict } from "./nats/intake.js";
@@ -107,10 +107,8 @@ export class Agent {
       this.log.error({ err: (error as Error).message, events: events.length }, "kernel apply failed; batch will be redelivered");
       throw error;
     }
-    if (result.changed.length) {
-      this.metrics.applySeconds.observe(result.applyMs / 1000);
-      this.store.saveSoon(() => this.enforcer.state.toJSON());
-    }
+    if (result.changed.length) this.metrics.applySeconds.observe(result.applyMs / 1000);
+    if (result.recorded) this.store.saveSoon(() => this.enforcer.state.toJSON());
     this.updateGauges();
     return result.decisions.map((decision, i) => {
       const event = events[i]!;
@@ -143,28 +141,34 @@ export class Agent {
     });
   }
 
-  /** Rebuild the desired state from the stream's last word on every VM, then fix the kernel. */
+  /**
+   * Catch up with the stream (start-up, reconnect, consumer restart): the messages the state has not
+   * decided yet go through the live path (applyBatch: same decisions, journal, kernel) in stream
+   * order; nothing already decided is decided again (restart equals live, docs/restart.md). Then
+   * the kernel is checked against the whole state.
+   */
   async resyncFromStream(): Promise<void> {
     if (!this.nc) return;
     const messages = await readLatest(this.nc, this.config.nats.stream, this.config.host);
     await this.enforcer.serial(async () => {
-      const active = [...this.enforcer.state.active()].length;
-      if (messages.length === 0 && active > 0) {
-        // A stream with no word at all on this host while we enforce VMs was deleted or purged,
-        // not emptied by releases (those leave vm.released messages). Wiping every tenant's rules
-        // on that evidence would be worse than keeping the last known state.
-        this.log.error({ vms: active }, "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)");
-        return;
+      const { pending, lost } = planResync(this.enforcer.state, messages);
+      if (lost) {
+        this.log.error(
+          { vms: this.enforcer.state.activeCount() },
+          "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)",
+        );
       }
-      const { state, rejected } = stateFromMessages(this.config, messages);
-      for (const r of rejected) this.log.warn({ vm: r.vm, seq: r.seq, subject: r.subject, reason: r.reason }, "rejected during resync");
-      this.enforcer.replaceState(state.toJSON());
-      // on disk before the kernel, like every batch (write-ahead)
-      await this.store.save(() => this.enforcer.state.toJSON());
+      const result = pending.length ? await this.enforcer.applyBatch(pending) : undefined;
+      for (const [i, d] of (result?.decisions ?? []).entries()) {
+        const m = pending[i]!;
+        if (d.outcome === "reject") this.log.warn({ vm: d.vm, seq: m.seq, subject: m.subject, reason: d.reason }, "rejected during resync");
+        else if (d.outcome === "apply") this.log.info({ vm: d.vm, seq: m.seq, generation: d.record.generation }, "applied during resync");
+      }
+      if (result?.recorded) await this.store.save(() => this.enforcer.state.toJSON());
       const changes = await this.enforcer.reconcile();
       this.metrics.lastResync.set(Date.now() / 1000);
       if (changes.length) this.metrics.driftRepairs.inc(changes.length);
-      this.log.info({ messages: messages.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
+      this.log.info({ messages: messages.length, pending: pending.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
     });
     this.updateGauges();
   }
