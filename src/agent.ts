@@ -9,7 +9,7 @@ import { connectNats } from "./nats/options.js";
 import { ensureStream, readLatest } from "./nats/stream.js";
 import { inboxPrefix } from "./nats/subjects.js";
 import { openDataplane } from "./shell/backend.js";
-import { StateStore } from "./shell/state-store.js";
+import { StateLock, StateStore } from "./shell/state-store.js";
 import { PortInventory } from "./shell/taps.js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -20,6 +20,7 @@ export class Agent {
   private timer: NodeJS.Timeout | undefined;
   private inventory: PortInventory | undefined;
   private stopping = false;
+  private lock: StateLock | undefined;
   readonly metrics = new Metrics();
   readonly store: StateStore;
   enforcer!: Enforcer;
@@ -33,12 +34,19 @@ export class Agent {
 
   async start(): Promise<void> {
     const { config, log } = this;
+    // one writer of the kernel and the state files: a running `sg6 reconcile` finishes first
+    this.lock = await StateLock.acquire(config.stateDir, "sg6 agent", 30_000);
     const dataplane = await openDataplane(config);
     for (const note of await dataplane.prepare()) log.info(note);
     log.info({ backend: dataplane.description, host: config.host }, "starting");
 
     // 1. Re-assert the saved state before anything else: a reboot without NATS still enforces.
-    const saved = await this.store.load();
+    const saved = await this.store.load().catch(async (error: Error) => {
+      // unreadable state files: start from the stream (restarting would only fail the same way)
+      const moved = await this.store.quarantine();
+      log.error({ err: error.message, moved }, "saved state unreadable; moved aside, starting from the stream");
+      return undefined;
+    });
     this.enforcer = new Enforcer(config, dataplane, log, saved, (vms) => this.store.record(vms));
     this.inventory = await PortInventory.open(config.bridges, config.portPrefix);
     this.enforcer.setPorts(this.inventory.ports());
@@ -202,6 +210,7 @@ export class Agent {
     await this.intake?.stop();
     await this.enforcer?.serial(async () => undefined);
     await this.store.flush();
+    await this.lock?.release();
     this.inventory?.close();
     await this.nc?.drain().catch(() => undefined);
     await this.metrics.close();

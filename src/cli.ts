@@ -75,7 +75,8 @@ async function main(argv: string[]): Promise<number> {
       case "status":
         return await statusCommand(await loadConfig(values.config), { json: values.json }, io);
       case "purge":
-        return await purgeCommand(io);
+        // the lock lives in state_dir; without a readable config purge still works, unlocked
+        return await purgeCommand(io, await loadConfig(values.config).catch(() => undefined));
       case "publish":
         return await publishCommand(
           await loadConfig(values.config),

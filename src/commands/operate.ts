@@ -8,7 +8,7 @@ import { connectionOptions } from "../nats/options.js";
 import { readLatest } from "../nats/stream.js";
 import { inboxPrefix } from "../nats/subjects.js";
 import { openDataplane, purgeAll } from "../shell/backend.js";
-import { StateStore } from "../shell/state-store.js";
+import { StateLock, StateStore } from "../shell/state-store.js";
 import { PortInventory } from "../shell/taps.js";
 import { oneLine, type Io } from "./common.js";
 
@@ -59,6 +59,16 @@ async function enforcerFor(config: Config, state: HostState): Promise<Enforcer> 
 }
 
 export async function reconcileCommand(config: Config, opts: { dryRun: boolean; json: boolean; offline: boolean }, io: Io): Promise<number> {
+  // a dry run only reads; a fix writes the kernel and state.json, as the agent does: one at a time
+  const lock = opts.dryRun ? undefined : await StateLock.acquire(config.stateDir, "sg6 reconcile");
+  try {
+    return await reconcile(config, opts, io);
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function reconcile(config: Config, opts: { dryRun: boolean; json: boolean; offline: boolean }, io: Io): Promise<number> {
   const { state, source, rejected } = await desiredState(config, opts.offline, io);
   const enforcer = await enforcerFor(config, state);
   if (!opts.dryRun) for (const note of await enforcer.dataplane.prepare()) io.err(`sg6 reconcile: ${note}\n`);
@@ -131,8 +141,14 @@ export async function statusCommand(config: Config, opts: { json: boolean }, io:
   return 0;
 }
 
-export async function purgeCommand(io: Io): Promise<number> {
-  const removed = await purgeAll();
+export async function purgeCommand(io: Io, config?: Config): Promise<number> {
+  const lock = config ? await StateLock.acquire(config.stateDir, "sg6 purge") : undefined;
+  let removed: string[];
+  try {
+    removed = await purgeAll();
+  } finally {
+    await lock?.release();
+  }
   io.out(removed.length ? removed.map((r) => `removed ${r}\n`).join("") : "nothing to remove\n");
   return 0;
 }

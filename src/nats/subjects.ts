@@ -38,10 +38,14 @@ export function durableName(host: string): string {
   return `sg6-${host}`;
 }
 
-/** `sg6-<host>-read`: the short-lived consumer that reads the latest message of every VM of the host */
+/**
+ * `sg6_read_<host>`: the short-lived consumer that reads the latest message of every VM of the host.
+ * Durables are `sg6-<token>`; no reader can share a name with one (`sg6_` vs `sg6-`), so a host
+ * called `<host>-read` cannot be handed another host's reader by the per-host permissions.
+ */
 export function readerName(host: string): string {
   checkToken("host", host);
-  return `sg6-${host}-read`;
+  return `sg6_read_${host}`;
 }
 
 /**
