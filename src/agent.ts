@@ -49,10 +49,7 @@ export class Agent {
     });
     this.enforcer = new Enforcer(config, dataplane, log, saved, (vms) => this.store.record(vms));
     this.inventory = await PortInventory.open(config.bridges, config.portPrefix);
-    this.enforcer.setPorts(this.inventory.ports());
-    const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
-    log.info({ vms: this.enforcer.state.vms.size, changes: changes.length }, "saved state re-asserted");
-    this.updateGauges();
+    // listen before the first reconcile: a change from now on queues behind it, none is dropped
     this.inventory.on("change", (ports) => {
       void this.enforcer
         .serial(() => this.enforcer.portsChanged(ports))
@@ -63,6 +60,10 @@ export class Agent {
         .catch((error: Error) => log.error({ err: error.message }, "rebinding after a port change failed"));
     });
     this.inventory.on("error", (error: Error) => log.error({ err: error.message }, "rtnetlink"));
+    this.enforcer.setPorts(this.inventory.ports());
+    const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
+    log.info({ vms: this.enforcer.state.vms.size, changes: changes.length }, "saved state re-asserted");
+    this.updateGauges();
 
     this.metrics.beforeScrape = async () => {
       const drops = await dataplane.dropCounters();
