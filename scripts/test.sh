@@ -29,7 +29,7 @@ run_suite kernel '\.test\.ts$'
 run_suite nats '\.test\.ts$'
 # the agent end to end, on both ip6tables variants
 for variant in nft legacy; do
-  run_suite e2e '^(agent|fuzz|packets)\.test\.ts$' SG6_TEST_VARIANT=$variant
+  run_suite e2e '^(agent|fuzz|packets|restart)\.test\.ts$' SG6_TEST_VARIANT=$variant
 done
 run_suite e2e '^(demo|packaging)\.test\.ts$'
 run_suite e2e '^demo\.test\.ts$' SG6_DEMO_BACKEND=nftables

@@ -1,7 +1,7 @@
 // `sg6 agent`: the daemon. Saved state first (no NATS needed), then the stream, then events.
 import type { Logger } from "pino";
 import type { Config } from "./core/config.js";
-import { stateFromMessages } from "./core/host-state.js";
+import { planResync } from "./core/host-state.js";
 import { Enforcer, type BatchItem } from "./enforcer.js";
 import { Metrics } from "./metrics.js";
 import { Intake, type IncomingEvent, type Verdict } from "./nats/intake.js";
@@ -9,7 +9,7 @@ import { connectNats } from "./nats/options.js";
 import { ensureStream, readLatest } from "./nats/stream.js";
 import { inboxPrefix } from "./nats/subjects.js";
 import { openDataplane } from "./shell/backend.js";
-import { StateStore } from "./shell/state-store.js";
+import { StateLock, StateStore } from "./shell/state-store.js";
 import { PortInventory } from "./shell/taps.js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -20,6 +20,7 @@ export class Agent {
   private timer: NodeJS.Timeout | undefined;
   private inventory: PortInventory | undefined;
   private stopping = false;
+  private lock: StateLock | undefined;
   readonly metrics = new Metrics();
   readonly store: StateStore;
   enforcer!: Enforcer;
@@ -33,18 +34,22 @@ export class Agent {
 
   async start(): Promise<void> {
     const { config, log } = this;
+    // one writer of the kernel and the state files: a running `sg6 reconcile` finishes first
+    this.lock = await StateLock.acquire(config.stateDir, "sg6 agent", 30_000);
     const dataplane = await openDataplane(config);
     for (const note of await dataplane.prepare()) log.info(note);
     log.info({ backend: dataplane.description, host: config.host }, "starting");
 
     // 1. Re-assert the saved state before anything else: a reboot without NATS still enforces.
-    const saved = await this.store.load();
+    const saved = await this.store.load().catch(async (error: Error) => {
+      // unreadable state files: start from the stream (restarting would only fail the same way)
+      const moved = await this.store.quarantine();
+      log.error({ err: error.message, moved }, "saved state unreadable; moved aside, starting from the stream");
+      return undefined;
+    });
     this.enforcer = new Enforcer(config, dataplane, log, saved, (vms) => this.store.record(vms));
     this.inventory = await PortInventory.open(config.bridges, config.portPrefix);
-    this.enforcer.setPorts(this.inventory.ports());
-    const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
-    log.info({ vms: this.enforcer.state.vms.size, changes: changes.length }, "saved state re-asserted");
-    this.updateGauges();
+    // listen before the first reconcile: a change from now on queues behind it, none is dropped
     this.inventory.on("change", (ports) => {
       void this.enforcer
         .serial(() => this.enforcer.portsChanged(ports))
@@ -55,6 +60,10 @@ export class Agent {
         .catch((error: Error) => log.error({ err: error.message }, "rebinding after a port change failed"));
     });
     this.inventory.on("error", (error: Error) => log.error({ err: error.message }, "rtnetlink"));
+    this.enforcer.setPorts(this.inventory.ports());
+    const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
+    log.info({ vms: this.enforcer.state.vms.size, changes: changes.length }, "saved state re-asserted");
+    this.updateGauges();
 
     this.metrics.beforeScrape = async () => {
       const drops = await dataplane.dropCounters();
@@ -107,10 +116,8 @@ export class Agent {
       this.log.error({ err: (error as Error).message, events: events.length }, "kernel apply failed; batch will be redelivered");
       throw error;
     }
-    if (result.changed.length) {
-      this.metrics.applySeconds.observe(result.applyMs / 1000);
-      this.store.saveSoon(() => this.enforcer.state.toJSON());
-    }
+    if (result.changed.length) this.metrics.applySeconds.observe(result.applyMs / 1000);
+    if (result.recorded) this.store.saveSoon(() => this.enforcer.state.toJSON());
     this.updateGauges();
     return result.decisions.map((decision, i) => {
       const event = events[i]!;
@@ -143,28 +150,34 @@ export class Agent {
     });
   }
 
-  /** Rebuild the desired state from the stream's last word on every VM, then fix the kernel. */
+  /**
+   * Catch up with the stream (start-up, reconnect, consumer restart): the messages the state has not
+   * decided yet go through the live path (applyBatch: same decisions, journal, kernel) in stream
+   * order; nothing already decided is decided again (restart equals live, docs/restart.md). Then
+   * the kernel is checked against the whole state.
+   */
   async resyncFromStream(): Promise<void> {
     if (!this.nc) return;
     const messages = await readLatest(this.nc, this.config.nats.stream, this.config.host);
     await this.enforcer.serial(async () => {
-      const active = [...this.enforcer.state.active()].length;
-      if (messages.length === 0 && active > 0) {
-        // A stream with no word at all on this host while we enforce VMs was deleted or purged,
-        // not emptied by releases (those leave vm.released messages). Wiping every tenant's rules
-        // on that evidence would be worse than keeping the last known state.
-        this.log.error({ vms: active }, "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)");
-        return;
+      const { pending, lost } = planResync(this.enforcer.state, messages);
+      if (lost) {
+        this.log.error(
+          { vms: this.enforcer.state.activeCount() },
+          "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)",
+        );
       }
-      const { state, rejected } = stateFromMessages(this.config, messages);
-      for (const r of rejected) this.log.warn({ vm: r.vm, seq: r.seq, subject: r.subject, reason: r.reason }, "rejected during resync");
-      this.enforcer.replaceState(state.toJSON());
-      // on disk before the kernel, like every batch (write-ahead)
-      await this.store.save(() => this.enforcer.state.toJSON());
+      const result = pending.length ? await this.enforcer.applyBatch(pending) : undefined;
+      for (const [i, d] of (result?.decisions ?? []).entries()) {
+        const m = pending[i]!;
+        if (d.outcome === "reject") this.log.warn({ vm: d.vm, seq: m.seq, subject: m.subject, reason: d.reason }, "rejected during resync");
+        else if (d.outcome === "apply") this.log.info({ vm: d.vm, seq: m.seq, generation: d.record.generation }, "applied during resync");
+      }
+      if (result?.recorded) await this.store.save(() => this.enforcer.state.toJSON());
       const changes = await this.enforcer.reconcile();
       this.metrics.lastResync.set(Date.now() / 1000);
       if (changes.length) this.metrics.driftRepairs.inc(changes.length);
-      this.log.info({ messages: messages.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
+      this.log.info({ messages: messages.length, pending: pending.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
     });
     this.updateGauges();
   }
@@ -198,6 +211,7 @@ export class Agent {
     await this.intake?.stop();
     await this.enforcer?.serial(async () => undefined);
     await this.store.flush();
+    await this.lock?.release();
     this.inventory?.close();
     await this.nc?.drain().catch(() => undefined);
     await this.metrics.close();

@@ -14,12 +14,15 @@ usage: sg6 <command> [--config FILE] [options]
 commands:
   agent                          the daemon: re-assert saved state, consume events, repair drift
   reconcile [--dry-run] [--json] [--offline]
-                                 rebuild desired state from the stream (or saved state), fix the kernel
+                                 the saved state caught up with the stream (or alone), fix the kernel;
+                                 takes the state_dir lock (stop the agent first), --dry-run does not
                                  exit 0 in sync, 3 drift found with --dry-run, 1 error
   status [--json]                VMs and NICs enforced here: device, addresses, prefix, drops
   addr --network P/64 --mac M    print the SLAAC and link-local address of a NIC
   publish allocate --host H --vm V --mac M --network P [--delegated D] [--secondary A]... [--device T] [--generation G]
   publish release --host H --vm V [--generation G]
+                                 default generation: the VM's last message's + 1 (0 when none);
+                                 exit 1 when a newer message got there first
   purge                          remove every kernel object sg6 owns on this host
 
 options:
@@ -75,7 +78,8 @@ async function main(argv: string[]): Promise<number> {
       case "status":
         return await statusCommand(await loadConfig(values.config), { json: values.json }, io);
       case "purge":
-        return await purgeCommand(io);
+        // the lock lives in state_dir; without a readable config purge still works, unlocked
+        return await purgeCommand(io, await loadConfig(values.config).catch(() => undefined));
       case "publish":
         return await publishCommand(
           await loadConfig(values.config),

@@ -1,9 +1,9 @@
 // Joins the functional core (host state, bindings) to a dataplane: turns accepted events into
 // kernel changes, one transaction set per batch, and keeps the kernel in line with the desired state.
 import type { Logger } from "pino";
-import { deviceFor, portsByMac, type UnboundNic } from "./core/bindings.js";
-import { allowedSources, HostState, type Decision } from "./core/host-state.js";
-import type { BridgePort, DesiredState, PortBinding, VmRecord } from "./core/model.js";
+import { BindingTracker, type BindingPlan, type UnboundNic } from "./core/bindings.js";
+import { HostState, type Decision } from "./core/host-state.js";
+import { setOwn, type BridgePort, type DesiredState, type PortBinding, type VmRecord } from "./core/model.js";
 import type { Config } from "./core/config.js";
 import type { Dataplane } from "./shell/dataplane.js";
 
@@ -17,18 +17,16 @@ export interface BatchResult {
   decisions: Decision[];
   /** VMs whose kernel state changed */
   changed: string[];
+  /** VM records written to the journal (applied events and rejected messages) */
+  recorded: number;
   /** ms spent in the kernel tools */
   applyMs: number;
 }
 
 export class Enforcer {
   state: HostState;
-  /** what each VM has in the kernel now */
-  private readonly bound = new Map<string, PortBinding[]>();
-  /** device -> VM holding it in the kernel */
-  private readonly deviceHolder = new Map<string, string>();
-  private byMac = new Map<string, BridgePort>();
-  private unbound: UnboundNic[] = [];
+  /** the one tracker of which NIC holds which port (the binding rule lives in core/bindings.ts) */
+  private readonly ports = new BindingTracker();
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -50,144 +48,99 @@ export class Enforcer {
   }
 
   setPorts(ports: BridgePort[]): void {
-    this.byMac = portsByMac(ports);
+    this.ports.setPorts(ports);
   }
 
   unboundNics(): UnboundNic[] {
-    return this.unbound;
+    return this.ports.unbound();
   }
 
   bindings(): PortBinding[] {
-    return [...this.bound.values()].flat();
+    return this.ports.all();
   }
 
   /** How many NICs are bound (without building the list). */
   boundCount(): number {
-    let count = 0;
-    for (const bindings of this.bound.values()) count += bindings.length;
-    return count;
+    return this.ports.count();
   }
 
   /** What one VM has in the kernel now. */
   bindingsOf(vm: string): PortBinding[] {
-    return this.bound.get(vm) ?? [];
-  }
-
-  /** Bind one VM's NICs to ports, skipping ports another VM holds (fail closed, never steal). */
-  private bindVm(vm: string, record: VmRecord | undefined): { bindings: PortBinding[]; unbound: UnboundNic[] } {
-    const bindings: PortBinding[] = [];
-    const unbound: UnboundNic[] = [];
-    if (!record || record.released) return { bindings, unbound };
-    for (const nic of record.nics) {
-      const device = deviceFor(nic, this.byMac);
-      const holder = device === undefined ? undefined : this.deviceHolder.get(device);
-      if (device === undefined) unbound.push({ vm, mac: nic.mac, reason: "no bridge port with this MAC yet" });
-      else if (holder !== undefined && holder !== vm) unbound.push({ vm, mac: nic.mac, reason: `port ${device} is held by VM ${holder}` });
-      else bindings.push({ vm, device, mac: nic.mac, sources: allowedSources(nic) });
-    }
-    return { bindings, unbound };
-  }
-
-  /** Recompute the bindings of `vms`; returns old and new bindings of exactly those VMs. */
-  private rebind(vms: Iterable<string>): { from: PortBinding[]; to: PortBinding[]; next: Map<string, PortBinding[]> } {
-    const from: PortBinding[] = [];
-    const to: PortBinding[] = [];
-    const next = new Map<string, PortBinding[]>();
-    const list = [...vms];
-    for (const vm of list) for (const b of this.bound.get(vm) ?? []) this.deviceHolder.delete(b.device);
-    for (const vm of list) {
-      from.push(...(this.bound.get(vm) ?? []));
-      const { bindings, unbound } = this.bindVm(vm, this.state.vms.get(vm));
-      this.unbound = this.unbound.filter((u) => u.vm !== vm).concat(unbound);
-      for (const b of bindings) this.deviceHolder.set(b.device, vm);
-      next.set(vm, bindings);
-      to.push(...bindings);
-    }
-    return { from, to, next };
-  }
-
-  private commitBindings(next: Map<string, PortBinding[]>): void {
-    for (const [vm, bindings] of next) {
-      if (bindings.length) this.bound.set(vm, bindings);
-      else this.bound.delete(vm);
-    }
+    return this.ports.of(vm);
   }
 
   /** Bind everything from scratch and make the kernel match (start-up, resync, drift repair). */
   async reconcile(dryRun = false): Promise<string[]> {
-    this.bound.clear();
-    this.deviceHolder.clear();
-    this.unbound = [];
-    const { next } = this.rebind([...this.state.vms.keys()]);
-    this.commitBindings(next);
-    return this.dataplane.reconcile(this.bindings(), dryRun);
+    const plan = this.ports.rebuild(this.state.vms);
+    this.ports.commit(plan);
+    return this.dataplane.reconcile(plan.to, dryRun);
   }
 
   /**
-   * Decide every message of a batch in order, then enforce the result in one change. If the kernel
-   * refuses, the state goes back to what it was and the error propagates (the batch is not acked).
+   * One batch, one transaction: decide every message in order (recording applied events and
+   * rejected messages in the state), write the changed records to the journal, then change the
+   * kernel. If the journal write fails nothing has changed and the error propagates (the batch is
+   * redelivered and decided afresh). If the kernel refuses, the state (owner indexes included)
+   * goes back to what it was, the journal gets the old records back, and the error propagates.
    */
   async applyBatch(items: BatchItem[]): Promise<BatchResult> {
     const decisions: Decision[] = [];
-    const previous = new Map<string, VmRecord | undefined>();
-    for (const item of items) {
-      const decision = this.state.decide(item.subject, item.data);
-      decisions.push(decision);
-      if (decision.outcome !== "apply") continue;
-      if (!previous.has(decision.vm)) previous.set(decision.vm, this.state.vms.get(decision.vm));
-      this.state.set(decision.vm, { ...decision.record, seq: item.seq });
+    const applied = new Set<string>();
+    let recorded: number;
+    this.state.begin();
+    try {
+      for (const item of items) {
+        const decision = this.state.accept(item.subject, item.data, item.seq);
+        decisions.push(decision);
+        if (decision.outcome === "apply") applied.add(decision.vm);
+      }
+      const changes = this.state.changes();
+      recorded = changes.size;
+      // write-ahead: the new records are on disk before the kernel holds them, so a restart never
+      // re-asserts anything older than what the kernel may already enforce
+      if (recorded) await this.persist(asRecord(changes));
+    } catch (error) {
+      this.state.rollback();
+      throw error;
     }
-    const changed = [...previous.keys()];
-    if (!changed.length) return { decisions, changed, applyMs: 0 };
-    // write-ahead: the new records are on disk before the kernel holds them, so a restart never
-    // re-asserts anything older than what the kernel may already enforce
-    await this.persist(Object.fromEntries(changed.map((vm) => [vm, this.state.vms.get(vm) ?? null])));
+    if (!applied.size) {
+      this.state.commit();
+      return { decisions, changed: [], recorded, applyMs: 0 };
+    }
     const start = performance.now();
     try {
-      await this.enforceRebind(changed);
+      await this.enforce(this.ports.plan([...applied].map((vm) => [vm, this.state.vms.get(vm)])));
     } catch (error) {
-      for (const [vm, record] of previous) {
-        if (record) this.state.set(vm, record);
-        else this.state.vms.delete(vm);
-      }
-      await this.persist(Object.fromEntries([...previous].map(([vm, record]) => [vm, record ?? null]))).catch(() => undefined);
+      const before = this.state.before();
+      this.state.rollback();
+      await this.persist(asRecord(before)).catch((e: Error) => this.log.error({ err: e.message }, "journal: could not record the rollback"));
       await this.reconcile().catch(() => undefined);
       throw error;
     }
-    return { decisions, changed, applyMs: performance.now() - start };
+    this.state.commit();
+    return { decisions, changed: [...applied], recorded, applyMs: performance.now() - start };
   }
 
   /** Ports appeared, vanished or changed MAC: rebind whatever depends on discovery. */
   async portsChanged(ports: BridgePort[]): Promise<string[]> {
     this.setPorts(ports);
-    const present = new Set(ports.map((p) => p.name));
-    const affected = new Set<string>();
-    for (const u of this.unbound) affected.add(u.vm);
-    for (const [vm, bindings] of this.bound) {
-      const record = this.state.vms.get(vm);
-      for (const b of bindings) {
-        const nic = record?.nics.find((n) => n.mac === b.mac);
-        // a NIC found by MAC follows its port; one named by the event stays put
-        if (nic && !nic.device && (!present.has(b.device) || deviceFor(nic, this.byMac) !== b.device)) affected.add(vm);
-      }
-    }
-    if (!affected.size) return [];
-    await this.enforceRebind(affected);
-    return [...affected];
+    const plan = this.ports.portsChanged((vm) => this.state.vms.get(vm));
+    if (!plan.vms.length) return [];
+    await this.enforce(plan);
+    return plan.vms;
   }
 
   /**
-   * Rebind `vms` and change the kernel by the difference. If the kernel was not as we left it
-   * (drift, an operator), read it back and fix the whole host instead.
+   * Change the kernel by a plan's difference and put the plan in effect. If the kernel was not as
+   * we left it (drift, an operator), read it back and fix the whole host instead.
    */
-  private async enforceRebind(vms: Iterable<string>): Promise<void> {
-    const { from, to, next } = this.rebind(vms);
+  private async enforce(plan: BindingPlan): Promise<void> {
     try {
-      await this.dataplane.applyChange(from, to);
-      this.commitBindings(next);
+      await this.dataplane.applyChange(plan.from, plan.to);
+      this.ports.commit(plan);
     } catch (error) {
       this.log.warn({ err: (error as Error).message }, "incremental apply failed; reconciling the whole host");
-      this.commitBindings(next);
+      this.ports.commit(plan);
       await this.dataplane.reconcile(this.bindings());
     }
   }
@@ -196,4 +149,10 @@ export class Enforcer {
   replaceState(state: DesiredState): void {
     this.state = new HostState(this.config, state);
   }
+}
+
+function asRecord(changes: Map<string, VmRecord | null>): Record<string, VmRecord | null> {
+  const out: Record<string, VmRecord | null> = {};
+  for (const [vm, record] of changes) setOwn(out, vm, record);
+  return out;
 }

@@ -1,14 +1,14 @@
 // sg6 reconcile / status / purge: the operator's hands on one host.
 import { connect } from "@nats-io/transport-node";
 import type { Config } from "../core/config.js";
-import { HostState, stateFromMessages } from "../core/host-state.js";
+import { HostState, planResync } from "../core/host-state.js";
 import { Enforcer } from "../enforcer.js";
 import { createLogger } from "../log.js";
 import { connectionOptions } from "../nats/options.js";
 import { readLatest } from "../nats/stream.js";
 import { inboxPrefix } from "../nats/subjects.js";
 import { openDataplane, purgeAll } from "../shell/backend.js";
-import { StateStore } from "../shell/state-store.js";
+import { StateLock, StateStore } from "../shell/state-store.js";
 import { PortInventory } from "../shell/taps.js";
 import { oneLine, type Io } from "./common.js";
 
@@ -17,30 +17,36 @@ type Source = "stream" | "saved state";
 /** A command gives up on NATS after one short try instead of waiting for it like the agent. */
 export const ONE_TRY = { maxReconnectAttempts: 0, reconnect: false, waitOnFirstConnect: false, timeout: 3000 } as const;
 
-/** The desired state from the stream, or from state.json when asked to or when NATS is unreachable. */
+/**
+ * The desired state: the saved state caught up with the stream's messages it has not decided yet,
+ * decided exactly as the agent's live loop decides them (restart equals live); the saved state
+ * alone when asked to or when NATS is unreachable.
+ */
 async function desiredState(config: Config, offline: boolean, io: Io): Promise<{ state: HostState; source: Source; rejected: number }> {
   const store = new StateStore(config.stateDir);
+  const state = new HostState(config, await store.load());
   if (!offline) {
+    let messages;
     try {
       const nc = await connect(connectionOptions(config.nats, `sg6-reconcile-${config.host}`, { ...ONE_TRY, inboxPrefix: inboxPrefix(config.host) }));
       try {
-        const messages = await readLatest(nc, config.nats.stream, config.host);
-        const saved = new HostState(config, await store.load());
-        if (messages.length === 0 && [...saved.active()].length > 0) {
-          // same guard as the agent: an empty stream means it was lost, not that every VM left
-          io.err(`sg6 reconcile: WARNING: the stream has no messages for ${config.host} but the saved state has VMs; using the saved state ${store.path}\n`);
-          return { state: saved, source: "saved state", rejected: 0 };
-        }
-        const { state, rejected } = stateFromMessages(config, messages);
-        return { state, source: "stream", rejected: rejected.length };
+        messages = await readLatest(nc, config.nats.stream, config.host);
       } finally {
         await nc.close();
       }
     } catch (error) {
       io.err(`sg6 reconcile: WARNING: NATS unreachable (${oneLine(error)}); using the saved state ${store.path}\n`);
     }
+    if (messages) {
+      const { pending, lost } = planResync(state, messages);
+      // same guard as the agent: an empty stream means it was lost, not that every VM left
+      if (lost) io.err(`sg6 reconcile: WARNING: the stream has no messages for ${config.host} but the saved state has VMs; using the saved state ${store.path}\n`);
+      let rejected = 0;
+      for (const m of pending) if (state.accept(m.subject, m.data, m.seq).outcome === "reject") rejected++;
+      return { state, source: lost ? "saved state" : "stream", rejected };
+    }
   }
-  return { state: new HostState(config, await store.load()), source: "saved state", rejected: 0 };
+  return { state, source: "saved state", rejected: 0 };
 }
 
 async function enforcerFor(config: Config, state: HostState): Promise<Enforcer> {
@@ -53,6 +59,16 @@ async function enforcerFor(config: Config, state: HostState): Promise<Enforcer> 
 }
 
 export async function reconcileCommand(config: Config, opts: { dryRun: boolean; json: boolean; offline: boolean }, io: Io): Promise<number> {
+  // a dry run only reads; a fix writes the kernel and state.json, as the agent does: one at a time
+  const lock = opts.dryRun ? undefined : await StateLock.acquire(config.stateDir, "sg6 reconcile");
+  try {
+    return await reconcile(config, opts, io);
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function reconcile(config: Config, opts: { dryRun: boolean; json: boolean; offline: boolean }, io: Io): Promise<number> {
   const { state, source, rejected } = await desiredState(config, opts.offline, io);
   const enforcer = await enforcerFor(config, state);
   if (!opts.dryRun) for (const note of await enforcer.dataplane.prepare()) io.err(`sg6 reconcile: ${note}\n`);
@@ -125,8 +141,14 @@ export async function statusCommand(config: Config, opts: { json: boolean }, io:
   return 0;
 }
 
-export async function purgeCommand(io: Io): Promise<number> {
-  const removed = await purgeAll();
+export async function purgeCommand(io: Io, config?: Config): Promise<number> {
+  const lock = config ? await StateLock.acquire(config.stateDir, "sg6 purge") : undefined;
+  let removed: string[];
+  try {
+    removed = await purgeAll();
+  } finally {
+    await lock?.release();
+  }
   io.out(removed.length ? removed.map((r) => `removed ${r}\n`).join("") : "nothing to remove\n");
   return 0;
 }

@@ -157,6 +157,11 @@ export function linkLocalAddress(mac: string): string {
   return format([0xfe80, 0, 0, 0, ...eui64Groups(parseMac(mac))]);
 }
 
+/** The prefix of `length` bits that holds `address` (host bits cleared): ("2001:db8::1", 60) -> "2001:db8::/60". */
+export function coveringPrefix(address: string, length: number): string {
+  return readPrefix(`${address}/${length}`, "address").text;
+}
+
 // ---------------------------------------------------------------- event validation
 
 /** `text` must be exactly a /64 listed in `networks` (any spelling); returns it canonical. */

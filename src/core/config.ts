@@ -1,7 +1,8 @@
 // agent.toml -> Config, checked key by key before anything touches the kernel.
 import { parse as parseToml } from "smol-toml";
 import { ConfigError } from "./errors.js";
-import { parsePrefix } from "./addressing.js";
+import { parsePrefix, prefixContains } from "./addressing.js";
+import { IFNAME_RE, PORT_PREFIX_RE, TOKEN_RE, TOKEN_RULE } from "./names.js";
 
 export type Backend = "iptables" | "nftables";
 
@@ -41,10 +42,7 @@ export interface Config {
 
 export const DEFAULT_CONFIG_PATH = "/etc/sg6/agent.toml";
 
-const TOKEN_RE = /^[A-Za-z0-9_-]{1,64}$/;
-// Linux interface names: 1-15 bytes, no '/', whitespace or ':'; sg6 keeps to a conservative set.
-export const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
-const STREAM_RE = /^[A-Za-z0-9_-]{1,64}$/;
+export { IFNAME_RE };
 
 type Table = Record<string, unknown>;
 
@@ -113,6 +111,19 @@ function prefix(text: string, key: string): { text: string; length: number } {
   }
 }
 
+/** Ranges that are not global unicast (RFC 4291 2.4): unspecified, loopback and the old IPv4 forms,
+ *  link-local, site-local, multicast. ULAs (fc00::/7) are global in scope and allowed. */
+const NOT_GLOBAL_UNICAST = ["::/8", "fe80::/10", "fec0::/10", "ff00::/8"];
+
+function overlap(a: string, b: string): boolean {
+  return prefixContains(a, b) || prefixContains(b, a);
+}
+
+/** the reserved range `p` overlaps, if any */
+function notGlobalUnicast(p: string): string | undefined {
+  return NOT_GLOBAL_UNICAST.find((r) => overlap(r, p));
+}
+
 /** Parse and check agent.toml text; throws ConfigError naming the key and the problem. */
 export function parseConfig(text: string): Config {
   let doc: Table;
@@ -126,24 +137,36 @@ export function parseConfig(text: string): Config {
   unknownKeys(doc, TOP_KEYS, "");
 
   const host = str(doc, "host", "");
-  if (!TOKEN_RE.test(host)) fail("host", `"${host}" must be 1-64 characters of [A-Za-z0-9_-]`);
+  if (!TOKEN_RE.test(host)) fail("host", `"${host}" must be ${TOKEN_RULE}`);
 
   const networks = strList(doc, "networks", "").map((n, i) => {
     const p = prefix(n, `networks[${i}]`);
     if (p.length !== 64) fail(`networks[${i}]`, `"${n}" must be a /64`);
+    const special = notGlobalUnicast(p.text);
+    if (special) fail(`networks[${i}]`, `"${n}" is not global unicast (inside ${special})`);
     return p.text;
   });
+  networks.forEach((n, i) => {
+    const twin = networks.findIndex((m, j) => j < i && overlap(m, n));
+    if (twin >= 0) fail(`networks[${i}]`, `${n} overlaps networks[${twin}] ${networks[twin]}`);
+  });
 
-  const pdLength = int(doc, "pd_length", "", 60, 1, 128);
+  // a delegated prefix must never cover a NIC's SLAAC or secondary: the pool and networks are disjoint
+  const pdLength = int(doc, "pd_length", "", 60, 1, 64);
   const pool = prefix(str(doc, "pd_pool", ""), "pd_pool");
   if (pool.length >= pdLength) fail("pd_pool", `/${pool.length} must be shorter than pd_length /${pdLength}`);
+  const poolSpecial = notGlobalUnicast(pool.text);
+  if (poolSpecial) fail("pd_pool", `${pool.text} is not global unicast (overlaps ${poolSpecial})`);
+  networks.forEach((n, i) => {
+    if (overlap(n, pool.text)) fail(`networks[${i}]`, `${n} overlaps pd_pool ${pool.text}`);
+  });
 
   const bridges = strList(doc, "bridges", "", ["cloudbr0"]);
   bridges.forEach((b, i) => {
     if (!IFNAME_RE.test(b)) fail(`bridges[${i}]`, `"${b}" is not a valid interface name`);
   });
   const portPrefix = str(doc, "port_prefix", "", "vnet");
-  if (!/^[A-Za-z0-9_.-]{1,14}$/.test(portPrefix)) fail("port_prefix", `"${portPrefix}" must be 1-14 characters of [A-Za-z0-9_.-]`);
+  if (!PORT_PREFIX_RE.test(portPrefix)) fail("port_prefix", `"${portPrefix}" must be 1-14 characters of [A-Za-z0-9_.-]`);
 
   const stateDir = str(doc, "state_dir", "", "/var/lib/sg6");
   if (!stateDir.startsWith("/")) fail("state_dir", `"${stateDir}" must be an absolute path`);
@@ -160,7 +183,7 @@ export function parseConfig(text: string): Config {
     if (!/^(nats|tls|ws|wss):\/\/[^\s]+$/.test(s) && !/^[^\s/]+:\d+$/.test(s)) fail(`nats.servers[${i}]`, `"${s}" is not a server URL`);
   });
   const stream = str(natsTable, "stream", "nats.", "SG6");
-  if (!STREAM_RE.test(stream)) fail("nats.stream", `"${stream}" must be 1-64 characters of [A-Za-z0-9_-]`);
+  if (!TOKEN_RE.test(stream)) fail("nats.stream", `"${stream}" must be ${TOKEN_RULE}`);
   const nats: NatsConfig = {
     servers,
     stream,

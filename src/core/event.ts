@@ -1,12 +1,13 @@
 // The event schema: one source for the TypeScript types, the runtime check and docs/event.schema.json.
 import { Type, type Static, type TSchema } from "@sinclair/typebox";
 import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
+import { IFNAME_PATTERN, TOKEN_PATTERN, TOKEN_RULE } from "./names.js";
 
 export const MAX_BODY_BYTES = 64 * 1024;
 export const MAX_NICS = 16;
 export const MAX_SECONDARY = 16;
 
-const Token = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$", description: "1-64 characters of [A-Za-z0-9_-]" });
+const Token = Type.String({ pattern: TOKEN_PATTERN, description: TOKEN_RULE });
 
 export const NicSchema = Type.Object(
   {
@@ -16,7 +17,7 @@ export const NicSchema = Type.Object(
     secondary: Type.Optional(
       Type.Array(Type.String({ maxLength: 64 }), { maxItems: MAX_SECONDARY, description: "extra /128 addresses inside network" }),
     ),
-    device: Type.Optional(Type.String({ pattern: "^[A-Za-z0-9_.-]{1,15}$", description: "the tap's name, e.g. vnet3" })),
+    device: Type.Optional(Type.String({ pattern: IFNAME_PATTERN, description: "the tap's name, e.g. vnet3" })),
   },
   { additionalProperties: false },
 );

@@ -18,18 +18,37 @@ export interface NicIntent {
   device?: string;
 }
 
-/** The latest applied word on one VM. Released VMs are kept as tombstones so stale events stay stale. */
+/**
+ * What this host has decided about one VM. `generation` is the VM's high-water mark: the generation
+ * of the last event applied (every applied event is newer than the one before, so it is also the
+ * highest ever applied). Released VMs stay as small tombstones (no NICs) so the mark outlives them;
+ * a VM whose only messages were rejected has generation -1 (nothing applied yet).
+ */
 export interface VmRecord {
   generation: number;
   released: boolean;
   nics: NicIntent[];
-  /** JetStream sequence of the event that produced this record (for logs) */
+  /**
+   * JetStream sequence of the last message on this VM's subject that was decided here (applied or
+   * rejected): a resync or redelivery that meets it again does not decide it a second time.
+   */
   seq?: number;
+  /** when that message was rejected: the reason, so a redelivery is rejected the same way */
+  rejected?: string;
 }
 
 /** The whole desired state of one host: VM id -> record. */
 export interface DesiredState {
   vms: Record<string, VmRecord>;
+}
+
+/**
+ * Set `key` as an own property. Plain assignment (or Object.assign) of "__proto__" would replace the
+ * object's prototype instead, and "__proto__" is a valid VM token.
+ */
+export function setOwn<T>(target: Record<string, T>, key: string, value: T): void {
+  if (key === "__proto__") Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+  else target[key] = value;
 }
 
 export function emptyState(): DesiredState {

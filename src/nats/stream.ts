@@ -159,7 +159,7 @@ export async function ensureConsumer(jsm: JetStreamManager, stream: string, host
 }
 
 export interface ReadLatestOptions {
-  /** consumer name (default `sg6-<host>-read`); two readers with the same name disturb each other and retry */
+  /** consumer name (default `sg6_read_<host>`, subjects.ts readerName); two readers with the same name disturb each other and retry */
   name?: string;
   /** give up when no message arrives for this long (default 5 s) */
   idleTimeoutMs?: number;

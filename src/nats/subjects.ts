@@ -1,16 +1,11 @@
 // Subject and consumer names of the sg6 event feed (contract section 2).
 
-/** a host or VM token: 1–64 characters from [A-Za-z0-9_-] */
-export const TOKEN_RE = /^[A-Za-z0-9_-]{1,64}$/;
+import { checkToken, TOKEN_RE } from "../core/names.js";
+
+export { TOKEN_RE };
 
 /** the stream's subject space */
 export const STREAM_SUBJECTS = ["sg6.vm.>"] as const;
-
-function checkToken(kind: "host" | "vm", value: string): void {
-  if (typeof value !== "string" || !TOKEN_RE.test(value)) {
-    throw new Error(`invalid ${kind} ${JSON.stringify(value)}: must be 1-64 characters from [A-Za-z0-9_-]`);
-  }
-}
 
 /** `sg6.vm.<host>.<vm>`: the subject that carries the latest word on one VM */
 export function vmSubject(host: string, vm: string): string {
@@ -43,10 +38,14 @@ export function durableName(host: string): string {
   return `sg6-${host}`;
 }
 
-/** `sg6-<host>-read`: the short-lived consumer that reads the latest message of every VM of the host */
+/**
+ * `sg6_read_<host>`: the short-lived consumer that reads the latest message of every VM of the host.
+ * Durables are `sg6-<token>`; no reader can share a name with one (`sg6_` vs `sg6-`), so a host
+ * called `<host>-read` cannot be handed another host's reader by the per-host permissions.
+ */
 export function readerName(host: string): string {
   checkToken("host", host);
-  return `sg6-${host}-read`;
+  return `sg6_read_${host}`;
 }
 
 /**

@@ -9,8 +9,9 @@
 // journal.old. Loading applies journal lines whose epoch is not older than the snapshot's, in file
 // order; every crash point in between leaves a readable, complete history.
 import { mkdir, open, readFile, rename, rm, type FileHandle } from "node:fs/promises";
+import { readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { emptyState, type DesiredState, type VmRecord } from "../core/model.js";
+import { emptyState, setOwn, type DesiredState, type VmRecord } from "../core/model.js";
 
 export const STATE_FILE = "state.json";
 const JOURNAL = "journal.jsonl";
@@ -21,6 +22,26 @@ interface Snapshot {
   epoch: number;
   savedAt?: string;
   state: DesiredState;
+}
+
+/** A journal line as a record, or what is wrong with it. */
+function journalLine(line: string): { epoch: number; vms: Record<string, VmRecord | null> } | string {
+  let entry: unknown;
+  try {
+    entry = JSON.parse(line);
+  } catch {
+    return "not JSON";
+  }
+  const e = entry as { epoch?: unknown; vms?: unknown } | null;
+  if (typeof e !== "object" || e === null || typeof e.epoch !== "number" || typeof e.vms !== "object" || e.vms === null || Array.isArray(e.vms)) {
+    return `not a journal record (${line.slice(0, 40)})`;
+  }
+  for (const [vm, record] of Object.entries(e.vms as object)) {
+    if (record !== null && (typeof record !== "object" || typeof (record as VmRecord).generation !== "number" || !Array.isArray((record as VmRecord).nics))) {
+      return `VM ${JSON.stringify(vm).slice(0, 80)} has no valid record`;
+    }
+  }
+  return e as { epoch: number; vms: Record<string, VmRecord | null> };
 }
 
 export class StateStore {
@@ -45,7 +66,11 @@ export class StateStore {
     return join(this.dir, name);
   }
 
-  /** Snapshot plus journals. Read-only: safe for `sg6 status` while the agent runs. */
+  /**
+   * Snapshot plus journals. Read-only: safe for `sg6 status` while the agent runs. Only a torn last
+   * line of a journal (a crash mid-append: that batch was never acked) is skipped; anything else
+   * that is not a journal record throws an error naming the file and line.
+   */
   async load(): Promise<DesiredState> {
     let snapshot: Snapshot = { version: 1, epoch: 0, state: emptyState() };
     const text = await readFile(this.path, "utf8").catch((error: NodeJS.ErrnoException) => {
@@ -53,27 +78,56 @@ export class StateStore {
       throw error;
     });
     if (text !== undefined) {
-      const parsed = JSON.parse(text) as Partial<Snapshot>;
-      if (parsed.version !== 1 || typeof parsed.state?.vms !== "object") throw new Error(`${this.path}: not an sg6 state file (version 1)`);
-      snapshot = { version: 1, epoch: parsed.epoch ?? 0, state: parsed.state };
+      let parsed: Partial<Snapshot> | null;
+      try {
+        parsed = JSON.parse(text) as Partial<Snapshot> | null;
+      } catch (error) {
+        throw new Error(`${this.path}: not JSON (${(error as Error).message})`);
+      }
+      const vms = parsed?.state?.vms;
+      if (parsed?.version !== 1 || typeof vms !== "object" || vms === null || Array.isArray(vms)) {
+        throw new Error(`${this.path}: not an sg6 state file (version 1)`);
+      }
+      snapshot = { version: 1, epoch: typeof parsed.epoch === "number" ? parsed.epoch : 0, state: parsed.state! };
     }
-    const vms: Record<string, VmRecord | null> = { ...snapshot.state.vms };
+    // a Map, not an object: a VM called "__proto__" is a valid token
+    const vms = new Map<string, VmRecord | null>(Object.entries(snapshot.state.vms));
     for (const name of [JOURNAL_OLD, JOURNAL]) {
-      const lines = await readFile(this.file(name), "utf8").catch(() => "");
-      for (const line of lines.split("\n")) {
-        if (!line) continue;
-        let entry: { epoch: number; vms: Record<string, VmRecord | null> };
-        try {
-          entry = JSON.parse(line) as typeof entry;
-        } catch {
-          continue; // a torn last line from a crash mid-append: that batch was never acked
+      const file = this.file(name);
+      const lines = (await readFile(file, "utf8").catch(() => "")).split("\n");
+      while (lines.length && lines[lines.length - 1] === "") lines.pop();
+      for (const [i, line] of lines.entries()) {
+        const entry = journalLine(line);
+        if (typeof entry === "string") {
+          if (i === lines.length - 1) continue; // a torn last line
+          throw new Error(`${file}:${i + 1}: ${entry}; move the file away to start from the stream`);
         }
-        if (entry.epoch >= snapshot.epoch) Object.assign(vms, entry.vms);
+        if (entry.epoch >= snapshot.epoch) for (const [vm, record] of Object.entries(entry.vms)) vms.set(vm, record);
       }
     }
     this.epoch = snapshot.epoch;
-    for (const [vm, record] of Object.entries(vms)) if (record === null) delete vms[vm];
-    return { vms: vms as Record<string, VmRecord> };
+    const out: Record<string, VmRecord> = {};
+    for (const [vm, record] of vms) if (record !== null) setOwn(out, vm, record);
+    return { vms: out };
+  }
+
+  /**
+   * Move unreadable state files aside (`*.corrupt-<time>`) so the agent can start from the stream
+   * instead of failing on them at every start; returns the new names.
+   */
+  async quarantine(): Promise<string[]> {
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+    const moved: string[] = [];
+    for (const name of [STATE_FILE, JOURNAL_OLD, JOURNAL]) {
+      const to = this.file(`${name}.corrupt-${stamp}`);
+      try {
+        await rename(this.file(name), to);
+        moved.push(to);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+      }
+    }
+    return moved;
   }
 
   /** Record VM records durably (null: the VM is gone); resolves once they are on disk. */
@@ -173,5 +227,110 @@ export class StateStore {
     } finally {
       await dir.close();
     }
+  }
+}
+
+const LOCK = "lock";
+
+/** `state_dir` is held by another live process; the message says which. */
+export class StateLockedError extends Error {
+  override name = "StateLockedError";
+}
+
+interface LockOwner {
+  pid: number;
+  who: string;
+  since: string;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * One writer of the kernel and the state files per host: the agent and every command that writes
+ * either hold `state_dir/lock`, created with O_EXCL and holding the owner's pid. A lock whose pid
+ * is gone (or is our own pid: a restarted container) is stale and taken over; otherwise the
+ * caller waits up to `waitMs`, then gets a StateLockedError naming the holder.
+ */
+export class StateLock {
+  private released = false;
+
+  private constructor(readonly path: string) {}
+
+  static async acquire(dir: string, who: string, waitMs = 3000, pollMs = 100): Promise<StateLock> {
+    await mkdir(dir, { recursive: true, mode: 0o750 });
+    const path = join(dir, LOCK);
+    const deadline = Date.now() + waitMs;
+    let unreadableSince: number | undefined;
+    for (;;) {
+      try {
+        const file = await open(path, "wx", 0o640);
+        try {
+          await file.writeFile(JSON.stringify({ pid: process.pid, who, since: new Date().toISOString() } satisfies LockOwner) + "\n");
+          await file.sync();
+        } finally {
+          await file.close();
+        }
+        const lock = new StateLock(path);
+        process.once("exit", () => lock.releaseSync());
+        return lock;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      }
+      const owner = await readOwner(path);
+      if (owner === "gone") continue;
+      if (owner === "unreadable") {
+        // being written this very moment, or its writer died before writing: give it a second
+        unreadableSince ??= Date.now();
+        if (Date.now() - unreadableSince > 1000) await rm(path, { force: true });
+      } else if (owner.pid === process.pid || !alive(owner.pid)) {
+        // stale: its process is gone (or it is our own pid: a restarted container)
+        await rm(path, { force: true });
+        continue;
+      } else if (Date.now() >= deadline) {
+        throw new StateLockedError(`${dir} is locked by pid ${owner.pid} (${owner.who}, since ${owner.since}); stop it first or try again`);
+      }
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    const owner = await readOwner(this.path);
+    if (typeof owner === "object" && owner.pid === process.pid) await rm(this.path, { force: true });
+  }
+
+  private releaseSync(): void {
+    if (this.released) return;
+    this.released = true;
+    try {
+      const owner = JSON.parse(readFileSync(this.path, "utf8")) as LockOwner;
+      if (owner.pid === process.pid) unlinkSync(this.path);
+    } catch {
+      // gone already
+    }
+  }
+}
+
+async function readOwner(path: string): Promise<LockOwner | "gone" | "unreadable"> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return "gone";
+    throw error;
+  }
+  try {
+    const owner = JSON.parse(text) as LockOwner;
+    return typeof owner?.pid === "number" && owner.pid > 0 ? owner : "unreadable";
+  } catch {
+    return "unreadable";
   }
 }

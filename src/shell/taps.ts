@@ -28,14 +28,35 @@ export class PortInventory extends EventEmitter {
   static async open(bridges: string[], portPrefix: string, watch = true): Promise<PortInventory> {
     const socket = createRtNetlink({ ref: false } as never);
     const inventory = new PortInventory(socket, bridges, portPrefix);
-    await inventory.refresh();
     if (watch) {
+      // subscribe before the first dump: a tap that appears in between is in the dump or comes
+      // as a notification (which then dumps again), never in neither
       socket.addMembership("LINK");
       socket.on("message", (parts) => {
         if (parts.some((part) => part.kind === "link")) inventory.scheduleRefresh();
       });
     }
+    await inventory.firstRefresh();
     return inventory;
+  }
+
+  /** The first dump, coalesced with notifications like any other; its error is the caller's. */
+  private async firstRefresh(): Promise<void> {
+    let failure: unknown;
+    this.refreshing = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.refresh();
+        } catch (error) {
+          failure = error;
+          break;
+        }
+      } while (this.again);
+      this.refreshing = undefined;
+    })();
+    await this.refreshing;
+    if (failure) throw failure;
   }
 
   ports(): BridgePort[] {

@@ -95,6 +95,11 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
 
     const dry = await h.cli(["reconcile", "--dry-run"]);
     assert.is(dry.code, 3, `dry run reports drift: ${dry.stdout}${dry.stderr}`);
+    // one writer of the kernel and the state files: while the agent runs, reconcile says who holds the lock
+    const locked = await h.cli(["reconcile", "--json"]);
+    assert.is(locked.code, 1, locked.stdout + locked.stderr);
+    assert.match(locked.stderr, new RegExp(`^sg6 reconcile: .* is locked by pid ${h.agent!.pid} \\(sg6 agent, since `));
+    await h.stopAgent();
     const fix = await h.cli(["reconcile", "--json"]);
     assert.is(fix.code, 0, fix.stderr);
     const report = JSON.parse(fix.stdout) as { changes: string[]; source: string };
@@ -155,8 +160,10 @@ test("saved state is re-asserted without NATS after a reboot-like loss of the ke
     const doc = JSON.parse(status.stdout) as { vms: { vm: string; nics: { state: string; device: string }[] }[] };
     assert.is(doc.vms[0]!.nics[0]!.device, "vnet1");
     assert.is(doc.vms[0]!.nics[0]!.state, "enforced");
+    // the agent holds state_dir; an operator's reconcile runs once it is stopped
+    await h.stopAgent();
     const offline = await h.cli(["reconcile"]);
-    assert.is(offline.code, 0);
+    assert.is(offline.code, 0, offline.stderr);
     assert.match(offline.stderr, /NATS unreachable/);
     await h.nats.restart();
   });

@@ -8,7 +8,7 @@ import { Intake, type RejectRecord } from "../../src/nats/intake.js";
 import { connectNats, type NatsSettings } from "../../src/nats/options.js";
 import { publishEvent } from "../../src/nats/publish.js";
 import { ensureConsumer, ensureStream, readLatest } from "../../src/nats/stream.js";
-import { vmSubject } from "../../src/nats/subjects.js";
+import { readerName, vmSubject } from "../../src/nats/subjects.js";
 import { memoryLogger, recordingHandler, rejects, startNats, waitFor, type NatsServer } from "../support/nats-server.js";
 
 const quiet = pino({ level: "silent" });
@@ -274,7 +274,7 @@ test("readLatest returns the last message of every VM of the host, fast, also wi
   console.log(`    readLatest: ${N} subjects in ${took} ms`);
   const names: string[] = [];
   for await (const c of jsm.consumers.list("SG6")) names.push(c.name);
-  assert.not.ok(names.includes(`sg6-${host}-read`), "the reader consumer is removed afterwards");
+  assert.not.ok(names.includes(readerName(host)), "the reader consumer is removed afterwards");
   // a second read right after works the same (no leftover state)
   assert.is((await readLatest(jetstream(nc), "SG6", host)).length, N);
 });

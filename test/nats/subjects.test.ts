@@ -11,7 +11,9 @@ test("subjects and names per the contract", () => {
   assert.is(hostFilter("kvm-01"), "sg6.vm.kvm-01.>");
   assert.is(rejectSubject("kvm-01"), "sg6.reject.kvm-01");
   assert.is(durableName("kvm-01"), "sg6-kvm-01");
-  assert.is(readerName("kvm-01"), "sg6-kvm-01-read");
+  assert.is(readerName("kvm-01"), "sg6_read_kvm-01");
+  // no reader can be another host's durable: host "kvm-01-read" has durable sg6-kvm-01-read
+  assert.is.not(readerName("kvm-01"), durableName("kvm-01-read"));
   assert.is(inboxPrefix("kvm-01"), "_INBOX_kvm-01");
   assert.ok(TOKEN_RE.test("a".repeat(64)));
   assert.not.ok(TOKEN_RE.test("a".repeat(65)));

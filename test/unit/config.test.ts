@@ -247,7 +247,22 @@ rejected("pd_pool: a prefix shorter than pd_length", () => {
   rejects(withLine("pd_pool", 'pd_pool = "nope"'), "pd_pool");
 });
 
-rejected("pd_length: an integer 1-128", () => {
+rejected("networks: global unicast, disjoint from each other and from pd_pool", () => {
+  for (const special of ["fe80::/64", "ff02::/64", "::/64", "fec0::/64"]) {
+    rejects(withLine("networks", `networks = ["${special}"]`), "networks[0]", /not global unicast/);
+  }
+  rejects(withLine("networks", 'networks = ["2001:db8:1::/64", "2001:db8:0001::/64"]'), "networks[1]", /overlaps networks\[0\]/);
+  // a delegated /60 from the pool could otherwise cover a NIC's SLAAC /128
+  rejects(withLine("networks", 'networks = ["2001:db8:ff00:120::/64"]'), "networks[0]", /overlaps pd_pool/);
+  rejects(withLine("pd_pool", 'pd_pool = "::/0"'), "pd_pool", /not global unicast/);
+  rejects(withLine("pd_pool", 'pd_pool = "ff00::/40"'), "pd_pool", /not global unicast/);
+  // control: a ULA network and a disjoint pool are fine
+  assert.equal(parseConfig(withLine("networks", 'networks = ["fd00:1::/64", "2001:db8:2::/64"]')).networks, ["fd00:1::/64", "2001:db8:2::/64"]);
+});
+
+rejected("pd_length: an integer 1-64", () => {
+  rejects(withLine("pd_length", "pd_length = 128"), "pd_length");
+  rejects(withLine("pd_length", "pd_length = 65"), "pd_length");
   rejects(withLine("pd_length", "pd_length = 129"), "pd_length");
   rejects(withLine("pd_length", "pd_length = 0"), "pd_length");
   rejects(withLine("pd_length", "pd_length = 60.5"), "pd_length");

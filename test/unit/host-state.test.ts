@@ -4,7 +4,7 @@
 import fc from "fast-check";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { allowedSources, HostState, nicIntents, stateFromMessages, type Decision } from "../../src/core/host-state.js";
+import { allowedSources, HostState, nicIntents, planResync, stateFromMessages, type Decision } from "../../src/core/host-state.js";
 import type { NicIntent } from "../../src/core/model.js";
 
 const POLICY = {
@@ -284,6 +284,41 @@ conflicts("the same MAC, prefix or device twice inside one VM", () => {
   rejected(state, allocate(VM, 1, [EXAMPLE_NIC, { ...second, device: "vnet3" }]), "nics.1.device", /twice/);
 });
 
+conflicts("a secondary equal to another VM's SLAAC /128, or the reverse, is refused", () => {
+  const state = new HostState(POLICY);
+  applied(state, allocate("vm-a", 1, [EXAMPLE_NIC])); // SLAAC 2001:db8:1:0:5054:ff:fe12:3456, secondary ::10
+  rejected(state, allocate("vm-b", 1, [{ mac: "52:54:00:00:00:0b", network: "2001:db8:1::/64", secondary: ["2001:db8:1:0:5054:ff:fe12:3456"] }]), "nics.0.secondary.0", /vm-a/);
+  // vm-a's secondary ::10 is the SLAAC of no MAC; take one whose SLAAC is vm-c's secondary instead
+  applied(state, allocate("vm-c", 1, [{ mac: "52:54:00:00:00:0c", network: "2001:db8:2::/64", secondary: ["2001:db8:2:0:5054:ff:fe00:d"] }]));
+  rejected(state, allocate("vm-d", 1, [{ mac: "52:54:00:00:00:0d", network: "2001:db8:2::/64" }]), "nics.0.mac", /SLAAC 2001:db8:2:0:5054:ff:fe00:d.*vm-c/);
+  // control: the same NIC on the other network has another SLAAC
+  applied(state, allocate("vm-d", 1, [{ mac: "52:54:00:00:00:0d", network: "2001:db8:1::/64" }]));
+});
+
+conflicts("a secondary inside another VM's delegated prefix is refused (config that overlaps)", () => {
+  // a policy parseConfig would refuse: the network lies inside pd_pool
+  const loose = { ...POLICY, networks: ["2001:db8:ff00:120::/64"] };
+  const state = new HostState(loose);
+  applied(state, allocate("vm-a", 1, [{ mac: "52:54:00:00:00:0a", network: "2001:db8:ff00:120::/64", delegated: "2001:db8:ff00:120::/60" }]));
+  rejected(state, allocate("vm-b", 1, [{ mac: "52:54:00:00:00:0b", network: "2001:db8:ff00:120::/64", secondary: ["2001:db8:ff00:120::99"] }]), "nics.0.secondary.0", /delegated prefix.*vm-a/);
+});
+
+conflicts("NIC MACs that differ only in the first octet share a tap MAC: the incumbent keeps it", () => {
+  const state = new HostState(POLICY);
+  applied(state, allocate("vm-a", 1, [{ mac: "52:54:00:12:34:56", network: "2001:db8:1::/64" }]));
+  rejected(state, allocate("vm-b", 1, [{ mac: "fe:54:00:12:34:56", network: "2001:db8:2::/64" }]), "nics.0.mac", /tap MAC|vm-a/);
+  rejected(state, allocate("vm-b", 1, [{ mac: "02:54:00:12:34:56", network: "2001:db8:2::/64" }]), "nics.0.mac", /tap MAC fe:54:00:12:34:56.*vm-a/);
+  rejected(
+    state,
+    allocate("vm-c", 1, [
+      { mac: "52:54:00:00:00:01", network: "2001:db8:1::/64" },
+      { mac: "fe:54:00:00:00:01", network: "2001:db8:2::/64" },
+    ]),
+    "nics.1.mac",
+    /same tap MAC/,
+  );
+});
+
 conflicts.run();
 
 // ---------------------------------------------------------------- subject, host, bad input
@@ -387,7 +422,83 @@ bad("nicIntents throws naming the field, for callers outside HostState", () => {
   assert.equal(nicIntents({ ...event, nics: [EXAMPLE_NIC] }, POLICY), [EXAMPLE_INTENT]);
 });
 
+bad("the subnet-router anycast address is no secondary", () => {
+  const state = new HostState(POLICY);
+  rejected(state, allocate("vm-a", 1, [{ mac: "52:54:00:00:00:0a", network: "2001:db8:1::/64", secondary: ["2001:db8:1::"] }]), "nics.0.secondary.0", /anycast/);
+  rejected(state, allocate("vm-a", 1, [{ mac: "52:54:00:00:00:0a", network: "2001:db8:1::/64", secondary: ["2001:db8:1::1", "2001:db8:1:0::/128"] }]), "nics.0.secondary.1", /anycast/);
+  applied(state, allocate("vm-a", 1, [{ mac: "52:54:00:00:00:0a", network: "2001:db8:1::/64", secondary: ["2001:db8:1::1"] }]));
+});
+
 bad.run();
+
+// ---------------------------------------------------------------- decided once
+
+const once = suite("host state: a message is decided once, also across restarts");
+
+once("a rejected message is remembered with its reason; the same seq is rejected again, a new one decided", () => {
+  const state = new HostState(POLICY);
+  applied(state, allocate("vm-a", 1, [EXAMPLE_NIC]));
+  const hijack = allocate("vm-b", 1, [{ mac: EXAMPLE_NIC.mac, network: "2001:db8:2::/64" }]);
+  const first = feed(state, hijack, 7);
+  assert.is(first.outcome, "reject");
+  applied(state, release("vm-a", 2)); // the MAC is free now
+  const reloaded = new HostState(POLICY, JSON.parse(JSON.stringify(state.toJSON())));
+  for (const s of [state, reloaded]) {
+    assert.equal(s.decide(hijack.subject, hijack.data, 7), first, "seq 7 stays rejected, with the same reason");
+    assert.is(s.decided(hijack.subject, 7), true);
+    assert.is(s.decide(hijack.subject, hijack.data, 8).outcome, "apply", "a new message (new seq) is decided afresh");
+  }
+});
+
+once("an applied message met again by its seq is ignored; released VMs keep their mark", () => {
+  const state = new HostState(POLICY);
+  const a = allocate("vm-a", 5, [EXAMPLE_NIC]);
+  feed(state, a, 3);
+  assert.equal(state.decide(a.subject, a.data, 3), { outcome: "ignore", vm: "vm-a", reason: "seq 3 was already decided" });
+  feed(state, release("vm-a", 6), 4);
+  const reloaded = new HostState(POLICY, JSON.parse(JSON.stringify(state.toJSON())));
+  assert.is(reloaded.decide(a.subject, allocate("vm-a", 6, [EXAMPLE_NIC]).data, 9).outcome, "ignore");
+});
+
+once("a VM called __proto__ is an ordinary VM, through toJSON and JSON", () => {
+  const state = new HostState(POLICY);
+  applied(state, allocate("__proto__", 1, [EXAMPLE_NIC]));
+  const json = JSON.stringify(state.toJSON());
+  assert.match(json, /"__proto__":\{"generation":1/);
+  const reloaded = new HostState(POLICY, JSON.parse(json));
+  assert.equal(activeVms(reloaded), ["__proto__"]);
+  rejected(reloaded, allocate("vm-b", 1, [{ ...EXAMPLE_NIC, device: "vnet9" }]), "nics.0.mac", /__proto__/);
+});
+
+once("a transaction rolls back records and owner indexes", () => {
+  const state = new HostState(POLICY);
+  applied(state, allocate("vm-a", 1, [EXAMPLE_NIC]));
+  const before = snapshot(state);
+  state.begin();
+  feed(state, release("vm-a", 2), 10);
+  feed(state, allocate("vm-b", 1, [{ ...EXAMPLE_NIC, device: "vnet9" }]), 11);
+  feed(state, allocate("vm-c", 1, [{ mac: "52:54:00:00:00:0c", network: "2001:db8:1::/64" }]), 12);
+  assert.equal([...state.changes().keys()].sort(), ["vm-a", "vm-b", "vm-c"]);
+  assert.equal(state.before().get("vm-b"), null);
+  state.rollback();
+  assert.is(snapshot(state), before);
+  // vm-c's MAC and vm-b's are free again; vm-a still holds its own
+  applied(state, allocate("vm-d", 1, [{ mac: "52:54:00:00:00:0c", network: "2001:db8:1::/64" }]));
+  rejected(state, allocate("vm-e", 1, [{ ...EXAMPLE_NIC, device: "vnet8" }]), "nics.0.mac", /vm-a/);
+});
+
+once("planResync: only undecided messages, in stream order; an empty stream with VMs is 'lost'", () => {
+  const state = new HostState(POLICY);
+  const a = { seq: 4, ...allocate("vm-a", 1, [EXAMPLE_NIC]) };
+  feed(state, a, a.seq);
+  const b = { seq: 9, ...allocate("vm-b", 1, [{ mac: "52:54:00:00:00:0b", network: "2001:db8:1::/64" }]) };
+  const c = { seq: 6, ...release("vm-c", 1) };
+  assert.equal(planResync(state, [b, a, c]).pending.map((m) => m.seq), [6, 9]);
+  assert.equal(planResync(state, []), { pending: [], lost: true });
+  assert.equal(planResync(new HostState(POLICY), []), { pending: [], lost: false });
+});
+
+once.run();
 
 // ---------------------------------------------------------------- allowedSources
 
@@ -447,7 +558,8 @@ rebuild("rebuilds the state and lists the rejects with subject, seq, vm and reas
     assert.equal(state.vms.get("vm-a"), { generation: 3, released: false, nics: [EXAMPLE_INTENT], seq: 10 });
     assert.equal(state.vms.get("vm-c"), { generation: 4, released: true, nics: [], seq: 11 });
     assert.is(state.vms.get("vm-e")!.seq, 14);
-    assert.is(state.vms.has("vm-b"), false);
+    // vm-b: nothing applied (generation -1), its rejected message remembered so it is never decided again
+    assert.equal(state.vms.get("vm-b"), { generation: -1, released: true, nics: [], seq: 12, rejected: rejected[0]!.reason });
     assert.equal(
       rejected.map((r) => [r.subject, r.seq, r.vm]),
       [
@@ -593,6 +705,7 @@ function modelStep(state: Map<string, ModelVm>, event: GenEvent): boolean {
 function view(state: HostState): Record<string, ModelVm> {
   const out: Record<string, ModelVm> = {};
   for (const [vm, record] of state.vms) {
+    if (record.generation < 0) continue; // only a rejected message remembered: nothing applied
     out[vm] = {
       generation: record.generation,
       released: record.released,
