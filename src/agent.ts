@@ -212,7 +212,6 @@ export class Agent {
   async stop(): Promise<void> {
     this.stopping = true;
     this.notify.stopWatchdog();
-    await this.notify.stopping();
     if (this.timer) clearInterval(this.timer);
     await this.intake?.stop();
     await this.enforcer?.serial(async () => undefined);

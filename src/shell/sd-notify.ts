@@ -76,10 +76,6 @@ export class SdNotify {
     return this.send([`--status=${statusText(status)}`]);
   }
 
-  stopping(): Promise<void> {
-    return this.send(["STOPPING=1"]);
-  }
-
   /**
    * Pings WATCHDOG=1 each time `probe` succeeds, probing every half WatchdogSec. The probe must be a
    * real check (the agent's: a kernel read through its serialized apply queue), so a wedged apply

@@ -53,7 +53,7 @@ test("without NOTIFY_SOCKET nothing is sent and nothing fails", async () => {
 });
 
 for (const kind of ["path", "abstract"] as const) {
-  test(`READY, STATUS, WATCHDOG and STOPPING reach a ${kind} notify socket in order`, async () => {
+  test(`READY, STATUS and WATCHDOG reach a ${kind} notify socket in order`, async () => {
     const dir = mkdtempSync(join(tmpdir(), "sg6-notify-"));
     const name = kind === "path" ? join(dir, "notify") : `@sg6-test-${process.pid}-${Date.now()}`;
     const socket = await sink(name);
@@ -73,10 +73,10 @@ for (const kind of ["path", "abstract"] as const) {
       assert.is((await socket.next()).text, "WATCHDOG=1");
       assert.ok(probes >= 1);
       notify.stopWatchdog();
-      await notify.stopping();
+      await notify.status("stopping");
       let text = (await socket.next()).text;
       while (text === "WATCHDOG=1") text = (await socket.next()).text; // pings already on their way
-      assert.is(text, "STOPPING=1");
+      assert.is(text, "STATUS=stopping");
     } finally {
       socket.close();
       rmSync(dir, { recursive: true, force: true });
