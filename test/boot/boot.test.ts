@@ -226,7 +226,7 @@ test("boot: sg6 ready before libvirtd, restarts keep rules, the sandbox allows t
     assert.not.match(out("sg6-bad.txt"), /ActiveState=active/);
     assert.is.not(out("bad-libvirtd.rc").trim(), "0", "libvirtd does not start while sg6 is not ready");
     assert.not.match(out("libvirtd-bad.txt"), /ActiveState=active/);
-    assert.match(out("libvirtd-journal.txt"), /refusing to start VMs unguarded/);
+    assert.match(out("libvirtd-journal.txt"), /enabled but not active: refusing to start VMs unguarded/);
     assert.match(journal, /agent\.toml|pd_length/);
     // fixed: sg6 came back on its own; libvirtd starts and finds the rules
     assert.match(out("sg6-fixed.txt"), /ActiveState=active/, out("sg6-fixed.txt"));
