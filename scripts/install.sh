@@ -22,6 +22,13 @@ ln -sfn "$PREFIX/dist/cli.js" "$BIN/sg6"
 # config: the example is always refreshed, the real one only created
 install -m 0644 docs/agent.toml.example "$ETC/agent.toml.example"
 [ -f "$ETC/agent.toml" ] || install -m 0640 docs/agent.toml.example "$ETC/agent.toml"
-install -m 0644 systemd/sg6.service "$UNIT_DIR/sg6.service"
+# the unit names the package's paths (/usr/lib/sg6); this install lives under /usr/local
+sed -e "s|/usr/lib/sg6/|$PREFIX/|g" -e "s|/usr/share/doc/sg6/|$PREFIX/|g" systemd/sg6.service >"$UNIT_DIR/sg6.service.new"
+chmod 0644 "$UNIT_DIR/sg6.service.new" && mv "$UNIT_DIR/sg6.service.new" "$UNIT_DIR/sg6.service"
+# libvirtd waits for sg6 (docs: README "Install the service"); br_netfilter and its sysctl at boot
+install -d -m 0755 "$UNIT_DIR/libvirtd.service.d" "$DESTDIR/etc/modules-load.d" "$DESTDIR/etc/sysctl.d"
+install -m 0644 systemd/libvirtd.service.d/sg6.conf "$UNIT_DIR/libvirtd.service.d/sg6.conf"
+install -m 0644 systemd/modules-load.d/sg6.conf "$DESTDIR/etc/modules-load.d/sg6.conf"
+install -m 0644 systemd/sysctl.d/60-sg6.conf "$DESTDIR/etc/sysctl.d/60-sg6.conf"
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 echo "installed sg6 to $LIB; edit $ETC/agent.toml, then: systemctl enable --now sg6"

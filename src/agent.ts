@@ -10,6 +10,7 @@ import { ensureStream, readLatest } from "./nats/stream.js";
 import { inboxPrefix } from "./nats/subjects.js";
 import { openDataplane } from "./shell/backend.js";
 import { StateLock, StateStore } from "./shell/state-store.js";
+import { SdNotify } from "./shell/sd-notify.js";
 import { PortInventory } from "./shell/taps.js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -23,6 +24,7 @@ export class Agent {
   private lock: StateLock | undefined;
   readonly metrics = new Metrics();
   readonly store: StateStore;
+  readonly notify: SdNotify;
   enforcer!: Enforcer;
 
   constructor(
@@ -30,10 +32,12 @@ export class Agent {
     readonly log: Logger,
   ) {
     this.store = new StateStore(config.stateDir);
+    this.notify = new SdNotify(log);
   }
 
   async start(): Promise<void> {
     const { config, log } = this;
+    void this.notify.status("re-asserting the saved state");
     // one writer of the kernel and the state files: a running `sg6 reconcile` finishes first
     this.lock = await StateLock.acquire(config.stateDir, "sg6 agent", 30_000);
     const dataplane = await openDataplane(config);
@@ -63,6 +67,11 @@ export class Agent {
     this.enforcer.setPorts(this.inventory.ports());
     const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
     log.info({ vms: this.enforcer.state.vms.size, changes: changes.length }, "saved state re-asserted");
+    // Ready for systemd (libvirtd is ordered after this): every guarded port now has its rules or
+    // drops all IPv6 (fail closed). NATS is not needed for that, and may well be down at boot.
+    await this.notify.ready(`guarding ${this.enforcer.boundCount()} NICs from the saved state; connecting to NATS`);
+    // watchdog: a kernel read through the serialized apply queue, so a wedged apply path stops the pings
+    this.notify.startWatchdog(() => this.enforcer.serial(() => dataplane.dropCounters()));
     this.updateGauges();
 
     this.metrics.beforeScrape = async () => {
@@ -84,6 +93,7 @@ export class Agent {
     const jsm = await jetstreamManager(this.nc);
     const warning = await ensureStream(jsm, config.nats);
     if (warning) log.warn(warning);
+    void this.notify.status("resyncing from the stream");
     await this.resyncFromStream();
     this.intake = new Intake({
       nc: this.nc,
@@ -95,13 +105,20 @@ export class Agent {
     });
     await this.intake.start();
     this.metrics.ready = true;
+    void this.notify.status(`consuming events; ${this.enforcer.boundCount()} NICs guarded`);
     log.info("consuming events");
   }
 
   private async watchConnection(nc: NatsConnection): Promise<void> {
     for await (const status of nc.status()) {
-      if (status.type === "disconnect") this.metrics.natsConnected.set(0);
-      if (status.type === "reconnect") this.metrics.natsConnected.set(1);
+      if (status.type === "disconnect") {
+        this.metrics.natsConnected.set(0);
+        void this.notify.status("NATS disconnected; enforcing the last known state");
+      }
+      if (status.type === "reconnect") {
+        this.metrics.natsConnected.set(1);
+        void this.notify.status("NATS reconnected; consuming events");
+      }
     }
   }
 
@@ -207,6 +224,7 @@ export class Agent {
   /** SIGTERM: finish the batch in flight and ack it, save, close. Never flushes rules. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.notify.stopWatchdog();
     if (this.timer) clearInterval(this.timer);
     await this.intake?.stop();
     await this.enforcer?.serial(async () => undefined);
