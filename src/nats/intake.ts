@@ -8,17 +8,13 @@ import {
 } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
+import type { StreamMessage } from "../core/stream-message.js";
 import type { NatsSettings } from "./options.js";
 import { ensureConsumer, ensureStream } from "./stream.js";
 import { durableName, parseVmSubject, rejectSubject } from "./subjects.js";
 
-export interface IncomingEvent {
-  subject: string;
-  /** stream sequence */
-  seq: number;
-  data: Uint8Array;
-  redelivered: boolean;
-}
+/** a message handed to the handler (the type lives in core so that stream.ts need not import this module) */
+export type IncomingEvent = StreamMessage;
 
 export type Verdict = { outcome: "applied" | "ignored" } | { outcome: "rejected"; reason: string; vm?: string };
 

@@ -16,7 +16,7 @@ import {
 import { nanos, PermissionViolationError, type NatsConnection } from "@nats-io/transport-node";
 import type { NatsSettings } from "./options.js";
 import { durableName, hostFilter, hostVmWildcard, readerName, STREAM_SUBJECTS } from "./subjects.js";
-import type { IncomingEvent } from "./intake.js";
+import type { StreamMessage } from "../core/stream-message.js";
 
 /** how long the server waits for an ack before redelivering */
 export const ACK_WAIT_MS = 30_000;
@@ -187,7 +187,7 @@ export async function readLatest(
   stream: string,
   host: string,
   opts: ReadLatestOptions = {},
-): Promise<IncomingEvent[]> {
+): Promise<StreamMessage[]> {
   const jsm = await managerOf(via);
   const attempts = opts.attempts ?? 4;
   for (let attempt = 1; ; attempt++) {
@@ -200,7 +200,7 @@ export async function readLatest(
   }
 }
 
-async function readLatestOnce(jsm: JetStreamManager, stream: string, host: string, opts: ReadLatestOptions): Promise<IncomingEvent[]> {
+async function readLatestOnce(jsm: JetStreamManager, stream: string, host: string, opts: ReadLatestOptions): Promise<StreamMessage[]> {
   const name = opts.name ?? readerName(host);
   const idle = opts.idleTimeoutMs ?? 5000;
   const config: Partial<ConsumerConfig> = {
@@ -223,7 +223,7 @@ async function readLatestOnce(jsm: JetStreamManager, stream: string, host: strin
   }
   const js = jsm.jetstream();
   const consumer = js.consumers.getConsumerFromInfo(ci);
-  const out: IncomingEvent[] = [];
+  const out: StreamMessage[] = [];
   try {
     let pending = ci.num_pending;
     let dseq = 0;
