@@ -6,19 +6,15 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
+import type { StreamMessage } from "../core/stream-message.js";
 import type { NatsSettings } from "./options.js";
-import { ensureConsumer, ensureStream } from "./stream.js";
-import { durableName, parseVmSubject, rejectSubject } from "./subjects.js";
+import { consumerOptions, ensureConsumerState, ensureStream } from "./stream.js";
+import { consumerLeaderAdvisory, durableName, parseVmSubject, rejectSubject } from "./subjects.js";
 
-export interface IncomingEvent {
-  subject: string;
-  /** stream sequence */
-  seq: number;
-  data: Uint8Array;
-  redelivered: boolean;
-}
+/** a message handed to the handler (the type lives in core so that stream.ts need not import this module) */
+export type IncomingEvent = StreamMessage;
 
 export type Verdict = { outcome: "applied" | "ignored" } | { outcome: "rejected"; reason: string; vm?: string };
 
@@ -34,8 +30,18 @@ export interface IntakeOptions {
   settings: NatsSettings;
   host: string;
   handle: BatchHandler;
-  /** called (between batches, never during one) after consuming had to be restarted */
+  /**
+   * called (between batches, never during one) when this host's durable consumer had to be created
+   * anew after consuming started: its history (the ack floor) is gone, so the full state is read again
+   */
   onResync?: () => Promise<void>;
+  /**
+   * also resync after every reconnect and every restart of consumption, even when the durable
+   * survived (the behaviour before the fleet benchmark; costs a full read per host per reconnect)
+   */
+  resyncOnReconnect?: boolean;
+  /** pull again at once when the durable elects a new leader (default true; see watchLeader) */
+  leaderAdvisories?: boolean;
   log: Logger;
   /** most events handed to the handler at once (default 512) */
   maxBatch?: number;
@@ -62,10 +68,14 @@ export interface IntakeStats {
   failedBatches: number;
   /** events that arrived flagged as redelivered */
   redelivered: number;
-  /** times consuming was restarted (consumer recreated) after it ended or stalled */
+  /** times consuming was restarted after it ended or stalled */
   restarts: number;
+  /** of those, times the durable consumer was gone and had to be created again */
+  recreated: number;
   /** onResync calls that completed */
   resyncs: number;
+  /** times the durable's Raft group elected a leader while we consumed (we then pull from the new one) */
+  leaderChanges: number;
   lastBatchSize: number;
   maxBatchSize: number;
   /** the current nak delay (0 after a success) */
@@ -102,7 +112,9 @@ export class Intake {
     failedBatches: 0,
     redelivered: 0,
     restarts: 0,
+    recreated: 0,
     resyncs: 0,
+    leaderChanges: 0,
     lastBatchSize: 0,
     maxBatchSize: 0,
     backoffMs: 0,
@@ -124,11 +136,13 @@ export class Intake {
   private consumeLoop?: Promise<void>;
   private processLoop?: Promise<void>;
   private resyncPending = false;
+  private resyncRunning = false;
   private lastActivity = Date.now();
   private connected = true;
   private readonly expires: number;
   private resyncFailures = 0;
   private failures = 0;
+  private leaderSub?: Subscription;
 
   constructor(opts: IntakeOptions) {
     this.o = opts;
@@ -142,6 +156,7 @@ export class Intake {
     if (this.started) throw new Error("intake already started");
     this.started = true;
     this.jsm = await jetstreamManager(this.o.nc, { checkAPI: false, timeout: 5000 });
+    if (this.o.leaderAdvisories !== false) this.leaderSub = this.watchLeader();
     this.processLoop = this.runProcessor();
     this.consumeLoop = this.runConsumer();
     await Promise.race([this.firstStart.promise, this.consumeLoop]);
@@ -160,6 +175,7 @@ export class Intake {
     this.space.resolve();
     this.wakeProcessor.resolve();
     this.messages?.stop();
+    this.leaderSub?.unsubscribe();
     await Promise.allSettled([this.consumeLoop, this.processLoop]);
     // Whatever was delivered but not handled goes back to the server. Not at once: our pull requests
     // stay open at the server until they expire, and 2.9 would redeliver into them (to an inbox nobody
@@ -168,6 +184,11 @@ export class Intake {
     if (!this.o.nc.isClosed()) {
       await this.o.nc.flush().catch(() => undefined);
     }
+  }
+
+  /** a resync or a batch is pending or running, or events wait in the buffer */
+  busy(): boolean {
+    return this.resyncPending || this.resyncRunning || this.inFlight.length > 0 || this.buffer.length > 0;
   }
 
   private handBackDelay(): number {
@@ -183,10 +204,12 @@ export class Intake {
     let first = true;
     while (!this.stopping && !nc.isClosed()) {
       let messages: ConsumerMessages;
+      let created = false;
       try {
         await ensureStream(jsm, settings, this.log);
-        const ci = await ensureConsumer(jsm, settings.stream, host, this.log);
-        const consumer = jsm.jetstream().consumers.getConsumerFromInfo(ci);
+        const ensured = await ensureConsumerState(jsm, settings.stream, host, this.log, consumerOptions(settings));
+        created = ensured.created;
+        const consumer = jsm.jetstream().consumers.getConsumerFromInfo(ensured.info);
         messages = await consumer.consume({ max_messages: this.maxBatch, expires: this.expires });
       } catch (err) {
         const wait = Math.min(200 * 2 ** attempt, 10_000);
@@ -207,8 +230,14 @@ export class Intake {
         this.firstStart.resolve();
       } else {
         this.stats.restarts++;
-        this.log.info({ stream: settings.stream, restarts: this.stats.restarts }, "consuming again; requesting a full resync");
-        this.requestResync();
+        if (created) this.stats.recreated++;
+        if (created || this.o.resyncOnReconnect) {
+          this.log.info({ stream: settings.stream, restarts: this.stats.restarts, created }, "consuming again; requesting a full resync");
+          this.requestResync();
+        } else {
+          // the durable kept its ack floor: whatever we did not ack is redelivered, nothing was missed
+          this.log.info({ stream: settings.stream, restarts: this.stats.restarts }, "consuming again from the durable consumer");
+        }
       }
       const watch = this.watch(messages);
       try {
@@ -222,6 +251,35 @@ export class Intake {
         this.log.warn("consuming ended; recreating the consumer");
         await Promise.race([sleep(250), this.stopSignal.promise]);
       }
+    }
+  }
+
+  /**
+   * A killed or partitioned node takes the pull requests it held with it: on 2.9 nothing tells the
+   * client, which only notices two missed heartbeats later (the pull's lifetime, 10 s) and the new
+   * consumer leader meanwhile has nothing to deliver to. The server announces every election of
+   * the durable's leader on an advisory subject; on it we pull again at once. Without subscribe
+   * permission on that subject (docs/nats-authorization.conf) the heartbeats still do the job.
+   */
+  private watchLeader(): Subscription | undefined {
+    const { nc, settings, host } = this.o;
+    const subject = consumerLeaderAdvisory(settings.stream, host);
+    try {
+      return nc.subscribe(subject, {
+        callback: (err) => {
+          if (err) {
+            this.log.info({ subject, err: err.message }, "no consumer leader advisories (heartbeats will notice a lost leader)");
+            return;
+          }
+          if (this.stopping || !this.messages) return;
+          this.stats.leaderChanges++;
+          this.log.info({ subject }, "the durable consumer has a new leader; pulling from it");
+          this.messages.stop();
+        },
+      });
+    } catch (err) {
+      this.log.info({ subject, err: (err as Error).message }, "no consumer leader advisories");
+      return undefined;
     }
   }
 
@@ -281,7 +339,11 @@ export class Intake {
     }
   }
 
-  /** a reconnect may mean a restarted server or another cluster node: resync once consuming goes on */
+  /**
+   * After a reconnect the library checks the durable itself and reports it when gone (then the
+   * consumer is created again and a resync follows). A durable that survived resumes from its ack
+   * floor, so a reconnect alone needs no full read of the state (unless resyncOnReconnect).
+   */
   private connectionWatch(): { stop(): void } {
     const status = this.o.nc.status();
     (async () => {
@@ -292,8 +354,12 @@ export class Intake {
         } else if (s.type === "reconnect") {
           this.connected = true;
           this.lastActivity = Date.now();
-          this.log.warn({ server: s.server }, "reconnected to NATS; requesting a full resync");
-          this.requestResync();
+          if (this.o.resyncOnReconnect) {
+            this.log.warn({ server: s.server }, "reconnected to NATS; requesting a full resync");
+            this.requestResync();
+          } else {
+            this.log.warn({ server: s.server }, "reconnected to NATS; resuming the durable consumer");
+          }
         }
       }
     })().catch(() => undefined);
@@ -333,6 +399,7 @@ export class Intake {
 
   private async runResync(): Promise<void> {
     this.resyncPending = false;
+    this.resyncRunning = true;
     try {
       await this.o.onResync!();
       this.stats.resyncs++;
@@ -342,6 +409,8 @@ export class Intake {
       this.resyncFailures++;
       this.log.error({ err: (err as Error).message, retryInMs: wait }, "resync failed");
       setTimeout(() => this.requestResync(), wait).unref();
+    } finally {
+      this.resyncRunning = false;
     }
   }
 

@@ -14,6 +14,10 @@ import type { NatsConfig } from "../core/config.js";
 export interface NatsSettings extends NatsConfig {
   /** inbox prefix of the connection; per-host prefixes (`_INBOX_<host>`) allow least-privilege permissions */
   inboxPrefix?: string;
+  /** replicas of the host's durable consumer when the agent creates it (default: the stream's; docs/scaling.md) */
+  consumerReplicas?: number;
+  /** keep a newly created durable consumer in memory (docs/scaling.md) */
+  consumerMemory?: boolean;
 }
 
 export type ConnectionOptions = NodeConnectionOptions;

@@ -16,7 +16,7 @@ import {
 import { nanos, PermissionViolationError, type NatsConnection } from "@nats-io/transport-node";
 import type { NatsSettings } from "./options.js";
 import { durableName, hostFilter, hostVmWildcard, readerName, STREAM_SUBJECTS } from "./subjects.js";
-import type { IncomingEvent } from "./intake.js";
+import type { StreamMessage } from "../core/stream-message.js";
 
 /** how long the server waits for an ack before redelivering */
 export const ACK_WAIT_MS = 30_000;
@@ -102,9 +102,26 @@ export async function ensureStream(jsm: JetStreamManager, settings: NatsSettings
   }
 }
 
+/** what the operator may choose for the durable consumers (docs/scaling.md) */
+export interface ConsumerOptions {
+  /** replicas of a newly created durable (default: the stream's) */
+  replicas?: number;
+  /** keep a newly created durable's state in memory instead of on disk */
+  memory?: boolean;
+}
+
+export function consumerOptions(settings: NatsSettings): ConsumerOptions {
+  const o: ConsumerOptions = {};
+  if (settings.consumerReplicas !== undefined) o.replicas = settings.consumerReplicas;
+  if (settings.consumerMemory) o.memory = true;
+  return o;
+}
+
 /** the durable consumer config of one host, exactly as the contract says */
-export function consumerConfig(host: string): Partial<ConsumerConfig> & { durable_name: string } {
+export function consumerConfig(host: string, opts: ConsumerOptions = {}): Partial<ConsumerConfig> & { durable_name: string } {
   return {
+    ...(opts.replicas !== undefined ? { num_replicas: opts.replicas } : {}),
+    ...(opts.memory ? { mem_storage: true } : {}),
     durable_name: durableName(host),
     filter_subject: hostFilter(host),
     ack_policy: AckPolicy.Explicit,
@@ -137,24 +154,45 @@ function consumerMatches(ci: ConsumerInfo, want: ReturnType<typeof consumerConfi
  * server refuses an update (immutable fields such as the deliver policy), the consumer is deleted
  * and created again — the handler is idempotent, so a full redelivery is safe.
  */
-export async function ensureConsumer(jsm: JetStreamManager, stream: string, host: string, log?: MinimalLog): Promise<ConsumerInfo> {
-  const want = consumerConfig(host);
+export async function ensureConsumer(jsm: JetStreamManager, stream: string, host: string, log?: MinimalLog, opts: ConsumerOptions = {}): Promise<ConsumerInfo> {
+  return (await ensureConsumerState(jsm, stream, host, log, opts)).info;
+}
+
+/**
+ * ensureConsumer, also saying whether the durable had to be created (anew): then its history is
+ * gone and the caller reads the full state again. Replicas and storage are only chosen at creation
+ * (an existing durable keeps them; the operator changes them with the nats tool).
+ */
+export async function ensureConsumerState(
+  jsm: JetStreamManager,
+  stream: string,
+  host: string,
+  log?: MinimalLog,
+  opts: ConsumerOptions = {},
+): Promise<{ info: ConsumerInfo; created: boolean }> {
+  const want = consumerConfig(host, opts);
   let current: ConsumerInfo | undefined;
   try {
     current = await jsm.consumers.info(stream, want.durable_name);
   } catch (err) {
     if (!isNotFound(err, JetStreamApiCodes.ConsumerNotFound)) throw err;
   }
-  if (current && consumerMatches(current, want)) return current;
+  if (current && consumerMatches(current, want)) return { info: current, created: false };
+  const update = { ...want };
+  // an update must not try to change what only creation sets
+  if (current) {
+    delete update.num_replicas;
+    delete update.mem_storage;
+  }
   try {
-    const ci = await jsm.consumers.add(stream, want);
+    const ci = await jsm.consumers.add(stream, update);
     log?.info({ stream, consumer: want.durable_name, updated: !!current }, current ? "updated consumer" : "created consumer");
-    return ci;
+    return { info: ci, created: !current };
   } catch (err) {
     if (!current) throw err;
     log?.warn({ stream, consumer: want.durable_name, err: (err as Error).message }, "consumer cannot be updated in place; recreating it");
     await jsm.consumers.delete(stream, want.durable_name);
-    return jsm.consumers.add(stream, want);
+    return { info: await jsm.consumers.add(stream, want), created: true };
   }
 }
 
@@ -187,7 +225,7 @@ export async function readLatest(
   stream: string,
   host: string,
   opts: ReadLatestOptions = {},
-): Promise<IncomingEvent[]> {
+): Promise<StreamMessage[]> {
   const jsm = await managerOf(via);
   const attempts = opts.attempts ?? 4;
   for (let attempt = 1; ; attempt++) {
@@ -200,7 +238,7 @@ export async function readLatest(
   }
 }
 
-async function readLatestOnce(jsm: JetStreamManager, stream: string, host: string, opts: ReadLatestOptions): Promise<IncomingEvent[]> {
+async function readLatestOnce(jsm: JetStreamManager, stream: string, host: string, opts: ReadLatestOptions): Promise<StreamMessage[]> {
   const name = opts.name ?? readerName(host);
   const idle = opts.idleTimeoutMs ?? 5000;
   const config: Partial<ConsumerConfig> = {
@@ -223,7 +261,7 @@ async function readLatestOnce(jsm: JetStreamManager, stream: string, host: strin
   }
   const js = jsm.jetstream();
   const consumer = js.consumers.getConsumerFromInfo(ci);
-  const out: IncomingEvent[] = [];
+  const out: StreamMessage[] = [];
   try {
     let pending = ci.num_pending;
     let dseq = 0;

@@ -38,6 +38,11 @@ export function durableName(host: string): string {
   return `sg6-${host}`;
 }
 
+/** where the server announces that the durable of `host` elected a leader (after a node loss, a restart) */
+export function consumerLeaderAdvisory(stream: string, host: string): string {
+  return `$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.${stream}.${durableName(host)}`;
+}
+
 /**
  * `sg6_read_<host>`: the short-lived consumer that reads the latest message of every VM of the host.
  * Durables are `sg6-<token>`; no reader can share a name with one (`sg6_` vs `sg6-`), so a host

@@ -32,9 +32,16 @@ async function publishHard(js: JetStreamClient, subject: string, body: object, d
   }
 }
 
-async function agentOn(settings: NatsSettings, host: string, rec: ReturnType<typeof recordingHandler>, onResync?: () => Promise<void>, noRandomize = false) {
+async function agentOn(
+  settings: NatsSettings,
+  host: string,
+  rec: ReturnType<typeof recordingHandler>,
+  onResync?: () => Promise<void>,
+  noRandomize = false,
+  resyncOnReconnect = false,
+) {
   const nc = await connectNats(settings, `sg6-agent-${host}`, { noRandomize });
-  const intake = new Intake({ nc, settings, host, handle: rec.handle, log: quiet, onResync, expiresMs: 2000 });
+  const intake = new Intake({ nc, settings, host, handle: rec.handle, log: quiet, onResync, expiresMs: 2000, resyncOnReconnect });
   cleanups.push(async () => {
     await intake.stop();
     await nc.close();
@@ -43,7 +50,8 @@ async function agentOn(settings: NatsSettings, host: string, rec: ReturnType<typ
   return { nc, intake };
 }
 
-test("the server restarts mid-stream: the intake resumes, nothing is lost, a resync follows", async () => {
+for (const resyncOnReconnect of [false, true])
+test(`the server restarts mid-stream: the intake resumes from its durable, nothing is lost, ${resyncOnReconnect ? "a resync follows (resyncOnReconnect)" : "no resync (the durable survived)"}`, async () => {
   const srv: NatsServer = await startNats({ jetstream: true });
   cleanups.push(() => srv.stop());
   const settings: NatsSettings = { servers: [srv.url], stream: "SG6", replicas: 1 };
@@ -54,7 +62,7 @@ test("the server restarts mid-stream: the intake resumes, nothing is lost, a res
 
   const rec = recordingHandler();
   let resyncs = 0;
-  const { intake } = await agentOn(settings, "kvm-01", rec, async () => void resyncs++);
+  const { intake } = await agentOn(settings, "kvm-01", rec, async () => void resyncs++, false, resyncOnReconnect);
   const N = 600;
   const t0 = Date.now();
   for (let i = 1; i < N; i++) {
@@ -63,13 +71,16 @@ test("the server restarts mid-stream: the intake resumes, nothing is lost, a res
   }
   await waitFor(() => rec.applied.size === N, 30_000, "all events after the restart", () => `${rec.applied.size}/${N}`);
   for (let i = 0; i < N; i++) assert.equal(rec.applied.get(`sg6.vm.kvm-01.vm${i}`)?.body, { n: i }, `vm${i}`);
-  await waitFor(() => resyncs >= 1, 10_000, "onResync after the restart");
+  if (resyncOnReconnect) await waitFor(() => resyncs >= 1, 10_000, "onResync after the restart");
   const jsm = await jetstreamManager(pub);
   await waitFor(async () => {
     const ci = await jsm.consumers.info("SG6", "sg6-kvm-01");
     return ci.num_pending === 0 && ci.num_ack_pending === 0;
   }, 10_000, "everything acked after the restart");
   assert.ok(intake.stats.applied >= N);
+  // its ack floor said what was processed: the durable alone carried the host across the restart
+  if (!resyncOnReconnect) assert.is(resyncs, 0, "no full read of the state while the durable survived");
+  assert.is(intake.stats.recreated, 0, "the durable survived");
   console.log(`    restart: ${N} events across a server restart in ${Date.now() - t0} ms, ${resyncs} resync(s)`);
 });
 

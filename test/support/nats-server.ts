@@ -84,6 +84,8 @@ export interface NatsServer {
   /** start again with the same config, port and store dir (after kill() or stop({keepDir:true})) */
   restart(): Promise<void>;
   running(): boolean;
+  /** the process id while running (to read its RSS) */
+  pid(): number | undefined;
 }
 
 let serial = 0;
@@ -177,6 +179,7 @@ export async function startNats(opts: StartOptions = {}): Promise<NatsServer> {
     configFile,
     log: readLog,
     running: () => !!proc && proc.exitCode === null && proc.signalCode === null,
+    pid: () => (proc && proc.exitCode === null && proc.signalCode === null ? proc.pid : undefined),
     async stop(o = {}) {
       await waitExit("SIGTERM");
       if (!o.keepDir && !opts.dir) rmSync(dir, { recursive: true, force: true });
@@ -197,8 +200,11 @@ export interface NatsCluster {
   stop(): Promise<void>;
 }
 
-/** n JetStream nodes routed together on loopback; resolves once the JetStream meta leader answers */
-export async function startCluster(n = 3, config?: string): Promise<NatsCluster> {
+/**
+ * n JetStream nodes routed together on loopback; resolves once the JetStream meta leader answers.
+ * `connOpts` are the client options of that readiness check (credentials when `config` requires them).
+ */
+export async function startCluster(n = 3, config?: string, connOpts: object = {}): Promise<NatsCluster> {
   const clientPorts: number[] = [];
   const routePorts: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -236,7 +242,7 @@ export async function startCluster(n = 3, config?: string): Promise<NatsCluster>
     for (const r of started) if (r.status === "fulfilled") nodes.push(r.value);
     const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
-    await waitForJetStream(cluster.urls);
+    await waitForJetStream(cluster.urls, 20_000, connOpts);
     return cluster;
   } catch (err) {
     await cluster.stop();
