@@ -37,7 +37,8 @@ async function serveDriver(spec: string): Promise<void> {
   const [bridges = "cloudbr0", portPrefix = "vnet"] = spec.split("|");
   const { NftBackend } = await import("../../src/shell/nftables.js");
   const { IptablesBackend } = await import("../../src/shell/iptables.js");
-  const backend = new NftBackend({ bridges: bridges.split(","), portPrefix });
+  const { FROM_IPTABLES } = await import("../../src/shell/backend.js");
+  const backend = new NftBackend({ bridges: bridges.split(","), portPrefix, switchOver: FROM_IPTABLES });
   const handle = async (request: Request): Promise<Record<string, unknown>> => {
     switch (request.op) {
       case "prepare":
