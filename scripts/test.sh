@@ -27,6 +27,8 @@ run_suite() {
 run_suite unit '\.test\.ts$'
 run_suite kernel '\.test\.ts$'
 run_suite nats '\.test\.ts$'
+# a hostile VM against each dataplane (iptables on both ip6tables variants, nftables), with controls
+run_suite attack '\.test\.ts$'
 # the agent end to end, on both ip6tables variants
 for variant in nft legacy; do
   run_suite e2e '^(agent|fuzz|packets)\.test\.ts$' SG6_TEST_VARIANT=$variant
