@@ -111,7 +111,7 @@ export function renderContent(bindings: Iterable<PortBinding>): NftContent {
 
 // ---------------------------------------------------------------- the skeleton
 
-interface SetSpec {
+export interface SetSpec {
   name: string;
   /** the declaration line(s) inside `set NAME { … }` */
   declaration: string[];
@@ -120,7 +120,7 @@ interface SetSpec {
   counter: boolean;
 }
 
-function setSpecs(lengths: number[]): SetSpec[] {
+export function setSpecs(lengths: number[]): SetSpec[] {
   const specs: SetSpec[] = [
     { name: SET_MACS, declaration: ["type ifname . ether_addr", 'comment "bound port . NIC MAC"'], jsonType: ["ifname", "ether_addr"], counter: false },
     { name: SET_DROPS, declaration: ["type ifname", "counter", 'comment "drops per bound port"'], jsonType: "ifname", counter: true },

@@ -2,7 +2,7 @@
 
 export interface PortScope {
   /** the bridges whose ports are guarded */
-  bridges: readonly string[];
+  bridges: string[];
   /** guarded ports' names start with this (libvirt's "vnet") */
   portPrefix: string;
 }

@@ -452,7 +452,7 @@ function attackSuite(backend: DriverBackend) {
 
   s("guarded: the VMs' own traffic still flows (the guard is not a wall)", async () => {
     const marker = newMarker();
-    const verdict = await startJudge(lab.router.at, lab.atk.mac, marker);
+    const verdict = await startJudge({ ns: lab.router.ns, iface: "eth0" }, lab.atk.mac, marker);
     await send({ from: lab.atk.from, src: lab.atk.slaac, dst: ROUTER_IP, dstMac: lab.router.mac, kind: "echo", marker: newMarker(), count: 3 });
     await sendBarrier(lab.atk, marker);
     const seen = await verdict();
