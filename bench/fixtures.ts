@@ -111,16 +111,17 @@ export function bindingsOf(config: Config, n: number): PortBinding[] {
   return bindings;
 }
 
-export const emptySnapshot = (): KernelSnapshot => ({ forward: [], chains: new Map(), sets: new Map() });
+export const emptySnapshot = (): KernelSnapshot => ({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() });
 
 /**
  * The floor: what the kernel tools alone need, as one `ipset restore` and one `ip6tables-restore`
  * input. Rendered by the core itself (whatever layout it has), so the objects are sg6's exactly.
  */
-export function floorScripts(bindings: PortBinding[]): { ipset: string; iptables: string } {
+export function floorScripts(bindings: PortBinding[]): { ipset: string; iptables: string; ebtables: string } {
   const script = planChange(emptySnapshot(), renderContent(bindings), SCAFFOLD);
-  // from nothing the split before/after that sg6 makes for atomicity buys nothing: one ipset restore
-  return { ipset: script.ipsetBefore + script.ipsetAfter, iptables: script.iptables };
+  // from nothing the split before/after that sg6 makes for atomicity buys nothing: one ipset
+  // restore, one ip6tables-restore, one ebtables-restore (from nothing only the "before" run has lines)
+  return { ipset: script.ipsetBefore + script.ipsetAfter, iptables: script.iptables, ebtables: script.ebtablesBefore + script.ebtablesAfter.replace(/^\*nat\n/, "") };
 }
 
 /** Each line of a change script as its own process: `ipset <line>` and `ip6tables-<variant> -w <line>`. */
@@ -132,6 +133,9 @@ function perObject(script: ChangeScript, variant: "legacy" | "nft"): string[] {
       .filter((l) => l.startsWith("-"))
       .map((l) => `ip6tables-${variant} -w ${l}`),
     ...lines(script.ipsetAfter).map((l) => `ipset ${l}`),
+    ...lines(script.ebtablesBefore + script.ebtablesAfter)
+      .filter((l) => l !== "*nat")
+      .map((l) => (l.startsWith(":") ? `ebtables-nft -t nat -N ${l.slice(1).split(" ")[0]} -P ${l.split(" ")[1]}` : `ebtables-nft -t nat ${l}`)),
   ];
 }
 

@@ -239,7 +239,7 @@ export function renderTables(s: Summary): string {
   out.push("");
   out.push(
     table(
-      ["dataplane", "N", "events", "p50", "p90", "p99", "max", "p50 / p99 new VM", "p50 / p99 prefix change", "p50 / p99 release", "applyBatch p50 / p99", "bare tools at this N, p50: ipset del+add / ip6tables-restore insert 2 / delete 2"],
+      ["dataplane", "N", "events", "p50", "p90", "p99", "max", "p50 / p99 new VM", "p50 / p99 prefix change", "p50 / p99 release", "applyBatch p50 / p99", "bare tools at this N, p50: ipset del+add / ip6tables-restore insert / delete a port's rules (port, drop, ND)"],
       s.change.map((c) => {
         const k = (name: string) => (c.byKind[name] ? `${f(c.byKind[name]!.p50)} / ${f(c.byKind[name]!.p99)}` : "–");
         const tool = (prefix: string) => {

@@ -2,7 +2,7 @@
 # Installs what sg6, its tests, demo and benchmark need on Debian 12 (as root), then builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(iptables ipset nftables ebtables iproute2 kmod procps nats-server radvd kea-dhcp6-server isc-dhcp-client openssl tcpdump python3 systemd systemd-container lintian curl)
+PACKAGES=(iptables ipset nftables ebtables thc-ipv6 iproute2 kmod procps nats-server radvd kea-dhcp6-server isc-dhcp-client openssl tcpdump python3 systemd systemd-container lintian curl)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -38,6 +38,8 @@ for v in 22 24; do
     echo "== Node $v: missing (run scripts/setup.sh)"; failed=$((failed + 1)); status=1
   fi
 done
+# a hostile VM against each dataplane (iptables on both ip6tables variants, nftables), with controls
+run_suite attack '\.test\.ts$'
 # the agent end to end, on both ip6tables variants
 for variant in nft legacy; do
   run_suite e2e '^(agent|fuzz|packets|restart)\.test\.ts$' SG6_TEST_VARIANT=$variant

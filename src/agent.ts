@@ -194,6 +194,7 @@ export class Agent {
       const changes = await this.enforcer.reconcile();
       this.metrics.lastResync.set(Date.now() / 1000);
       if (changes.length) this.metrics.driftRepairs.inc(changes.length);
+      this.countKernelSwitches(changes);
       this.log.info({ messages: messages.length, pending: pending.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
     });
     this.updateGauges();
@@ -207,6 +208,7 @@ export class Agent {
       this.metrics.lastResync.set(Date.now() / 1000);
       if (changes.length) {
         this.metrics.driftRepairs.inc(changes.length);
+        this.countKernelSwitches(changes);
         this.log.warn({ changes }, "drift repaired");
       }
       return changes;
@@ -214,6 +216,14 @@ export class Agent {
       this.log.error({ err: (error as Error).message }, "drift repair failed");
       return [];
     }
+  }
+
+  /** Kernel switches the dataplane repaired (reported by reconcile as "kernel: …"): logged on their own and counted. */
+  private countKernelSwitches(changes: string[]): void {
+    const switches = changes.filter((c) => c.startsWith("kernel: "));
+    if (!switches.length) return;
+    this.metrics.kernelSwitchRepairs.inc(switches.length);
+    this.log.error({ switches }, "kernel switches were off (the guard did not see bridged IPv6); repaired");
   }
 
   private updateGauges(): void {

@@ -125,13 +125,17 @@ export async function statusCommand(config: Config, opts: { json: boolean }, io:
       };
     }),
   }));
-  const doc = { host: config.host, backend: enforcer.dataplane.description, inSync: drift.length === 0, drift, vms };
+  const kernel = (await enforcer.dataplane.kernelSwitches?.()) ?? [];
+  const limits = enforcer.dataplane.limits?.() ?? [];
+  const doc = { host: config.host, backend: enforcer.dataplane.description, inSync: drift.length === 0, drift, kernel, limits, vms };
   if (opts.json) {
     io.out(JSON.stringify(doc) + "\n");
     return 0;
   }
   const nics = vms.reduce((n, v) => n + v.nics.length, 0);
   io.out(`sg6 on ${config.host}: ${doc.backend}; ${vms.length} VMs, ${nics} NICs; kernel ${doc.inSync ? "in sync" : `DRIFTED (${drift.length} differences: run sg6 reconcile)`}\n`);
+  for (const k of kernel) io.out(`kernel switch ${k.key} = ${k.have ?? "(missing: br_netfilter not loaded)"}${k.have === k.want ? "" : ` — WANT ${k.want}: the guard is off until sg6 reconcile`}\n`);
+  for (const limit of limits) io.out(`WARNING: ${limit}\n`);
   const rows = [["VM", "DEVICE", "MAC", "/128 (SLAAC)", "DELEGATED", "STATE", "DROPS"]];
   for (const v of vms) {
     for (const n of v.nics) rows.push([v.vm, n.device ?? "-", n.mac, n.slaac, n.delegated ?? "-", n.state, String(n.drops)]);

@@ -162,6 +162,48 @@ export function coveringPrefix(address: string, length: number): string {
   return readPrefix(`${address}/${length}`, "address").text;
 }
 
+// ---------------------------------------------------------------- bits for the dataplanes
+
+/** 8 groups of 16 bits, most significant first, of a prefix or address (an address is its /128). */
+export interface PrefixBits {
+  /** the groups with every host bit cleared */
+  groups: readonly number[];
+  length: number;
+  /** canonical text of the masked address */
+  address: string;
+}
+
+/** "address" or "address/length" as bits; host bits are cleared, not rejected (the kernel masks the same way). */
+export function prefixBits(text: string, what = "prefix"): PrefixBits {
+  if (typeof text === "string" && text.includes("/")) {
+    const p = readPrefix(text, what);
+    return { groups: p.groups, length: p.length, address: p.address };
+  }
+  const a = parseAddressGroups(text, what);
+  return { groups: a.groups, length: 128, address: a.address };
+}
+
+/** The netmask of a prefix length as 8 groups. */
+export function maskGroups(length: number): number[] {
+  return masked([0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff], length);
+}
+
+/** Canonical RFC 5952 text of 8 groups. */
+export function groupsText(groups: readonly number[]): string {
+  return format(groups);
+}
+
+/** 8 groups as one 128-bit hex number without leading zeros ("0x20010db8…", "0x0"). */
+export function groupsHex(groups: readonly number[]): string {
+  const digits = groups.map((g) => g.toString(16).padStart(4, "0")).join("").replace(/^0+/, "");
+  return `0x${digits || "0"}`;
+}
+
+/** 8 groups as four 32-bit words, most significant first. */
+export function groupsWords(groups: readonly number[]): number[] {
+  return [0, 1, 2, 3].map((i) => (groups[2 * i]! * 0x10000 + groups[2 * i + 1]!) >>> 0);
+}
+
 // ---------------------------------------------------------------- event validation
 
 /** `text` must be exactly a /64 listed in `networks` (any spelling); returns it canonical. */

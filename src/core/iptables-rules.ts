@@ -1,62 +1,102 @@
 // The "iptables" backend's kernel objects, as text, and the diff between two versions of them.
-// Pure: no I/O. The shell in src/shell/iptables.ts feeds it ip6tables-save / ipset save output.
+// Pure: no I/O. The shell in src/shell/iptables.ts feeds it ip6tables-save / ipset save /
+// ebtables-nft-save output.
 //
-// Layout (see docs/dataplane.md): a constant scaffold of chains, two rules per bound port (one
-// checks MAC and source together against the port's own ipset, one counts its drops), and one
-// hash:net set per port with its allowed sources. A change of a VM's addresses is an ipset
-// update; only adding, removing or re-MACing a port touches ip6tables.
+// Layout (see docs/dataplane.md): a constant scaffold of chains hooked from FORWARD (bridged) and
+// INPUT (delivered to the hypervisor); per bound port one rule that checks MAC and source together
+// against the port's own ipset, one that counts its drops, one per owned address that lets its
+// Neighbor Advertisements (and DAD probes) name that target, and one ebtables rule that lets its
+// IPv6 past layer 2 only with the NIC's MAC (src/core/ebtables-rules.ts).
+//
+// Every ip6tables rule carries its id (a hash of its body) in a comment: rules are compared by id,
+// so the spelling ip6tables-save prints never matters and a rule whose body changes is rewritten.
+import { groupsWords, maskGroups, prefixBits } from "./addressing.js";
+import { CHAIN_L2, emptyL2, isL2PortRule, l2PortRules, planL2, l2Script, l2Delete, l2Insert, type L2Snapshot } from "./ebtables-rules.js";
 import type { PortBinding } from "./model.js";
+import type { PortScope } from "./ports.js";
+import { ID_PREFIX, idIn, ruleId } from "./rule-id.js";
 
 export const CHAIN_FWD = "sg6-fwd";
 export const CHAIN_PORT = "sg6-port";
 export const CHAIN_GUARD = "sg6-guard";
+export const CHAIN_ND = "sg6-nd";
 export const CHAIN_DROP = "sg6-drop";
-export const CHAINS = [CHAIN_DROP, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD] as const;
+/** in creation order: every jump target exists before the rules that name it */
+export const CHAINS = [CHAIN_DROP, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD] as const;
+/** the built-in chains sg6 hooks: bridged frames and frames delivered to the hypervisor's own stack */
+export const HOOKS = ["FORWARD", "INPUT"] as const;
+export type Hook = (typeof HOOKS)[number];
 /** per-port source sets are named sg6-s-<tap> (ipset names hold 31 characters, taps 15) */
 export const PORT_SET_PREFIX = "sg6-s-";
 
-export interface ScaffoldOptions {
-  bridges: string[];
-  portPrefix: string;
+export type ScaffoldOptions = PortScope;
+
+/**
+ * A rule as sg6 writes it: `-A <chain> <matches> -m comment --comment sg6:<id> <target>`, the id a
+ * hash of chain, matches and target.
+ */
+export function rule(chain: string, matches: string, target: string): string {
+  const body = `${chain} ${matches ? `${matches} ` : ""}${target}`;
+  return `-A ${chain} ${matches ? `${matches} ` : ""}-m comment --comment ${ID_PREFIX}${ruleId(body)} ${target}`;
 }
 
-/** The FORWARD rule that sends bridged IPv6 from guarded ports to sg6; kept first and single. */
+/** What identifies a rule read back: its id, or (a rule sg6 did not write) its whole text. */
+export const ruleKey = (line: string): string => idIn(line) ?? line;
+
+/** The hooks' jumps to sg6, each kept first and single in its chain. */
+export function hookJumps(portPrefix: string): Record<Hook, string> {
+  return {
+    FORWARD: rule("FORWARD", `-m physdev --physdev-in ${portPrefix}+ --physdev-is-bridged`, `-j ${CHAIN_FWD}`),
+    // frames from a guarded port to the hypervisor's own addresses on the bridge
+    INPUT: rule("INPUT", `-m physdev --physdev-in ${portPrefix}+`, `-j ${CHAIN_FWD}`),
+  };
+}
+
+/** The FORWARD jump (kept for callers that only know that hook). */
 export function forwardJump(portPrefix: string): string {
-  return `-A FORWARD -m physdev --physdev-in ${portPrefix}+ --physdev-is-bridged -j ${CHAIN_FWD}`;
+  return hookJumps(portPrefix).FORWARD;
 }
 
 const ICMP6 = "-p ipv6-icmp -m icmp6 --icmpv6-type";
 
-/** Rules of the constant chains, in order, in ip6tables-save's own spelling. */
+/** Rules of the constant chains, in order. */
 export function scaffoldRules(options: ScaffoldOptions): Record<string, string[]> {
+  const g = (matches: string, target: string) => rule(CHAIN_GUARD, matches, target);
   return {
     // Reached only with the port's MAC and a source from the port's set (which holds :: too).
-    // From :: only DAD and MLD reports pass; then RA guard and DHCPv6 shield, so no ICMPv6 or
-    // DHCPv6 packet skips the MAC and source check, and a valid source does not make an RA pass.
+    // From :: only DAD probes for an owned target and MLD reports pass; then RA guard and DHCPv6
+    // shield, so no ICMPv6 or DHCPv6 packet skips the MAC and source check, and a valid source does
+    // not make an RA pass. The icmp6/udp/tcp matches drop a packet whose header they cannot read
+    // (xtables "hotdrop"): a first fragment without the whole header chain never gets through.
     [CHAIN_GUARD]: [
-      `-A ${CHAIN_GUARD} -s ::/128 ${ICMP6} 135 -j RETURN`,
-      `-A ${CHAIN_GUARD} -s ::/128 ${ICMP6} 131 -j RETURN`,
-      `-A ${CHAIN_GUARD} -s ::/128 ${ICMP6} 143 -j RETURN`,
-      `-A ${CHAIN_GUARD} -s ::/128 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_GUARD} ${ICMP6} 134 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_GUARD} ${ICMP6} 137 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_GUARD} ${ICMP6} 138 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_GUARD} -p udp -m udp --dport 546 -g ${CHAIN_DROP}`,
-      `-A ${CHAIN_GUARD} -p udp -m udp --sport 547 -g ${CHAIN_DROP}`,
+      g(`-s ::/128 ${ICMP6} 135`, `-g ${CHAIN_ND}`),
+      g(`-s ::/128 ${ICMP6} 131`, "-j RETURN"),
+      g(`-s ::/128 ${ICMP6} 143`, "-j RETURN"),
+      g("-s ::/128", `-g ${CHAIN_DROP}`),
+      g(`${ICMP6} 134`, `-g ${CHAIN_DROP}`),
+      g(`${ICMP6} 137`, `-g ${CHAIN_DROP}`),
+      g(`${ICMP6} 138`, `-g ${CHAIN_DROP}`),
+      g("-p udp -m udp --dport 546", `-g ${CHAIN_DROP}`),
+      g("-p udp -m udp --sport 547", `-g ${CHAIN_DROP}`),
+      g(`${ICMP6} 136`, `-g ${CHAIN_ND}`),
+      g("-p tcp -m tcp", "-j RETURN"),
     ],
-    [CHAIN_FWD]: options.bridges.map((bridge) => `-A ${CHAIN_FWD} -i ${bridge} -g ${CHAIN_PORT}`),
+    [CHAIN_FWD]: options.bridges.map((bridge) => rule(CHAIN_FWD, `-i ${bridge}`, `-g ${CHAIN_PORT}`)),
   };
 }
 
 /** The last rule of sg6-port: whatever no port rule took (unbound port, wrong MAC or source) is dropped. */
-export const PORT_DEFAULT = `-A ${CHAIN_PORT} -j ${CHAIN_DROP}`;
+export const PORT_DEFAULT = rule(CHAIN_PORT, "", `-j ${CHAIN_DROP}`);
 /** The last rule of sg6-drop: drops of ports without a counting rule (unbound guarded ports). */
-export const DROP_DEFAULT = `-A ${CHAIN_DROP} -j DROP`;
+export const DROP_DEFAULT = rule(CHAIN_DROP, "", "-j DROP");
+/** The last rule of sg6-nd: a target the port does not own (or an NA with extension headers). */
+export const ND_DEFAULT = rule(CHAIN_ND, "", `-j ${CHAIN_DROP}`);
 
-/** Chains with one rule per bound port, in any order, and a fixed last rule. */
+/** Chains with rules per bound port, in any order, and a fixed last rule. */
 export const PER_PORT_CHAINS = [
   { chain: CHAIN_PORT, last: PORT_DEFAULT, key: "portRules" },
   { chain: CHAIN_DROP, last: DROP_DEFAULT, key: "dropRules" },
+  { chain: CHAIN_ND, last: ND_DEFAULT, key: "ndRules" },
 ] as const;
 
 export function portSetName(device: string): string {
@@ -79,12 +119,37 @@ export function normalisedCreate(create: string): string {
  * interface up as the bridge, never the bridge port, so "physdev:" entries never match.)
  */
 export function portRule(device: string, mac: string): string {
-  return `-A ${CHAIN_PORT} -m physdev --physdev-in ${device} -m mac --mac-source ${mac.toLowerCase()} -m set --match-set ${portSetName(device)} src -g ${CHAIN_GUARD}`;
+  return rule(CHAIN_PORT, `-m physdev --physdev-in ${device} -m mac --mac-source ${mac.toLowerCase()} -m set --match-set ${portSetName(device)} src`, `-g ${CHAIN_GUARD}`);
 }
 
 /** Counts (and drops) what a bound port may not send; its packet counter is the port's drops. */
 export function dropRule(device: string): string {
-  return `-A ${CHAIN_DROP} -m physdev --physdev-in ${device} -j DROP`;
+  return rule(CHAIN_DROP, `-m physdev --physdev-in ${device}`, "-j DROP");
+}
+
+/**
+ * u32 test that the ICMPv6 message follows the IPv6 header directly (next header 58: no extension
+ * headers, so the target sits at a fixed offset) and that its target, bytes 48-63 of the packet
+ * (NA and NS: type, code, checksum, 4 bytes, target), lies in `prefix`. u32 reads from the IPv6
+ * header; a packet too short to hold the target never matches.
+ */
+export function u32Target(prefix: string): string {
+  const bits = prefixBits(prefix);
+  const words = groupsWords(bits.groups);
+  const masks = groupsWords(maskGroups(bits.length));
+  const hex = (n: number) => `0x${n.toString(16)}`;
+  const tests = ["0x4&0xff00=0x3a00"];
+  for (let i = 0; i < 4; i++) {
+    if (masks[i] === 0) break;
+    const at = hex(0x30 + 4 * i);
+    tests.push(masks[i] === 0xffffffff ? `${at}=${hex(words[i]!)}` : `${at}&${hex(masks[i]!)}=${hex(words[i]!)}`);
+  }
+  return tests.join("&&");
+}
+
+/** Lets a port's Neighbor Advertisements (and DAD probes) name a target inside `prefix`, one of its own. */
+export function ndRule(device: string, prefix: string): string {
+  return rule(CHAIN_ND, `-m physdev --physdev-in ${device} -m u32 --u32 ${u32Target(prefix)}`, "-j RETURN");
 }
 
 /** A set member as `ipset save` prints it: /128 without its length. */
@@ -96,14 +161,18 @@ export function setEntry(prefix: string): string {
 export interface PortContent {
   portRules: Set<string>;
   dropRules: Set<string>;
+  /** sg6-nd: one per owned address or prefix of each port */
+  ndRules: Set<string>;
   /** names of the per-port sets */
   portSets: Set<string>;
   /** members of the per-port sets, as "<set> <entry>" */
   srcEntries: Set<string>;
+  /** ebtables sg6-l2 rules of bound ports */
+  l2Rules: Set<string>;
 }
 
 export function emptyContent(): PortContent {
-  return { portRules: new Set(), dropRules: new Set(), portSets: new Set(), srcEntries: new Set() };
+  return { portRules: new Set(), dropRules: new Set(), ndRules: new Set(), portSets: new Set(), srcEntries: new Set(), l2Rules: new Set() };
 }
 
 /** Render bindings into kernel content. Bindings must have canonical addresses. */
@@ -113,10 +182,14 @@ export function renderContent(bindings: Iterable<PortBinding>): PortContent {
     const set = portSetName(binding.device);
     content.portRules.add(portRule(binding.device, binding.mac));
     content.dropRules.add(dropRule(binding.device));
+    for (const line of l2PortRules(binding.device, binding.mac)) content.l2Rules.add(line);
     content.portSets.add(set);
     // :: is in every port's set so DAD and MLD from :: are MAC-checked like everything else
     content.srcEntries.add(`${set} ::`);
-    for (const source of binding.sources) content.srcEntries.add(`${set} ${setEntry(source)}`);
+    for (const source of binding.sources) {
+      content.srcEntries.add(`${set} ${setEntry(source)}`);
+      content.ndRules.add(ndRule(binding.device, source));
+    }
   }
   return content;
 }
@@ -128,6 +201,8 @@ export interface ContentDelta {
   addSets: string[];
   delSrc: string[];
   addSrc: string[];
+  delL2: string[];
+  addL2: string[];
 }
 
 function minus(a: Set<string>, b: Set<string>): string[] {
@@ -136,34 +211,47 @@ function minus(a: Set<string>, b: Set<string>): string[] {
   return out.sort();
 }
 
+/** Rules of `a` whose identity (id, or text for a rule without one) is not among `b`'s. */
+function minusRules(a: Set<string>, b: Set<string>): string[] {
+  const keys = new Set<string>();
+  for (const item of b) keys.add(ruleKey(item));
+  const out: string[] = [];
+  for (const item of a) if (!keys.has(ruleKey(item))) out.push(item);
+  return out.sort();
+}
+
 export function diffContent(from: PortContent, to: PortContent): ContentDelta {
   const delSets = minus(from.portSets, to.portSets);
   const gone = new Set(delSets);
   return {
     // rules of every per-port chain together: each rule names its chain
-    delRules: [...minus(from.portRules, to.portRules), ...minus(from.dropRules, to.dropRules)],
-    addRules: [...minus(to.dropRules, from.dropRules), ...minus(to.portRules, from.portRules)],
+    delRules: [...minusRules(from.portRules, to.portRules), ...minusRules(from.ndRules, to.ndRules), ...minusRules(from.dropRules, to.dropRules)],
+    addRules: [...minusRules(to.dropRules, from.dropRules), ...minusRules(to.ndRules, from.ndRules), ...minusRules(to.portRules, from.portRules)],
     delSets,
     addSets: minus(to.portSets, from.portSets),
     // members of a set that goes away go with it
     delSrc: minus(from.srcEntries, to.srcEntries).filter((e) => !gone.has(setOfEntry(e))),
     addSrc: minus(to.srcEntries, from.srcEntries),
+    delL2: minus(from.l2Rules, to.l2Rules),
+    addL2: minus(to.l2Rules, from.l2Rules),
   };
 }
 
 /** What sg6 found of its own in the kernel. */
 export interface KernelSnapshot {
-  /** FORWARD's rules, in order, as ip6tables-save spells them */
-  forward: string[];
+  /** FORWARD's and INPUT's rules, in order, as ip6tables-save spells them */
+  hooks: Record<Hook, string[]>;
   /** sg6 chains -> their rules in order; a missing key means the chain does not exist */
   chains: Map<string, string[]>;
   /** sg6 sets -> create line (normalised) and entries; a missing key means the set does not exist */
   sets: Map<string, { create: string; entries: Set<string> }>;
+  /** the ebtables nat table's sg6 part; undefined: nothing there yet */
+  l2?: L2Snapshot;
 }
 
-/** Parse the filter table of ip6tables-save, keeping FORWARD and every sg6 chain. */
-export function parseIptablesSave(text: string): Pick<KernelSnapshot, "forward" | "chains"> {
-  const forward: string[] = [];
+/** Parse the filter table of ip6tables-save, keeping the hooked chains and every sg6 chain. */
+export function parseIptablesSave(text: string): Pick<KernelSnapshot, "hooks" | "chains"> {
+  const hooks: Record<Hook, string[]> = { FORWARD: [], INPUT: [] };
   const chains = new Map<string, string[]>();
   let inFilter = false;
   for (const raw of text.split("\n")) {
@@ -180,13 +268,13 @@ export function parseIptablesSave(text: string): Pick<KernelSnapshot, "forward" 
     }
     if (!line.startsWith("-A ")) continue;
     const chain = line.split(" ")[1]!;
-    if (chain === "FORWARD") forward.push(line);
+    if (chain === "FORWARD" || chain === "INPUT") hooks[chain].push(line);
     else if (chain.startsWith("sg6")) {
       if (!chains.has(chain)) chains.set(chain, []);
       chains.get(chain)!.push(line);
     }
   }
-  return { forward, chains };
+  return { hooks, chains };
 }
 
 /** Parse `ipset save` output, keeping sg6 sets; drops counters and the kernel's hash seed. */
@@ -214,10 +302,12 @@ export function parseIpsetSave(text: string): KernelSnapshot["sets"] {
 
 /** Read the per-port content back out of a snapshot (per-port rules other than the defaults, port sets). */
 export function contentOf(snapshot: KernelSnapshot): PortContent {
-  const rules = (chain: string, last: string) => new Set((snapshot.chains.get(chain) ?? []).filter((rule) => rule !== last));
+  const rules = (chain: string, last: string) => new Set((snapshot.chains.get(chain) ?? []).filter((line) => ruleKey(line) !== ruleKey(last)));
   const content = emptyContent();
   content.portRules = rules(CHAIN_PORT, PORT_DEFAULT);
   content.dropRules = rules(CHAIN_DROP, DROP_DEFAULT);
+  content.ndRules = rules(CHAIN_ND, ND_DEFAULT);
+  for (const line of snapshot.l2?.chains.get(CHAIN_L2)?.rules ?? []) if (isL2PortRule(line)) content.l2Rules.add(line);
   for (const [name, set] of snapshot.sets) {
     if (!name.startsWith(PORT_SET_PREFIX)) continue;
     content.portSets.add(name);
@@ -228,37 +318,49 @@ export function contentOf(snapshot: KernelSnapshot): PortContent {
 
 /** The kernel transactions that carry out one change, in the order they must run. */
 export interface ChangeScript {
-  /** `ipset restore` input run first: sets created, sources removed (never widens what passes) */
+  /** `ebtables-restore --noflush` input run first: layer-2 rules removed (never widens what passes) */
+  ebtablesBefore: string;
+  /** `ipset restore` input: sets created, sources removed (never widens what passes) */
   ipsetBefore: string;
   /** `ip6tables-restore --noflush` input: one atomic transaction for every rule change */
   iptables: string;
-  /** `ipset restore` input run last: sources added once their port rule is in place */
+  /** `ipset restore` input: sources added once their port rule is in place */
   ipsetAfter: string;
+  /** `ebtables-restore --noflush` input run last: layer-2 rules of new ports */
+  ebtablesAfter: string;
   /** human-readable list of what changes, for reconcile's report */
   changes: string[];
 }
 
-const ruleSpec = (rule: string) => rule.split(" ").slice(2).join(" ");
-const chainOf = (rule: string) => rule.split(" ")[1]!;
+const ruleSpec = (line: string) => line.split(" ").slice(2).join(" ");
+const chainOf = (line: string) => line.split(" ")[1]!;
 /** `-A chain spec` -> `-D chain spec` / `-I chain 1 spec` */
-const deleteLine = (rule: string) => `-D ${chainOf(rule)} ${ruleSpec(rule)}`;
-const insertLine = (rule: string) => `-I ${chainOf(rule)} 1 ${ruleSpec(rule)}`;
+const deleteLine = (line: string) => `-D ${chainOf(line)} ${ruleSpec(line)}`;
+const insertLine = (line: string) => `-I ${chainOf(line)} 1 ${ruleSpec(line)}`;
+/** the readable part of a rule for reports: its spec without the id comment */
+const shown = (line: string) => ruleSpec(line).replace(/ ?-m comment --comment "?sg6:[A-Za-z0-9_-]+"?/, "");
 
-function script(before: string[], ipt: string[], after: string[], changes: string[]): ChangeScript {
+function script(parts: Partial<Record<"l2Before" | "ipsetBefore" | "iptables" | "ipsetAfter" | "l2After", string[]>>, changes: string[]): ChangeScript {
+  const lines = (list: string[] | undefined) => (list?.length ? list.join("\n") + "\n" : "");
   return {
-    ipsetBefore: before.length ? before.join("\n") + "\n" : "",
-    iptables: ipt.length ? `*filter\n${ipt.join("\n")}\nCOMMIT\n` : "",
-    ipsetAfter: after.length ? after.join("\n") + "\n" : "",
+    ebtablesBefore: l2Script(parts.l2Before ?? []),
+    ipsetBefore: lines(parts.ipsetBefore),
+    iptables: parts.iptables?.length ? `*filter\n${parts.iptables.join("\n")}\nCOMMIT\n` : "",
+    ipsetAfter: lines(parts.ipsetAfter),
+    ebtablesAfter: l2Script(parts.l2After ?? []),
     changes,
   };
 }
 
+const keysOf = (lines: readonly string[]) => lines.map(ruleKey).join("\n");
+
 /**
  * Plan the scripts that bring `snapshot` to the desired state. Every intermediate state passes
- * only what both the old and the new state pass (deletions of sources first, rule changes in one
- * transaction, additions of sources last).
+ * only what both the old and the new state pass (layer-2 and source removals first, rule changes
+ * in one transaction, source and layer-2 additions last). `foreignL2` are the layer-2 rules of
+ * ports named like guarded ones on other bridges (left alone).
  */
-export function planChange(snapshot: KernelSnapshot, desired: PortContent, options: ScaffoldOptions): ChangeScript {
+export function planChange(snapshot: KernelSnapshot, desired: PortContent, options: ScaffoldOptions, foreignL2: readonly string[] = []): ChangeScript {
   const before: string[] = [];
   const after: string[] = [];
   const ipt: string[] = [];
@@ -291,7 +393,7 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
   for (const chain of [CHAIN_GUARD, CHAIN_FWD]) {
     const have = snapshot.chains.get(chain) ?? [];
     const want = wanted[chain]!;
-    if (have.join("\n") !== want.join("\n")) {
+    if (keysOf(have) !== keysOf(want)) {
       if (have.length) ipt.push(`-F ${chain}`);
       ipt.push(...want);
       changes.push(`rewrite chain ${chain} (${have.length} -> ${want.length} rules)`);
@@ -302,10 +404,12 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
   // make the order unknowable, so such a chain is rewritten whole; otherwise only the difference moves.
   for (const { chain, last, key } of PER_PORT_CHAINS) {
     const have = snapshot.chains.get(chain) ?? [];
-    const body = have.slice(0, -1);
-    const wellFormed = have.length > 0 && have[have.length - 1] === last && new Set(body).size === body.length && !body.includes(last);
-    const dels = delta.delRules.filter((rule) => chainOf(rule) === chain);
-    const adds = delta.addRules.filter((rule) => chainOf(rule) === chain);
+    const keys = have.map(ruleKey);
+    const body = keys.slice(0, -1);
+    const lastKey = ruleKey(last);
+    const wellFormed = keys.length > 0 && keys[keys.length - 1] === lastKey && new Set(body).size === body.length && !body.includes(lastKey);
+    const dels = delta.delRules.filter((line) => chainOf(line) === chain);
+    const adds = delta.addRules.filter((line) => chainOf(line) === chain);
     if (wellFormed) {
       ipt.push(...dels.map(deleteLine), ...adds.map(insertLine));
     } else {
@@ -315,7 +419,7 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
       }
       ipt.push(...[...desired[key]].sort(), last);
     }
-    changes.push(...dels.map((r) => `remove rule ${chain} ${ruleSpec(r)}`), ...adds.map((r) => `add rule ${chain} ${ruleSpec(r)}`));
+    changes.push(...dels.map((r) => `remove rule ${chain} ${shown(r)}`), ...adds.map((r) => `add rule ${chain} ${shown(r)}`));
   }
 
   // sg6 chains and sets this layout does not use (an older layout's): go once nothing refers to them
@@ -329,17 +433,23 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
   const straySets = [...snapshot.sets.keys()].filter((name) => !name.startsWith(PORT_SET_PREFIX));
   changes.push(...straySets.map((name) => `destroy set ${name} (not part of this layout)`));
 
-  // The jump from FORWARD: exactly one, first.
-  const jump = forwardJump(options.portPrefix);
-  const jumps = snapshot.forward.filter((rule) => rule.endsWith(` -j ${CHAIN_FWD}`) || rule.endsWith(` -g ${CHAIN_FWD}`));
-  if (!(jumps.length === 1 && snapshot.forward[0] === jump)) {
-    ipt.push(...jumps.map(deleteLine), insertLine(jump));
-    changes.push(jumps.length ? `move the FORWARD jump to the top (found ${jumps.length})` : "add the FORWARD jump");
+  // The jumps from the hooked chains: exactly one each, first.
+  const jumps = hookJumps(options.portPrefix);
+  for (const hook of HOOKS) {
+    const rules = snapshot.hooks[hook];
+    const ours = rules.filter((line) => line.endsWith(` -j ${CHAIN_FWD}`) || line.endsWith(` -g ${CHAIN_FWD}`));
+    if (!(ours.length === 1 && rules[0] !== undefined && ruleKey(rules[0]) === ruleKey(jumps[hook]))) {
+      ipt.push(...ours.map(deleteLine), insertLine(jumps[hook]));
+      changes.push(ours.length ? `move the ${hook} jump to the top (found ${ours.length})` : `add the ${hook} jump`);
+    }
   }
 
   ipt.push(...strays.map((chain) => `-X ${chain}`));
   after.push(...straySets.map((name) => `destroy ${name}`));
-  return script(before, ipt, after, changes);
+
+  const l2 = planL2(snapshot.l2 ?? emptyL2(), desired.l2Rules, foreignL2, options.portPrefix);
+  changes.push(...l2.changes);
+  return script({ l2Before: l2.before, ipsetBefore: before, iptables: ipt, ipsetAfter: after, l2After: l2.after }, changes);
 }
 
 const setOfEntry = (entry: string) => entry.slice(0, entry.indexOf(" "));
@@ -367,9 +477,13 @@ function ipsetAfter(delta: ContentDelta): string[] {
 export function planDelta(from: PortContent, to: PortContent): ChangeScript {
   const delta = diffContent(from, to);
   return script(
-    ipsetBefore(delta),
-    [...delta.delRules.map(deleteLine), ...delta.addRules.map(insertLine)],
-    ipsetAfter(delta),
-    [...delta.delRules, ...delta.addRules, ...delta.addSets, ...delta.delSets, ...delta.delSrc, ...delta.addSrc],
+    {
+      l2Before: delta.delL2.map(l2Delete),
+      ipsetBefore: ipsetBefore(delta),
+      iptables: [...delta.delRules.map(deleteLine), ...delta.addRules.map(insertLine)],
+      ipsetAfter: ipsetAfter(delta),
+      l2After: delta.addL2.map(l2Insert),
+    },
+    [...delta.delRules, ...delta.addRules, ...delta.addSets, ...delta.delSets, ...delta.delSrc, ...delta.addSrc, ...delta.delL2, ...delta.addL2],
   );
 }

@@ -7,7 +7,10 @@
 // length, normally /60); everything that depends on the VMs lives in set elements. A change of
 // the bindings is therefore a set update, the rule count does not grow with the VMs, and every
 // set is a hash set, so an update costs the same with 10 or 5,000 VMs (see planDelta).
+import { groupsHex, groupsText, maskGroups, parseAddress, prefixBits } from "./addressing.js";
 import type { PortBinding } from "./model.js";
+import { isForeignPort, type LinkInfo } from "./ports.js";
+import { ID_PREFIX, ruleId } from "./rule-id.js";
 
 export const FAMILY = "bridge";
 export const TABLE = "sg6";
@@ -55,61 +58,12 @@ function checkMac(mac: string): string {
   return lower;
 }
 
-const ALL_ONES = (1n << 128n) - 1n;
-
-/** IPv6 text (no zone, no dotted IPv4 tail) -> 128-bit number. */
-export function ip6ToBigInt(text: string): bigint {
-  const halves = text.toLowerCase().split("::");
-  if (halves.length > 2) throw new Error(`bad IPv6 address ${JSON.stringify(text)}`);
-  const parse = (part: string) => (part === "" ? [] : part.split(":"));
-  const head = parse(halves[0]!);
-  const tail = halves.length === 2 ? parse(halves[1]!) : [];
-  const missing = 8 - head.length - tail.length;
-  if ((halves.length === 2 && missing < 1) || (halves.length === 1 && missing !== 0)) throw new Error(`bad IPv6 address ${JSON.stringify(text)}`);
-  const groups = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill("0"), ...tail];
-  let value = 0n;
-  for (const group of groups) {
-    if (!/^[0-9a-f]{1,4}$/.test(group)) throw new Error(`bad IPv6 address ${JSON.stringify(text)}`);
-    value = (value << 16n) | BigInt(parseInt(group, 16));
-  }
-  return value;
+/** "addr/len" or "addr" -> [canonical address with host bits cleared, its 8 groups, len] */
+function splitPrefix(prefix: string): [string, readonly number[], number] {
+  const bits = prefixBits(prefix);
+  return [bits.address, bits.groups, bits.length];
 }
 
-/** 128-bit number -> canonical RFC 5952 text. */
-export function bigIntToIp6(value: bigint): string {
-  const groups: number[] = [];
-  for (let i = 7; i >= 0; i--) groups.push(Number((value >> BigInt(i * 16)) & 0xffffn));
-  let bestStart = -1;
-  let bestLength = 1; // a single zero group is never compressed
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) {
-      bestStart = i;
-      bestLength = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(":");
-  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
-}
-
-const maskOf = (length: number): bigint => (length === 0 ? 0n : ALL_ONES ^ (ALL_ONES >> BigInt(length)));
-
-/** "addr/len" or "addr" -> [address with host bits cleared, len] */
-function splitPrefix(prefix: string): [bigint, number] {
-  const [address, lengthText = "128"] = prefix.split("/");
-  const length = Number(lengthText);
-  if (!/^\d{1,3}$/.test(lengthText) || length > 128) throw new Error(`bad prefix length in ${JSON.stringify(prefix)}`);
-  return [ip6ToBigInt(address!) & maskOf(length), length];
-}
-
-const hexText = (n: bigint) => `0x${n.toString(16)}`;
 const quoted = (name: string) => `"${name}"`;
 
 // ---------------------------------------------------------------- per-port content
@@ -135,7 +89,7 @@ function add(content: NftContent, set: string, element: string): void {
 /** The prefix lengths the bindings use (every NIC has /128s; the delegated prefix adds its length). */
 export function lengthsOf(bindings: Iterable<PortBinding>): number[] {
   const lengths = new Set<number>([128]);
-  for (const binding of bindings) for (const source of binding.sources) lengths.add(splitPrefix(source)[1]);
+  for (const binding of bindings) for (const source of binding.sources) lengths.add(splitPrefix(source)[2]);
   return [...lengths].sort((a, b) => b - a);
 }
 
@@ -147,9 +101,9 @@ export function renderContent(bindings: Iterable<PortBinding>): NftContent {
     add(content, SET_MACS, `${port} . ${mac}`);
     add(content, SET_DROPS, port);
     for (const source of binding.sources) {
-      const [address, length] = splitPrefix(source);
-      add(content, `${SOURCES}${length}`, `${port} . ${mac} . ${bigIntToIp6(address)}`);
-      add(content, `${TARGETS}${length}`, `${port} . ${hexText(address)}`);
+      const [address, groups, length] = splitPrefix(source);
+      add(content, `${SOURCES}${length}`, `${port} . ${mac} . ${address}`);
+      add(content, `${TARGETS}${length}`, `${port} . ${groupsHex(groups)}`);
     }
   }
   return content;
@@ -157,7 +111,7 @@ export function renderContent(bindings: Iterable<PortBinding>): NftContent {
 
 // ---------------------------------------------------------------- the skeleton
 
-interface SetSpec {
+export interface SetSpec {
   name: string;
   /** the declaration line(s) inside `set NAME { … }` */
   declaration: string[];
@@ -166,7 +120,7 @@ interface SetSpec {
   counter: boolean;
 }
 
-function setSpecs(lengths: number[]): SetSpec[] {
+export function setSpecs(lengths: number[]): SetSpec[] {
   const specs: SetSpec[] = [
     { name: SET_MACS, declaration: ["type ifname . ether_addr", 'comment "bound port . NIC MAC"'], jsonType: ["ifname", "ether_addr"], counter: false },
     { name: SET_DROPS, declaration: ["type ifname", "counter", 'comment "drops per bound port"'], jsonType: "ifname", counter: true },
@@ -196,13 +150,13 @@ function setSpecs(lengths: number[]): SetSpec[] {
   return specs;
 }
 
-interface RuleSpec {
+export interface RuleSpec {
   text: string;
   /** every rule carries a unique comment: how the shape of a chain is recognised when read back */
   comment: string;
 }
 
-interface ChainSpec {
+export interface ChainSpec {
   name: string;
   base?: { type: string; hook: string; prio: number; policy: string };
   rules: RuleSpec[];
@@ -213,15 +167,27 @@ const PRIO_FILTER = -200;
 
 /** `& mask` for an IPv6 address expression (nothing for /128). */
 function addressMask(length: number): string {
-  return length === 128 ? "" : ` & ${bigIntToIp6(maskOf(length))}`;
+  return length === 128 ? "" : ` & ${groupsText(maskGroups(length))}`;
 }
 
 /** `& 0x…` for the raw 128-bit target (nothing for /128). */
 function integerMask(length: number): string {
-  return length === 128 ? "" : ` & ${hexText(maskOf(length))}`;
+  return length === 128 ? "" : ` & ${groupsHex(maskGroups(length))}`;
 }
 
-function chainSpecs(options: NftOptions, lengths: number[]): ChainSpec[] {
+/**
+ * The chains with each rule's comment led by its id (`sg6:<hash of chain and rule text> what it
+ * does`): the table is compared by comments, so a rule whose text changes (an upgrade) no longer
+ * matches and the table is rebuilt.
+ */
+export function chainSpecs(options: NftOptions, lengths: number[]): ChainSpec[] {
+  return chainBodies(options, lengths).map((chain) => ({
+    ...chain,
+    rules: chain.rules.map((r) => ({ text: r.text, comment: `${ID_PREFIX}${ruleId(`${chain.name} ${r.text}`)} ${r.comment}` })),
+  }));
+}
+
+function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
   const prefix = checkPrefixOption(options.portPrefix);
   const rule = (text: string, comment: string): RuleSpec => ({ text, comment });
   const target = "iifname . @th,64,128";
@@ -240,6 +206,9 @@ function chainSpecs(options: NftOptions, lengths: number[]): ChainSpec[] {
         // dependency would miss it. A VM has no business tagging on an access port.
         rule(`meta protocol ip6 ether type != ip6 goto ${CHAIN_DISCARD}`, "IPv6 behind a VLAN tag"),
         rule(`meta protocol { 8021q, 8021ad } goto ${CHAIN_DISCARD}`, "stacked VLAN tags (content unknown)"),
+        // the contract drops every tagged frame from a guarded port (the payload load of `ether
+        // type` sees the offloaded outer tag)
+        rule(`ether type { 8021q, 8021ad } goto ${CHAIN_DISCARD}`, "tagged frame"),
         rule("meta protocol != ip6 return", "not IPv6"),
         rule(`iifname . ether saddr != @${SET_MACS} goto ${CHAIN_DISCARD}`, "unbound port or wrong source MAC"),
         rule(`ip6 saddr :: icmpv6 type nd-neighbor-solicit jump ${CHAIN_DAD}`, "DAD probe"),
@@ -364,8 +333,8 @@ function elementText(set: string, value: Json): string {
   const port = quoted(text(parts[0]));
   if (set === SET_DROPS && parts.length === 1) return port;
   if (set === SET_MACS && parts.length === 2) return `${port} . ${text(parts[1]).toLowerCase()}`;
-  if (set.startsWith(SOURCES) && parts.length === 3) return `${port} . ${text(parts[1]).toLowerCase()} . ${bigIntToIp6(ip6ToBigInt(text(parts[2])))}`;
-  if (set.startsWith(TARGETS) && parts.length === 2) return `${port} . ${hexText(BigInt(text(parts[1])))}`;
+  if (set.startsWith(SOURCES) && parts.length === 3) return `${port} . ${text(parts[1]).toLowerCase()} . ${parseAddress(text(parts[2]), `${set} element`)}`;
+  if (set.startsWith(TARGETS) && parts.length === 2) return `${port} . 0x${BigInt(text(parts[1])).toString(16)}`; // a number, not an address: nft prints it in decimal
   return fail(`${set} element`, value);
 }
 
@@ -431,12 +400,7 @@ export function contentOf(snapshot: NftSnapshot): NftContent {
 
 // ---------------------------------------------------------------- foreign ports
 
-/** A link as `ip -j link show` prints it (the fields sg6 reads). */
-export interface LinkInfo {
-  ifindex: number;
-  ifname: string;
-  master?: string;
-}
+export type { LinkInfo };
 
 /**
  * Ports named like guarded ports that are members of some other master (a bridge sg6 does not
@@ -446,7 +410,7 @@ export interface LinkInfo {
  */
 export function foreignPorts(links: LinkInfo[], options: NftOptions): number[] {
   return links
-    .filter((l) => l.ifname.startsWith(options.portPrefix) && l.master !== undefined && !options.bridges.includes(l.master))
+    .filter((l) => isForeignPort(l.ifname, l.master, options))
     .map((l) => l.ifindex)
     .sort((a, b) => a - b);
 }

@@ -1,13 +1,20 @@
-// Picks the dataplane the config asks for.
+// Picks the dataplane the config asks for, and wires the switch-over between backends: each one
+// removes the other's kernel objects once it enforces itself (no unguarded gap), so neither
+// backend module needs the other.
 import type { Config } from "../core/config.js";
 import type { Dataplane } from "./dataplane.js";
-import { IptablesBackend } from "./iptables.js";
-import { NftBackend, purgeNftables } from "./nftables.js";
+import { IptablesBackend, iptablesObjectsExist } from "./iptables.js";
+import { NftBackend, purgeNftables, tableExists } from "./nftables.js";
+
+/** What the iptables backend removes when it takes over from nftables. */
+export const FROM_NFTABLES = { present: () => tableExists(), purge: () => purgeNftables() };
+/** What the nftables backend removes when it takes over from iptables. */
+export const FROM_IPTABLES = { present: () => iptablesObjectsExist(), purge: () => IptablesBackend.purge() };
 
 export async function openDataplane(config: Config, options: { watchLinks?: boolean } = {}): Promise<Dataplane> {
   const scaffold = { bridges: config.bridges, portPrefix: config.portPrefix };
-  if (config.backend === "nftables") return new NftBackend({ ...scaffold, watchLinks: options.watchLinks ?? true });
-  return IptablesBackend.open(scaffold);
+  if (config.backend === "nftables") return new NftBackend({ ...scaffold, watchLinks: options.watchLinks ?? true, switchOver: FROM_IPTABLES });
+  return IptablesBackend.open(scaffold, FROM_NFTABLES);
 }
 
 /** Remove every kernel object sg6 owns, whatever backend made it. */

@@ -16,4 +16,16 @@ export interface Dataplane {
   applyChange(from: PortBinding[], to: PortBinding[]): Promise<void>;
   /** Dropped packets per guarded port. */
   dropCounters(): Promise<Map<string, number>>;
+  /** Kernel settings the backend depends on, as they are now (for `sg6 status`); optional. */
+  kernelSwitches?(): Promise<{ key: string; want: string; have: string | undefined }[]>;
+  /** What this backend cannot enforce on this host, for `sg6 status`; optional. */
+  limits?(): string[];
+}
+
+/** How a backend removes the other backend's objects once it enforces itself (wired in backend.ts). */
+export interface SwitchOver {
+  /** whether the other backend's objects exist */
+  present(): Promise<boolean>;
+  /** remove them; returns what went */
+  purge(): Promise<string[]>;
 }

@@ -1,20 +1,32 @@
-// The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore and ipset for the core.
+// The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore, ipset and
+// ebtables-nft-save/-restore for the core, and keeps the kernel switches it needs.
 import { readFile, writeFile } from "node:fs/promises";
+import { parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import {
+
   parseIpsetSave,
   parseIptablesSave,
   planChange,
   planDelta,
   renderContent,
+  HOOKS,
   type ChangeScript,
   type KernelSnapshot,
   type PortContent,
   type ScaffoldOptions,
 } from "../core/iptables-rules.js";
+import { IPTABLES_SWITCHES, switchDrift, sysctlPath } from "../core/kernel-switches.js";
 import type { PortBinding } from "../core/model.js";
-import type { Dataplane } from "./dataplane.js";
+import type { Dataplane, SwitchOver } from "./dataplane.js";
 import { exec, execRaw } from "./exec.js";
-import { purgeNftables, tableExists as nftTableExists } from "./nftables.js";
+import { listLinks } from "./taps.js";
+
+/**
+ * Layer 2 runs through ebtables' nf_tables variant: this kernel (like Debian 12's default
+ * alternative) has no legacy ebtables tables, and it is the variant libvirt uses on Debian 12.
+ */
+const EBTABLES_SAVE = "ebtables-nft-save";
+const EBTABLES_RESTORE = "ebtables-nft-restore";
 
 export type Variant = "legacy" | "nft";
 
@@ -50,6 +62,40 @@ async function ipsetSave(): Promise<string> {
   return result.stdout;
 }
 
+async function ebtablesSave(): Promise<L2Snapshot> {
+  return parseEbtablesSave(await exec(EBTABLES_SAVE, ["-t", "nat"]));
+}
+
+/** Read the switches the backend needs (undefined: the key does not exist). */
+async function readSwitches(): Promise<Map<string, string | undefined>> {
+  const read = new Map<string, string | undefined>();
+  for (const s of IPTABLES_SWITCHES) read.set(s.key, (await readFile(sysctlPath(s.key), "utf8").catch(() => undefined))?.trim());
+  return read;
+}
+
+/**
+ * Make the switches as wanted; load br_netfilter when its keys are missing. Returns what it
+ * changed (or, dry, what it would change); throws with the reason when it cannot.
+ */
+export async function ensureSwitches(dryRun: boolean): Promise<string[]> {
+  let read = await readSwitches();
+  const drift = switchDrift(IPTABLES_SWITCHES, read);
+  if (dryRun || drift.length === 0) return drift;
+  if ([...read.values()].some((v) => v === undefined)) {
+    const loaded = await execRaw("modprobe", ["br_netfilter"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
+    read = await readSwitches();
+    if ([...read.values()].some((v) => v === undefined)) {
+      throw new BackendError(
+        `br_netfilter is not loaded and "modprobe br_netfilter" failed (${(loaded.stderr || `exit ${loaded.code}`).trim().split("\n")[0]}): the iptables backend cannot see bridged IPv6 without it`,
+      );
+    }
+  }
+  for (const s of IPTABLES_SWITCHES) if (read.get(s.key) !== s.want) await writeFile(sysctlPath(s.key), `${s.want}\n`);
+  const left = switchDrift(IPTABLES_SWITCHES, await readSwitches());
+  if (left.length) throw new BackendError(`could not set ${left.join("; ")}`);
+  return drift.map((line) => `${line}: repaired`);
+}
+
 /** Owns sg6's ip6tables chains and ipsets on this host for one variant. */
 export class IptablesBackend implements Dataplane {
   get description(): string {
@@ -58,24 +104,26 @@ export class IptablesBackend implements Dataplane {
 
   /** what the kernel holds after our last successful apply; undefined until read */
   private known: PortContent | undefined;
-  private purgeNftablesPending = false;
+  private purgeOtherPending = false;
 
   constructor(
     readonly variant: Variant,
     readonly options: ScaffoldOptions,
+    /** the nftables backend's objects, removed once these rules enforce (see backend.ts) */
+    private readonly switchOver?: SwitchOver,
   ) {}
 
-  static async open(options: ScaffoldOptions): Promise<IptablesBackend> {
-    return new IptablesBackend(await detectVariant(), options);
+  static async open(options: ScaffoldOptions, switchOver?: SwitchOver): Promise<IptablesBackend> {
+    return new IptablesBackend(await detectVariant(), options, switchOver);
   }
 
-  /** Turn on bridge netfilter for IPv6; without it bridged packets never reach ip6tables. */
-  async enableBridgeNetfilter(): Promise<boolean> {
-    const path = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
-    const current = (await readFile(path, "utf8").catch(() => "")).trim();
-    if (current === "1") return false;
-    await writeFile(path, "1\n");
-    return true;
+  async kernelSwitches(): Promise<{ key: string; want: string; have: string | undefined }[]> {
+    const read = await readSwitches();
+    return IPTABLES_SWITCHES.map((s) => ({ key: s.key, want: s.want, have: read.get(s.key) }));
+  }
+
+  limits(): string[] {
+    return [];
   }
 
   /** Refuse to run if the other ip6tables variant holds sg6 objects (two owners = undefined behaviour). */
@@ -94,25 +142,30 @@ export class IptablesBackend implements Dataplane {
   }
 
   async snapshot(): Promise<KernelSnapshot> {
-    const [table, sets] = await Promise.all([saveTable(this.variant), ipsetSave()]);
-    return { ...parseIptablesSave(table), sets: parseIpsetSave(sets) };
+    const [table, sets, l2] = await Promise.all([saveTable(this.variant), ipsetSave(), ebtablesSave()]);
+    return { ...parseIptablesSave(table), sets: parseIpsetSave(sets), l2 };
   }
 
-  /** Read the kernel, plan the difference to the desired bindings and apply it. Returns the changes. */
+  /**
+   * Read the kernel (switches, rules, sets), plan the difference to the desired bindings and apply
+   * it. Returns the changes (dry: what would change).
+   */
   async reconcile(bindings: PortBinding[], dryRun = false): Promise<string[]> {
     const desired = renderContent(bindings);
-    const snapshot = await this.snapshot();
-    const script = planChange(snapshot, desired, this.options);
+    // the switches first: rules are worth nothing while bridged IPv6 bypasses them
+    const switches = await ensureSwitches(dryRun);
+    const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);
+    const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options));
     if (!dryRun) {
       this.known = undefined;
       await this.run(script);
       this.known = desired;
-      if (this.purgeNftablesPending) {
-        script.changes.push(...(await purgeNftables()));
-        this.purgeNftablesPending = false;
+      if (this.purgeOtherPending && this.switchOver) {
+        script.changes.push(...(await this.switchOver.purge()));
+        this.purgeOtherPending = false;
       }
     }
-    return script.changes;
+    return [...switches, ...script.changes];
   }
 
   /** Apply the change of some ports from `from` to `to`, trusting that the kernel holds what we last left. */
@@ -126,6 +179,8 @@ export class IptablesBackend implements Dataplane {
     for (const [mine, gone, added] of [
       [known.portRules, before.portRules, after.portRules],
       [known.dropRules, before.dropRules, after.dropRules],
+      [known.ndRules, before.ndRules, after.ndRules],
+      [known.l2Rules, before.l2Rules, after.l2Rules],
       [known.portSets, before.portSets, after.portSets],
       [known.srcEntries, before.srcEntries, after.srcEntries],
     ] as const) {
@@ -138,53 +193,62 @@ export class IptablesBackend implements Dataplane {
   async prepare(): Promise<string[]> {
     const notes: string[] = [];
     await this.checkOtherVariant();
+    const ebtables = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
+    if (ebtables.code !== 0) throw new BackendError(`backend "iptables" needs ${EBTABLES_SAVE} (Debian package ebtables) for layer 2: ${ebtables.stderr.trim()}`);
     // switching backend: the nftables table goes once these rules enforce (no unguarded gap)
-    this.purgeNftablesPending = await nftTableExists().catch(() => false);
-    if (this.purgeNftablesPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
-    if (await this.enableBridgeNetfilter()) notes.push("turned on net.bridge.bridge-nf-call-ip6tables (bridged IPv6 now passes ip6tables)");
-    // Not switched on by sg6: it changes what the host's IPv4 bridge rules see as well.
-    const vlanTagged = (await readFile("/proc/sys/net/bridge/bridge-nf-filter-vlan-tagged", "utf8").catch(() => "")).trim();
-    if (vlanTagged === "0") {
-      notes.push("WARNING: net.bridge.bridge-nf-filter-vlan-tagged is 0: 802.1Q-tagged IPv6 from a VM is not seen by ip6tables; set it to 1 (it also affects IPv4 bridge rules) or use the nftables backend, which drops tagged IPv6");
-    }
+    this.purgeOtherPending = this.switchOver ? await this.switchOver.present().catch(() => false) : false;
+    if (this.purgeOtherPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
+    notes.push(...(await ensureSwitches(false)));
     return notes;
   }
 
   /** Run a change's scripts in their order: ipset before, the one rule transaction, ipset after. */
   private async run(script: ChangeScript): Promise<void> {
+    if (script.ebtablesBefore) await exec(EBTABLES_RESTORE, ["--noflush"], { input: script.ebtablesBefore });
     if (script.ipsetBefore) await exec("ipset", ["-exist", "restore"], { input: script.ipsetBefore });
     if (script.iptables) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: script.iptables });
     if (script.ipsetAfter) await exec("ipset", ["-exist", "restore"], { input: script.ipsetAfter });
+    if (script.ebtablesAfter) await exec(EBTABLES_RESTORE, ["--noflush"], { input: script.ebtablesAfter });
   }
 
 
-  /** Dropped packets per bound port: the packet counters of the ports' rules in sg6-drop. */
+  /** Dropped packets per bound port: its rule in sg6-drop (ip6tables) plus its wrong-MAC rule in sg6-l2 (ebtables). */
   async dropCounters(): Promise<Map<string, number>> {
-    const text = await exec(`ip6tables-${this.variant}-save`, ["-c", "-t", "filter"]);
-    const drops = new Map<string, number>();
+    const [text, l2] = await Promise.all([exec(`ip6tables-${this.variant}-save`, ["-c", "-t", "filter"]), exec(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
+    const drops = parseL2Drops(l2);
     for (const line of text.split("\n")) {
-      const match = /^\[(\d+):\d+\] -A sg6-drop -m physdev --physdev-in (\S+) -j DROP$/.exec(line);
-      if (match) drops.set(match[2]!, Number(match[1]));
+      const match = /^\[(\d+):\d+\] -A sg6-drop -m physdev --physdev-in (\S+) .*-j DROP$/.exec(line);
+      if (match) drops.set(match[2]!, (drops.get(match[2]!) ?? 0) + Number(match[1]));
     }
     return drops;
   }
 
-  /** Remove every sg6 object from both ip6tables variants, then the sets (no rule refers to them by then). */
+  /** Remove every sg6 object from ebtables and both ip6tables variants, then the sets (no rule refers to them by then). */
   static async purge(): Promise<string[]> {
     const removed: string[] = [];
+    const l2 = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch(() => undefined);
+    if (l2 && l2.code === 0) {
+      const snapshot = parseEbtablesSave(l2.stdout);
+      const lines = purgeL2(snapshot);
+      if (lines.length) {
+        await exec(EBTABLES_RESTORE, ["--noflush"], { input: l2Script(lines) });
+        removed.push(...[...snapshot.chains.keys()].map((c) => `ebtables: chain ${c}`));
+      }
+    }
     for (const variant of ["legacy", "nft"] as const) {
+      if (variant === "legacy" && !(await legacyTablesExist())) continue;
       const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
       if (saved.code !== 0) continue;
-      const { forward, chains } = parseIptablesSave(saved.stdout);
-      const jumps = forward.filter((rule) => /-[jg] sg6/.test(rule));
+      const { hooks, chains } = parseIptablesSave(saved.stdout);
+      const jumps = HOOKS.flatMap((hook) => hooks[hook].filter((rule) => / -[jg] sg6/.test(rule)));
       if (!jumps.length && !chains.size) continue;
       const lines = [
-        ...jumps.map((rule) => `-D FORWARD ${rule.split(" ").slice(2).join(" ")}`),
+        ...jumps.map((rule) => `-D ${rule.split(" ").slice(1).join(" ")}`),
         ...[...chains.keys()].map((chain) => `-F ${chain}`),
         ...[...chains.keys()].map((chain) => `-X ${chain}`),
       ];
       await exec(`ip6tables-${variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*filter\n${lines.join("\n")}\nCOMMIT\n` });
-      removed.push(...jumps.map(() => `ip6tables-${variant}: FORWARD jump`), ...[...chains.keys()].map((c) => `ip6tables-${variant}: chain ${c}`));
+      removed.push(...jumps.map((rule) => `ip6tables-${variant}: ${rule.split(" ")[1]} jump`), ...[...chains.keys()].map((c) => `ip6tables-${variant}: chain ${c}`));
     }
     const sets = parseIpsetSave(await ipsetSave());
     for (const name of sets.keys()) {
@@ -193,4 +257,14 @@ export class IptablesBackend implements Dataplane {
     }
     return removed;
   }
+}
+
+/** Whether any sg6 object of this backend exists (for the nftables backend's switch-over). */
+export async function iptablesObjectsExist(): Promise<boolean> {
+  for (const variant of ["legacy", "nft"] as const) {
+    if (variant === "legacy" && !(await legacyTablesExist())) continue;
+    const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
+    if (saved.code === 0 && parseIptablesSave(saved.stdout).chains.size > 0) return true;
+  }
+  return false;
 }

@@ -1,4 +1,4 @@
-// The "nftables" backend's shell: runs `nft` (and `ip -j link show`) for the core in
+// The "nftables" backend's shell: runs `nft` (and reads links over rtnetlink) for the core in
 // src/core/nft-rules.ts. Every change is one `nft -f -` run, i.e. one netlink transaction.
 import { createRtNetlink, type RtNetlinkSocket } from "netlink";
 import type { PortBinding } from "../core/model.js";
@@ -13,14 +13,14 @@ import {
   planReconcile,
   renderContent,
   wantedLengths,
-  type LinkInfo,
   type NftContent,
   type NftOptions,
   type NftSnapshot,
 } from "../core/nft-rules.js";
 import type { Dataplane } from "./dataplane.js";
 import { exec, execRaw } from "./exec.js";
-import { IptablesBackend } from "./iptables.js";
+import { listLinks } from "./taps.js";
+import type { SwitchOver } from "./dataplane.js";
 
 export class NftBackendError extends Error {
   override name = "NftBackendError";
@@ -33,6 +33,8 @@ export interface NftBackendOptions extends NftOptions {
    * socket does not keep the process alive).
    */
   watchLinks?: boolean;
+  /** the other backend's objects, removed once this backend enforces (see backend.ts) */
+  switchOver?: SwitchOver;
 }
 
 const NO_TABLE = /No such file or directory|does not exist/i;
@@ -51,25 +53,6 @@ export async function readTable(): Promise<NftSnapshot | undefined> {
 export async function tableExists(): Promise<boolean> {
   const tables = await exec("nft", ["list", "tables", FAMILY]);
   return tables.split("\n").some((line) => line.trim() === `table ${FAMILY} ${TABLE}`);
-}
-
-/** The links of this network namespace, from one rtnetlink dump. */
-export async function listLinks(): Promise<LinkInfo[]> {
-  const socket = createRtNetlink({ ref: false } as never);
-  try {
-    const links = await socket.getLinks();
-    const names = new Map(links.map((link) => [link.data.index!, link.attrs.ifname ?? ""]));
-    return links
-      .filter((link) => link.attrs.ifname)
-      .map((link) => {
-        const ifindex = link.data.index!;
-        const ifname = link.attrs.ifname!;
-        const master = link.attrs.master === undefined ? undefined : names.get(link.attrs.master);
-        return master === undefined ? { ifindex, ifname } : { ifindex, ifname, master };
-      });
-  } finally {
-    socket.socket.close();
-  }
 }
 
 /** Run one nft script as one transaction. */
@@ -92,6 +75,7 @@ export class NftBackend implements Dataplane {
   readonly description = `nftables (table ${FAMILY} ${TABLE})`;
   readonly options: NftOptions;
   private readonly watchLinks: boolean;
+  private readonly switchOver: SwitchOver | undefined;
 
   /** what the kernel holds after our last successful apply; undefined until read */
   private known: NftContent | undefined;
@@ -108,6 +92,7 @@ export class NftBackend implements Dataplane {
   constructor(options: NftBackendOptions) {
     this.options = { bridges: [...options.bridges], portPrefix: options.portPrefix };
     this.watchLinks = options.watchLinks ?? true;
+    this.switchOver = options.switchOver;
   }
 
   /** Kernel writes never interleave: reconcile, applyChange and the link watcher run one at a time. */
@@ -132,8 +117,9 @@ export class NftBackend implements Dataplane {
 
   private async purgeIptables(): Promise<string[]> {
     this.purgeIptablesPending = false;
+    if (!this.switchOver) return [];
     try {
-      const removed = await IptablesBackend.purge();
+      const removed = await this.switchOver.purge();
       return removed.length ? [`removed the iptables backend's objects: ${removed.join(", ")}`] : [];
     } catch (error) {
       // a host without ip6tables/ipset cannot hold iptables-backend objects worth failing for

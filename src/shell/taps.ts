@@ -2,6 +2,7 @@
 import { EventEmitter } from "node:events";
 import { createRtNetlink, type RtNetlinkSocket } from "netlink";
 import type { BridgePort } from "../core/model.js";
+import { isGuardedPort, type LinkInfo } from "../core/ports.js";
 
 function macText(address: unknown): string | undefined {
   if (!(address instanceof Uint8Array) || address.length !== 6) return undefined;
@@ -92,17 +93,14 @@ export class PortInventory extends EventEmitter {
 
   private async refresh(): Promise<void> {
     const links = await this.socket.getLinks();
-    const bridgeIndex = new Map<number, string>();
-    for (const link of links) {
-      const name = link.attrs.ifname;
-      if (name && this.bridges.includes(name)) bridgeIndex.set(link.data.index!, name);
-    }
+    const names = new Map(links.map((link) => [link.data.index!, link.attrs.ifname]));
+    const scope = { bridges: this.bridges, portPrefix: this.portPrefix };
     const next = new Map<string, BridgePort>();
     for (const link of links) {
       const name = link.attrs.ifname;
-      const bridge = link.attrs.master === undefined ? undefined : bridgeIndex.get(link.attrs.master);
+      const bridge = link.attrs.master === undefined ? undefined : names.get(link.attrs.master);
       const mac = macText(link.attrs.address);
-      if (name && bridge && mac && name.startsWith(this.portPrefix)) next.set(name, { name, mac, bridge });
+      if (name && bridge && mac && isGuardedPort(name, bridge, scope)) next.set(name, { name, mac, bridge });
     }
     const changed =
       next.size !== this.current.size ||
@@ -112,5 +110,24 @@ export class PortInventory extends EventEmitter {
       });
     this.current = next;
     if (changed) this.emit("change", this.ports());
+  }
+}
+
+/** The links of this network namespace, from one rtnetlink dump. */
+export async function listLinks(): Promise<LinkInfo[]> {
+  const socket = createRtNetlink({ ref: false } as never);
+  try {
+    const links = await socket.getLinks();
+    const names = new Map(links.map((link) => [link.data.index!, link.attrs.ifname ?? ""]));
+    return links
+      .filter((link) => link.attrs.ifname)
+      .map((link) => {
+        const ifindex = link.data.index!;
+        const ifname = link.attrs.ifname!;
+        const master = link.attrs.master === undefined ? undefined : names.get(link.attrs.master);
+        return master === undefined ? { ifindex, ifname } : { ifindex, ifname, master };
+      });
+  } finally {
+    socket.socket.close();
   }
 }

@@ -37,7 +37,8 @@ async function serveDriver(spec: string): Promise<void> {
   const [bridges = "cloudbr0", portPrefix = "vnet"] = spec.split("|");
   const { NftBackend } = await import("../../src/shell/nftables.js");
   const { IptablesBackend } = await import("../../src/shell/iptables.js");
-  const backend = new NftBackend({ bridges: bridges.split(","), portPrefix });
+  const { FROM_IPTABLES } = await import("../../src/shell/backend.js");
+  const backend = new NftBackend({ bridges: bridges.split(","), portPrefix, switchOver: FROM_IPTABLES });
   const handle = async (request: Request): Promise<Record<string, unknown>> => {
     switch (request.op) {
       case "prepare":
@@ -500,7 +501,7 @@ test("drift: a deleted element, a flushed chain, a foreign rule are repaired; th
   assert.equal(await counts(vm1, [router], { src: vm2.slaac }), [0]);
 
   await nft("insert", "rule", "bridge", "sg6", "guard", "accept");
-  assert.ok((await driver.reconcile([b1()])).some((c) => c.startsWith("chain guard has 15 rules")));
+  assert.ok((await driver.reconcile([b1()])).some((c) => c.startsWith("chain guard has 16 rules")));
   assert.equal(await driver.reconcile([b1()]), []);
   assert.equal(await counts(vm1, [router, vm2], { src: vm1.slaac }), [3, 3]);
 });

@@ -18,7 +18,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import type { PortBinding } from "../../src/core/model.js";
 import { execRaw } from "../../src/shell/exec.js";
-import { purgeAll } from "../../src/shell/backend.js";
+import { FROM_IPTABLES, FROM_NFTABLES, purgeAll } from "../../src/shell/backend.js";
 import type { Dataplane } from "../../src/shell/dataplane.js";
 import { IptablesBackend, saveTable, type Variant } from "../../src/shell/iptables.js";
 import { NftBackend } from "../../src/shell/nftables.js";
@@ -37,7 +37,8 @@ type Answer = { ok: true; [key: string]: unknown } | { ok: false; error: string 
 export type DriverBackend = Variant | "nftables";
 
 async function serve(variant: DriverBackend, bridges: string[], portPrefix: string): Promise<void> {
-  const backend: Dataplane = variant === "nftables" ? new NftBackend({ bridges, portPrefix }) : new IptablesBackend(variant, { bridges, portPrefix });
+  const backend: Dataplane = variant === "nftables" ? new NftBackend({ bridges, portPrefix, switchOver: FROM_IPTABLES })
+      : new IptablesBackend(variant, { bridges, portPrefix }, FROM_NFTABLES);
   // the tests' hypervisor turns bridge-nf on itself; prepare() also removes the other backend's objects
   await backend.prepare();
   const handle = async (request: Request): Promise<Answer> => {
@@ -58,6 +59,7 @@ async function serve(variant: DriverBackend, bridges: string[], portPrefix: stri
         return {
           ok: true,
           iptables: variant === "nftables" ? (await execRaw("nft", ["list", "ruleset"])).stdout : await saveTable(variant),
+          ebtables: (await execRaw("ebtables-nft-save", ["-t", "nat"])).stdout,
           ipset: (await execRaw("ipset", ["save"])).stdout,
         };
       case "purge":

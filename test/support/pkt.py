@@ -15,7 +15,9 @@
 KIND: echo (ICMPv6 128), ra (134), redirect (137), rr (138, Router Renumbering), ns (135; the
 target defaults to --dst, and a multicast --dst may be left to the solicited-node group of
 --target by passing --dst auto), na (136), mld (MLDv2 report, 143), mld1 (MLDv1 report, 131),
-udp (UDP over IPv6), udp4 (UDP over IPv4; --src/--dst are IPv4 addresses).
+udp (UDP over IPv6), udp4 (UDP over IPv4; --src/--dst are IPv4 addresses), solicit (a DHCPv6
+SOLICIT from port 546 to 547 with a DUID-LL client id of --src-mac and one IA_NA; the marker in an
+option of an unassigned code).
 
   ping   --dst A [--timeout S]: a real echo through the namespace's own IPv6 stack (raw ICMPv6
          socket; the kernel resolves the neighbour), one request every 0.5 s until a reply;
@@ -131,9 +133,21 @@ def build_frame(args, marker):
         dst = solicited_node(ip6(args.target))
     else:
         dst = ip6(args.dst)
-    if args.kind == "udp":
+    if args.kind in ("udp", "solicit"):
         next_header = 17
-        udp = struct.pack("!HHHH", args.sport, args.dport, 8 + len(marker), 0) + marker
+        body = marker
+        sport, dport = args.sport, args.dport
+        if args.kind == "solicit":
+            sport, dport = 546, 547
+            duid = struct.pack("!HH", 3, 1) + src_mac
+            body = (
+                struct.pack("!B3s", 1, os.urandom(3))
+                + struct.pack("!HH", 1, len(duid)) + duid
+                + struct.pack("!HHH", 8, 2, 0)
+                + struct.pack("!HHIII", 3, 12, 1, 0, 0)
+                + struct.pack("!HH", 0xFFF0, len(marker)) + marker
+            )
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
         csum = l4_checksum(src, dst, 17, udp) or 0xFFFF
         payload = udp[:6] + struct.pack("!H", csum) + udp[8:]
         hop_limit = 64 if dst[0] != 0xFF else 1
@@ -282,7 +296,7 @@ def main():
         p.add_argument("--dst-mac")
         p.add_argument("--src", required=True)
         p.add_argument("--dst", required=True)
-        p.add_argument("--kind", required=True, choices=["echo", "ra", "redirect", "rr", "ns", "na", "mld", "mld1", "udp", "udp4"])
+        p.add_argument("--kind", required=True, choices=["echo", "ra", "redirect", "rr", "ns", "na", "mld", "mld1", "udp", "udp4", "solicit"])
         p.add_argument("--target")
         p.add_argument("--sport", type=int, default=40000)
         p.add_argument("--dport", type=int, default=9)

@@ -11,8 +11,14 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { MAX_SECONDARY } from "../../src/core/event.js";
 import { allowedSources, nicIntents } from "../../src/core/host-state.js";
+import { CHAIN_L2, l2ForeignRule, l2Jump, L2_TAIL, l2PortRules, parseEbtablesSave, type L2Snapshot } from "../../src/core/ebtables-rules.js";
 import {
   CHAIN_DROP,
+  CHAIN_ND,
+  hookJumps,
+  ND_DEFAULT,
+  ndRule,
+  rule,
   CHAIN_FWD,
   CHAIN_GUARD,
   CHAIN_PORT,
@@ -63,11 +69,23 @@ const SET_A = "sg6-s-vnet3";
 const SET_B = "sg6-s-vnet4";
 const CREATE_A = "sg6-s-vnet3 hash:net family inet6 hashsize 64 maxelem 64";
 const CREATE_B = "sg6-s-vnet4 hash:net family inet6 hashsize 64 maxelem 64";
-const RULE_A = "-A sg6-port -m physdev --physdev-in vnet3 -m mac --mac-source 52:54:00:12:34:56 -m set --match-set sg6-s-vnet3 src -g sg6-guard";
-const RULE_B = "-A sg6-port -m physdev --physdev-in vnet4 -m mac --mac-source 52:54:00:ab:cd:ef -m set --match-set sg6-s-vnet4 src -g sg6-guard";
-const DROP_A = "-A sg6-drop -m physdev --physdev-in vnet3 -j DROP";
-const DROP_B = "-A sg6-drop -m physdev --physdev-in vnet4 -j DROP";
-const JUMP = "-A FORWARD -m physdev --physdev-in vnet+ --physdev-is-bridged -j sg6-fwd";
+/** an ip6tables rule with sg6's id comment, as rendered (and as the simulated kernel prints it back) */
+const withId = (line: string) => {
+  const [, chain, ...words] = line.split(" ");
+  const target = words.slice(-2).join(" ");
+  return rule(chain!, words.slice(0, -2).join(" "), target);
+};
+const RULE_A = withId("-A sg6-port -m physdev --physdev-in vnet3 -m mac --mac-source 52:54:00:12:34:56 -m set --match-set sg6-s-vnet3 src -g sg6-guard");
+const RULE_B = withId("-A sg6-port -m physdev --physdev-in vnet4 -m mac --mac-source 52:54:00:ab:cd:ef -m set --match-set sg6-s-vnet4 src -g sg6-guard");
+const DROP_A = withId("-A sg6-drop -m physdev --physdev-in vnet3 -j DROP");
+const DROP_B = withId("-A sg6-drop -m physdev --physdev-in vnet4 -j DROP");
+const JUMP = withId("-A FORWARD -m physdev --physdev-in vnet+ --physdev-is-bridged -j sg6-fwd");
+const INPUT_JUMP = withId("-A INPUT -m physdev --physdev-in vnet+ -j sg6-fwd");
+const FWD0 = withId("-A sg6-fwd -i cloudbr0 -g sg6-port");
+const ND_A = VM_A.sources.map((s) => ndRule("vnet3", s));
+const ND_B = VM_B.sources.map((s) => ndRule("vnet4", s));
+const L2_A = l2PortRules("vnet3", VM_A.mac);
+const L2_B = l2PortRules("vnet4", VM_B.mac);
 /** the port sets' members as "<set> <entry>", in the (sorted) order the plans list them */
 const SRC_A = [
   "sg6-s-vnet3 2001:db8:1:0:5054:ff:fe12:3456",
@@ -80,7 +98,7 @@ const SRC_B = ["sg6-s-vnet4 2001:db8:1:0:5054:ff:feab:cdef", "sg6-s-vnet4 ::", "
 const members = (src: string[]) => src.map((e) => e.slice(e.indexOf(" ") + 1));
 /** sg6-guard exactly as the contract lays it out */
 const GUARD = [
-  "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j RETURN",
+  "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -g sg6-nd",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 131 -j RETURN",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 143 -j RETURN",
   "-A sg6-guard -s ::/128 -g sg6-drop",
@@ -89,7 +107,9 @@ const GUARD = [
   "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 138 -g sg6-drop",
   "-A sg6-guard -p udp -m udp --dport 546 -g sg6-drop",
   "-A sg6-guard -p udp -m udp --sport 547 -g sg6-drop",
-];
+  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 136 -g sg6-nd",
+  "-A sg6-guard -p tcp -m tcp -j RETURN",
+].map(withId);
 
 // ---------------------------------------------------------------- a simulated kernel
 
@@ -99,6 +119,8 @@ interface Kernel {
   policies: Map<string, string>;
   /** set name -> create line without "create " (as asked for) and members */
   sets: Map<string, { create: string; entries: Set<string> }>;
+  /** ebtables nat table: PREROUTING and user chains */
+  l2: L2Snapshot;
 }
 
 /** A host before sg6: the built-in chains, a rule of someone else in FORWARD, someone else's set. */
@@ -116,6 +138,7 @@ function foreignHost(): Kernel {
       ["OUTPUT", "ACCEPT"],
     ]),
     sets: new Map([["cs-v6", { create: "cs-v6 hash:ip family inet6 hashsize 1024 maxelem 65536 counters", entries: new Set(["2001:db8::1"]) }]]),
+    l2: { hook: ["-A PREROUTING -i cs+ -j cs-l2"], chains: new Map() },
   };
 }
 
@@ -124,7 +147,53 @@ function clone(k: Kernel): Kernel {
     filter: new Map([...k.filter].map(([c, r]) => [c, [...r]])),
     policies: new Map(k.policies),
     sets: new Map([...k.sets].map(([n, s]) => [n, { create: s.create, entries: new Set(s.entries) }])),
+    l2: { hook: [...k.l2.hook], chains: new Map([...k.l2.chains].map(([n, c]) => [n, { policy: c.policy, rules: [...c.rules] }])) },
   };
+}
+
+/** `ebtables-nft-restore --noflush`: one transaction; `:chain POLICY` creates or flushes a chain. */
+function ebtablesRestore(k: Kernel, script: string): void {
+  if (script === "") return;
+  const lines = script.split("\n");
+  assert.is(lines[0], "*nat");
+  assert.is(lines.at(-1), "");
+  const t = clone(k).l2;
+  const rulesOf = (chain: string) => {
+    if (chain === "PREROUTING") return t.hook;
+    const c = t.chains.get(chain);
+    if (!c) throw new Error(`ebtables-restore: no chain ${chain}`);
+    return c.rules;
+  };
+  for (const line of lines.slice(1, -1)) {
+    if (line.startsWith(":")) {
+      const [name, policy] = line.slice(1).split(" ");
+      t.chains.set(name!, { policy: policy!, rules: [] });
+      continue;
+    }
+    const words = line.split(" ");
+    const [op, chain] = words;
+    const target = / -j (\S+)$/.exec(line)?.[1];
+    if (target?.startsWith("sg6") && !t.chains.has(target) && op !== "-D") throw new Error(`ebtables-restore: no chain ${target}`);
+    if (op === "-A") rulesOf(chain!).push(line);
+    else if (op === "-I") rulesOf(chain!).splice(Number(words[2]) - 1, 0, `-A ${chain} ${words.slice(3).join(" ")}`);
+    else if (op === "-D") {
+      const rules = rulesOf(chain!);
+      const i = rules.indexOf(`-A ${chain} ${words.slice(2).join(" ")}`);
+      if (i < 0) throw new Error(`ebtables-restore: no such rule: ${line}`);
+      rules.splice(i, 1);
+    } else if (op === "-F") rulesOf(chain!).length = 0;
+    else if (op === "-X") t.chains.delete(chain!);
+    else throw new Error(`ebtables-restore: unexpected line ${line}`);
+  }
+  k.l2 = t;
+}
+
+function ebtablesSave(k: Kernel): string {
+  const out = ["*nat", ":PREROUTING ACCEPT", ":OUTPUT ACCEPT", ":POSTROUTING ACCEPT"];
+  for (const [name, c] of k.l2.chains) out.push(`:${name} ${c.policy}`);
+  out.push(...k.l2.hook);
+  for (const c of k.l2.chains.values()) out.push(...c.rules);
+  return out.join("\n") + "\n";
 }
 
 /** A rule's jump/goto target when it is a user chain (built-in targets are upper case). */
@@ -280,29 +349,35 @@ function ipsetSave(k: Kernel): string {
  */
 function normalised(k: Kernel): string {
   const copy = clone(k);
-  for (const chain of [CHAIN_PORT, CHAIN_DROP]) {
+  for (const chain of [CHAIN_PORT, CHAIN_DROP, CHAIN_ND]) {
     const rules = copy.filter.get(chain);
     if (rules && rules.length > 1) copy.filter.set(chain, [...rules.slice(0, -1).sort(), rules.at(-1)!]);
   }
+  const l2 = copy.l2.chains.get(CHAIN_L2);
+  if (l2) l2.rules = [...l2.rules.slice(0, -L2_TAIL.length).sort(), ...l2.rules.slice(-L2_TAIL.length)];
   copy.sets = new Map([...copy.sets].sort(([a], [b]) => (a < b ? -1 : 1)));
   for (const set of copy.sets.values()) set.entries = new Set([...set.entries].sort());
-  return `${iptablesSave(copy)}\n${ipsetSave(copy)}`;
+  return `${iptablesSave(copy)}\n${ipsetSave(copy)}\n${ebtablesSave(copy)}`;
 }
 
 function read(k: Kernel): KernelSnapshot {
-  return { ...parseIptablesSave(iptablesSave(k)), sets: parseIpsetSave(ipsetSave(k)) };
+  return { ...parseIptablesSave(iptablesSave(k)), sets: parseIpsetSave(ipsetSave(k)), l2: parseEbtablesSave(ebtablesSave(k)) };
 }
 
 function run(k: Kernel, script: ChangeScript): void {
+  ebtablesRestore(k, script.ebtablesBefore);
   ipsetRestore(k, script.ipsetBefore);
   iptablesRestore(k, script.iptables);
   ipsetRestore(k, script.ipsetAfter);
+  ebtablesRestore(k, script.ebtablesAfter);
 }
 
-type Phase = "ipsetBefore" | "iptables" | "ipsetAfter";
+type Phase = "ebtablesBefore" | "ipsetBefore" | "iptables" | "ipsetAfter" | "ebtablesAfter";
 
 /** Run a plan as the agent does, letting `observe` look at the kernel after every ipset line and after the transaction. */
 function runObserved(k: Kernel, script: ChangeScript, observe: (phase: Phase, when: string) => void): void {
+  ebtablesRestore(k, script.ebtablesBefore);
+  observe("ebtablesBefore", "after the layer-2 removals");
   for (const line of script.ipsetBefore.split("\n").filter(Boolean)) {
     ipsetRestore(k, `${line}\n`);
     observe("ipsetBefore", `after ipsetBefore "${line}"`);
@@ -313,6 +388,8 @@ function runObserved(k: Kernel, script: ChangeScript, observe: (phase: Phase, wh
     ipsetRestore(k, `${line}\n`);
     observe("ipsetAfter", `after ipsetAfter "${line}"`);
   }
+  ebtablesRestore(k, script.ebtablesAfter);
+  observe("ebtablesAfter", "after the layer-2 additions");
 }
 
 /** Plan from what the kernel prints and run the plan. */
@@ -322,7 +399,7 @@ function reconcile(k: Kernel, desired: PortContent): ChangeScript {
   return script;
 }
 
-const NOTHING: ChangeScript = { ipsetBefore: "", iptables: "", ipsetAfter: "", changes: [] };
+const NOTHING: ChangeScript = { ebtablesBefore: "", ipsetBefore: "", iptables: "", ipsetAfter: "", ebtablesAfter: "", changes: [] };
 
 function converged(desired = DESIRED): Kernel {
   const k = foreignHost();
@@ -332,7 +409,7 @@ function converged(desired = DESIRED): Kernel {
 
 // ---------------------------------------------------------------- what passes sg6-port
 
-const PORT_RULE = /^-A sg6-port -m physdev --physdev-in (\S+) -m mac --mac-source (\S+) -m set --match-set (\S+) src -g sg6-guard$/;
+const PORT_RULE = /^-A sg6-port -m physdev --physdev-in (\S+) -m mac --mac-source (\S+) -m set --match-set (\S+) src -m comment --comment sg6:\S+ -g sg6-guard$/;
 
 /**
  * (port, MAC, source) triples sg6-port lets on to the guard: a port rule for (port, MAC) before the
@@ -384,10 +461,12 @@ render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per br
   const scaffold = scaffoldRules(OPTIONS);
   assert.equal(Object.keys(scaffold).sort(), [CHAIN_FWD, CHAIN_GUARD]);
   assert.equal(scaffold[CHAIN_GUARD], GUARD);
-  assert.equal(scaffold[CHAIN_FWD], ["-A sg6-fwd -i cloudbr0 -g sg6-port"]);
-  assert.equal(CHAINS, [CHAIN_DROP, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD], "created so that every jump target exists first");
-  assert.is(PORT_DEFAULT, "-A sg6-port -j sg6-drop");
-  assert.is(DROP_DEFAULT, "-A sg6-drop -j DROP");
+  assert.equal(scaffold[CHAIN_FWD], [FWD0]);
+  assert.equal(CHAINS, [CHAIN_DROP, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD], "created so that every jump target exists first");
+  assert.is(PORT_DEFAULT, withId("-A sg6-port -j sg6-drop"));
+  assert.is(DROP_DEFAULT, withId("-A sg6-drop -j DROP"));
+  assert.is(ND_DEFAULT, withId("-A sg6-nd -j sg6-drop"));
+  assert.equal(hookJumps("vnet"), { FORWARD: JUMP, INPUT: INPUT_JUMP }, "bridged frames and frames to the hypervisor's own stack");
 });
 
 render("the largest binding an event may carry fits its port set", () => {
@@ -423,7 +502,7 @@ render("parseIptablesSave keeps the filter table's FORWARD and sg6 chains, empty
     "",
   ].join("\n");
   const parsed = parseIptablesSave(text);
-  assert.equal(parsed.forward, ["-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", JUMP]);
+  assert.equal(parsed.hooks.FORWARD, ["-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", JUMP]);
   assert.equal([...parsed.chains], [
     ["sg6-port", [RULE_A, PORT_DEFAULT]],
     ["sg6-fwd", []],
@@ -479,7 +558,7 @@ render.run();
 const fresh = suite("planChange: from an empty kernel");
 
 fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in one iptables transaction, FORWARD jump inserted last", () => {
-  const script = planChange({ forward: [], chains: new Map(), sets: new Map() }, DESIRED, OPTIONS);
+  const script = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, DESIRED, OPTIONS);
   // one ipset run and one ip6tables run from nothing: what the kernel tools alone would need
   assert.equal(script.ipsetBefore.split("\n"), [`create ${CREATE_A}`, `create ${CREATE_B}`, ...[...SRC_A, ...SRC_B].map((e) => `add ${e}`), ""]);
   assert.is(script.ipsetAfter, "");
@@ -503,11 +582,15 @@ fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in
   assert.equal(named, [SET_A, SET_B]);
   for (const set of named) assert.ok(created.includes(set), `${set} is created before the rule naming it`);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_GUARD} `)), GUARD);
-  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), ["-A sg6-fwd -i cloudbr0 -g sg6-port"]);
+  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), [FWD0]);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_PORT} `)), [RULE_A, RULE_B, PORT_DEFAULT], "port rules, then the default drop last");
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_DROP} `)), [DROP_A, DROP_B, DROP_DEFAULT], "counting drops, then the default drop last");
-  assert.equal(lines.filter((l) => l.includes("FORWARD")), ["-I FORWARD 1 -m physdev --physdev-in vnet+ --physdev-is-bridged -j sg6-fwd"]);
-  assert.is(lines.at(-3), "-I FORWARD 1 -m physdev --physdev-in vnet+ --physdev-is-bridged -j sg6-fwd", "the jump goes in once its chains are complete");
+  assert.equal(lines.filter((l) => l.includes("FORWARD")), [`-I FORWARD 1 ${spec(JUMP)}`]);
+  assert.equal(lines.slice(-4, -2), [`-I FORWARD 1 ${spec(JUMP)}`, `-I INPUT 1 ${spec(INPUT_JUMP)}`], "the jumps go in once their chains are complete");
+  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_ND} `)), [...[...ND_A, ...ND_B].sort(), ND_DEFAULT], "ND targets per port, then the default drop last");
+  // layer 2: chain, port rules, the tail, then the jump, all before anything of ip6tables
+  assert.equal(script.ebtablesBefore.split("\n"), ["*nat", `:${CHAIN_L2} RETURN`, ...[...L2_A, ...L2_B].sort(), ...L2_TAIL, `-I PREROUTING 1 ${spec(l2Jump("vnet"))}`, ""]);
+  assert.is(script.ebtablesAfter, "");
   for (const change of ["add the FORWARD jump", `create set ${SET_A}`, `create set ${SET_B}`, `add source ${SET_A} ::`, "create chain sg6-guard"]) {
     assert.ok(script.changes.includes(change), change);
   }
@@ -522,7 +605,7 @@ fresh("run on a host with other rules: the jump is first, everything else is lef
   assert.equal(k.filter.get(CHAIN_PORT), [RULE_A, RULE_B, PORT_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_DROP), [DROP_A, DROP_B, DROP_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_GUARD), GUARD);
-  assert.equal(k.filter.get(CHAIN_FWD), ["-A sg6-fwd -i cloudbr0 -g sg6-port"]);
+  assert.equal(k.filter.get(CHAIN_FWD), [FWD0]);
   assert.equal([...k.sets.keys()], ["cs-v6", SET_A, SET_B]);
   assert.is(k.sets.get(SET_A)!.create, CREATE_A);
   assert.equal([...k.sets.get(SET_A)!.entries].sort(), members(SRC_A).sort());
@@ -550,10 +633,10 @@ fresh("an empty desired state still installs the fail-closed scaffold, makes no 
 
 fresh("two bridges: one sg6-fwd rule each", () => {
   const options = { bridges: ["cloudbr0", "cloudbr1"], portPrefix: "vnet" };
-  const script = planChange({ forward: [], chains: new Map(), sets: new Map() }, DESIRED, options);
+  const script = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, DESIRED, options);
   assert.equal(
     script.iptables.split("\n").filter((l) => l.startsWith("-A sg6-fwd ")),
-    ["-A sg6-fwd -i cloudbr0 -g sg6-port", "-A sg6-fwd -i cloudbr1 -g sg6-port"],
+    [FWD0, withId("-A sg6-fwd -i cloudbr1 -g sg6-port")],
   );
 });
 
@@ -584,9 +667,10 @@ function bothPlans(from: PortContent, to: PortContent): { change: ChangeScript; 
 
 change("a port goes: its rules leave in the transaction, its set is destroyed after it, its members with it", () => {
   const { change: c, delta: d } = bothPlans(DESIRED, ONLY_A);
-  const expected = { ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`), ipsetAfter: `destroy ${SET_B}\n`, changes: [] };
-  assert.equal(c, expected);
-  assert.equal(d, expected);
+  const l2 = `*nat\n${L2_B.map((r) => `-D sg6-l2 ${spec(r)}`).sort().join("\n")}\n`;
+  const nd = [...ND_B].sort().map((r) => `-D sg6-nd ${spec(r)}`);
+  assert.equal(c, { ebtablesBefore: l2, ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`, ...nd), ipsetAfter: `destroy ${SET_B}\n`, ebtablesAfter: "", changes: [] });
+  assert.equal(d, { ...c, iptables: tx(`-D sg6-port ${spec(RULE_B)}`, ...nd, `-D sg6-drop ${spec(DROP_B)}`) }, "the same scripts without reading the kernel");
   assert.ok(planChange(read(converged()), ONLY_A, OPTIONS).changes.includes(`destroy set ${SET_B}`));
 });
 
@@ -594,14 +678,24 @@ change("a port comes: its set is created and filled before the transaction that 
   const { change: c, delta: d } = bothPlans(ONLY_A, DESIRED);
   const before = `create ${CREATE_B}\n` + SRC_B.map((e) => `add ${e}\n`).join("");
   const after = "";
-  assert.equal(c, { ipsetBefore: before, iptables: tx(`-I sg6-port 1 ${spec(RULE_B)}`, `-I sg6-drop 1 ${spec(DROP_B)}`), ipsetAfter: after, changes: [] });
-  assert.equal(d, { ipsetBefore: before, iptables: tx(`-I sg6-drop 1 ${spec(DROP_B)}`, `-I sg6-port 1 ${spec(RULE_B)}`), ipsetAfter: after, changes: [] });
+  const l2 = `*nat\n${L2_B.map((r) => `-I sg6-l2 1 ${spec(r)}`).sort().join("\n")}\n`;
+  const nd = [...ND_B].sort().map((r) => `-I sg6-nd 1 ${spec(r)}`);
+  // the port's IPv6 passes layer 2 only once everything behind it is in place
+  assert.equal(c, { ebtablesBefore: "", ipsetBefore: before, iptables: tx(`-I sg6-port 1 ${spec(RULE_B)}`, `-I sg6-drop 1 ${spec(DROP_B)}`, ...nd), ipsetAfter: after, ebtablesAfter: l2, changes: [] });
+  assert.equal(d, { ebtablesBefore: "", ipsetBefore: before, iptables: tx(`-I sg6-drop 1 ${spec(DROP_B)}`, ...nd, `-I sg6-port 1 ${spec(RULE_B)}`), ipsetAfter: after, ebtablesAfter: l2, changes: [] });
 });
 
-change("a VM's addresses change: only its set moves, removals first, no rule is touched", () => {
+change("a VM's addresses change: its set moves (removals first) and its ND targets swap in one transaction", () => {
   const moved = renderContent([{ ...VM_A, sources: [...VM_A.sources.filter((s) => s !== "2001:db8:1::10/128"), "2001:db8:1::11/128"] }, VM_B]);
   const { change: c, delta: d } = bothPlans(DESIRED, moved);
-  const expected = { ipsetBefore: `del ${SET_A} 2001:db8:1::10\n`, iptables: "", ipsetAfter: `add ${SET_A} 2001:db8:1::11\n`, changes: [] };
+  const expected = {
+    ebtablesBefore: "",
+    ipsetBefore: `del ${SET_A} 2001:db8:1::10\n`,
+    iptables: tx(`-D sg6-nd ${spec(ndRule("vnet3", "2001:db8:1::10/128"))}`, `-I sg6-nd 1 ${spec(ndRule("vnet3", "2001:db8:1::11/128"))}`),
+    ipsetAfter: `add ${SET_A} 2001:db8:1::11\n`,
+    ebtablesAfter: "",
+    changes: [],
+  };
   assert.equal(c, expected);
   assert.equal(d, expected);
 });
@@ -610,7 +704,15 @@ change("a port is re-MACed: the rule is swapped in one transaction, the set stay
   const remac = renderContent([{ ...VM_A, mac: "52:54:00:66:66:66" }, VM_B]);
   const newRule = portRule("vnet3", "52:54:00:66:66:66");
   const { change: c, delta: d } = bothPlans(DESIRED, remac);
-  const expected = { ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_A)}`, `-I sg6-port 1 ${spec(newRule)}`), ipsetAfter: "", changes: [] };
+  const newL2 = l2PortRules("vnet3", "52:54:00:66:66:66");
+  const expected = {
+    ebtablesBefore: `*nat\n${L2_A.map((r) => `-D sg6-l2 ${spec(r)}`).sort().join("\n")}\n`,
+    ipsetBefore: "",
+    iptables: tx(`-D sg6-port ${spec(RULE_A)}`, `-I sg6-port 1 ${spec(newRule)}`),
+    ipsetAfter: "",
+    ebtablesAfter: `*nat\n${newL2.map((r) => `-I sg6-l2 1 ${spec(r)}`).sort().join("\n")}\n`,
+    changes: [],
+  };
   assert.equal(c, expected);
   assert.equal(d, expected);
 });
@@ -635,7 +737,7 @@ function repairs(mutate: (k: Kernel) => void, expected: Partial<ChangeScript>, c
   assertConsistent(k, "the drifted kernel is one a real kernel could hold");
   const script = planChange(read(k), DESIRED, OPTIONS);
   const { changes: reported, ...scripts } = script;
-  assert.equal(scripts, { ipsetBefore: "", iptables: "", ipsetAfter: "", ...expected });
+  assert.equal(scripts, { ebtablesBefore: "", ipsetBefore: "", iptables: "", ipsetAfter: "", ebtablesAfter: "", ...expected });
   assert.ok(reported.length > 0, "the report says what changed");
   if (changes) assert.ok(reported.some((c) => changes.test(c)), `changes mention ${changes}: ${JSON.stringify(reported)}`);
   runObserved(k, script, (_, when) => assertConsistent(k, when));
@@ -652,7 +754,7 @@ drift("a flushed sg6-port chain", () => {
 });
 
 drift("a flushed sg6-fwd chain", () => {
-  repairs((k) => (k.filter.get(CHAIN_FWD)!.length = 0), { iptables: tx("-A sg6-fwd -i cloudbr0 -g sg6-port") }, /rewrite chain sg6-fwd/);
+  repairs((k) => (k.filter.get(CHAIN_FWD)!.length = 0), { iptables: tx(FWD0) }, /rewrite chain sg6-fwd/);
 });
 
 drift("a flushed sg6-drop chain", () => {
@@ -714,9 +816,33 @@ drift("a port rule with the wrong MAC", () => {
   repairs((k) => k.filter.get(CHAIN_PORT)!.splice(1, 1, wrong), { iptables: tx(`-D sg6-port ${spec(wrong)}`, `-I sg6-port 1 ${spec(RULE_B)}`) });
 });
 
-drift("a port rule naming another port's set", () => {
-  const crossed = RULE_B.replace(SET_B, SET_A);
+drift("a port rule naming another port's set (edited by hand: no sg6 id)", () => {
+  const crossed = RULE_B.replace(SET_B, SET_A).replace(/ -m comment --comment \S+/, "");
   repairs((k) => k.filter.get(CHAIN_PORT)!.splice(1, 1, crossed), { iptables: tx(`-D sg6-port ${spec(crossed)}`, `-I sg6-port 1 ${spec(RULE_B)}`) });
+});
+
+drift("rule identity is the id: how ip6tables-save spells a rule (case, quotes) is no drift", () => {
+  const k = converged();
+  const port = k.filter.get(CHAIN_PORT)!;
+  port[0] = port[0]!.replace("52:54:00:12:34:56", "52:54:00:12:34:56".toUpperCase()).replace(/--comment (sg6:\S+)/, '--comment "$1"');
+  assert.equal(planChange(read(k), DESIRED, OPTIONS), NOTHING);
+});
+
+drift("an upgrade that changes a rule's body rewrites it (its id changes with it)", () => {
+  // what an older sg6 left: the RA guard jumping elsewhere and vnet3's port rule without the set
+  // check, each under the id of its own (old) body
+  const oldGuard = rule(CHAIN_GUARD, "-p ipv6-icmp -m icmp6 --icmpv6-type 134", "-j DROP");
+  const oldPort = rule(CHAIN_PORT, "-m physdev --physdev-in vnet3 -m mac --mac-source 52:54:00:12:34:56", `-g ${CHAIN_GUARD}`);
+  const clean = converged();
+  const k = clone(clean);
+  k.filter.get(CHAIN_GUARD)![4] = oldGuard;
+  k.filter.get(CHAIN_PORT)![0] = oldPort;
+  const script = planChange(read(k), DESIRED, OPTIONS);
+  assert.ok(script.changes.includes(`rewrite chain ${CHAIN_GUARD} (11 -> 11 rules)`), JSON.stringify(script.changes));
+  assert.ok(script.iptables.includes(`-D sg6-port ${spec(oldPort)}`) && script.iptables.includes(`-I sg6-port 1 ${spec(RULE_A)}`), script.iptables);
+  run(k, script);
+  assert.is(normalised(k), normalised(clean));
+  assert.equal(planChange(read(k), DESIRED, OPTIONS), NOTHING);
 });
 
 drift("the FORWARD jump duplicated", () => {
@@ -751,9 +877,18 @@ drift("the operator changed port_prefix and bridges: jump and sg6-fwd follow, no
   assert.equal(
     { ...script, changes: [] },
     {
+      ebtablesBefore: `*nat\n-D PREROUTING ${spec(l2Jump("vnet"))}\n-I PREROUTING 1 ${spec(l2Jump("tap"))}\n`,
       ipsetBefore: "",
-      iptables: tx("-F sg6-fwd", "-A sg6-fwd -i cloudbr1 -g sg6-port", `-D FORWARD ${spec(JUMP)}`, `-I FORWARD 1 ${spec(forwardJump("tap"))}`),
+      iptables: tx(
+        "-F sg6-fwd",
+        withId("-A sg6-fwd -i cloudbr1 -g sg6-port"),
+        `-D FORWARD ${spec(JUMP)}`,
+        `-I FORWARD 1 ${spec(forwardJump("tap"))}`,
+        `-D INPUT ${spec(INPUT_JUMP)}`,
+        `-I INPUT 1 ${spec(hookJumps("tap").INPUT)}`,
+      ),
       ipsetAfter: "",
+      ebtablesAfter: "",
       changes: [],
     },
   );
@@ -818,7 +953,7 @@ drift("a port set with other settings is left to the operator, needed or stray",
 
 drift("the previous layout (one shared hash:net,iface set): swapped for port sets in one transaction, its leftovers removed", () => {
   const clean = converged();
-  const oldRule = (rule: string) => rule.replace(/ -m set --match-set \S+ src -g sg6-guard$/, " -g sg6-src");
+  const oldRule = (rule: string) => rule.replace(/ -m set --match-set \S+ src -m comment --comment \S+ -g sg6-guard$/, " -g sg6-src");
   const k = clone(clean);
   k.sets.delete(SET_A);
   k.sets.delete(SET_B);
@@ -847,6 +982,8 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
         "-X sg6-src",
       ),
       ipsetAfter: "destroy sg6-src\n",
+      ebtablesBefore: "",
+      ebtablesAfter: "",
       changes: [],
     },
   );
@@ -942,7 +1079,7 @@ function assertTransition(k: Kernel, script: ChangeScript, from: PortContent, to
 }
 
 const sameRules = (a: PortContent, b: PortContent) =>
-  JSON.stringify([[...a.portRules].sort(), [...a.dropRules].sort()]) === JSON.stringify([[...b.portRules].sort(), [...b.dropRules].sort()]);
+  JSON.stringify([[...a.portRules].sort(), [...a.dropRules].sort(), [...a.ndRules].sort()]) === JSON.stringify([[...b.portRules].sort(), [...b.dropRules].sort(), [...b.ndRules].sort()]);
 
 props("planDelta A→B on a kernel holding A: B, and never more than A or B accepts on the way", () => {
   fc.assert(
@@ -951,7 +1088,7 @@ props("planDelta A→B on a kernel holding A: B, and never more than A or B acce
       const to = renderContent(b);
       const k = converged(from);
       const script = planDelta(from, to);
-      assert.is(script.iptables === "", sameRules(from, to), "ip6tables is touched only when a port comes, goes or changes MAC");
+      assert.is(script.iptables === "", sameRules(from, to), "ip6tables is touched only when a port comes, goes, changes MAC or owns other addresses (ND targets)");
       assertTransition(k, script, from, to);
       assert.is(normalised(k), normalised(converged(to)), "the same kernel as building B from nothing");
       assert.equal(planChange(read(k), to, OPTIONS), NOTHING);
@@ -969,7 +1106,7 @@ props("planChange from a kernel holding A converges to B, never more than A or B
       const k = converged(from);
       assert.equal(contentOf(read(k)), from);
       const script = planChange(read(k), to, OPTIONS);
-      assert.is(script.iptables === "", sameRules(from, to), "ip6tables is touched only when a port comes, goes or changes MAC");
+      assert.is(script.iptables === "", sameRules(from, to), "ip6tables is touched only when a port comes, goes, changes MAC or owns other addresses (ND targets)");
       assertTransition(k, script, from, to);
       assert.is(normalised(k), normalised(converged(to)), "the same kernel as building B from nothing");
       assert.equal(planChange(read(k), to, OPTIONS), NOTHING);

@@ -1,0 +1,201 @@
+// The nftables backend's core (src/core/nft-rules.ts), without nft: what the bindings render to,
+// how `nft -j list table` output is read back, when the skeleton counts as drift (rule ids in the
+// comments: an upgrade that changes a rule rebuilds the table), and the plans for a change.
+import fc from "fast-check";
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { allowedSources, nicIntents } from "../../src/core/host-state.js";
+import type { PortBinding } from "../../src/core/model.js";
+import {
+  CHAIN_GUARD,
+  chainSpecs,
+  FAMILY,
+  foreignPorts,
+  foreignScript,
+  lengthsOf,
+  parseNftJson,
+  planDelta,
+  planReconcile,
+  renderContent,
+  renderTable,
+  setSpecs,
+  skeletonDrift,
+  SOURCES,
+  TABLE,
+  TARGETS,
+  wantedLengths,
+  type NftContent,
+  type NftOptions,
+} from "../../src/core/nft-rules.js";
+
+const OPTIONS: NftOptions = { bridges: ["cloudbr0"], portPrefix: "vnet" };
+const POLICY = { host: "kvm-01", networks: ["2001:db8:1::/64"], pdPool: "2001:db8:ff00::/40", pdLength: 60, portPrefix: "vnet" };
+
+function binding(vm: string, device: string, nic: { mac: string; network: string; delegated?: string; secondary?: string[] }): PortBinding {
+  const [intent] = nicIntents({ v: 1, kind: "vm.allocated", host: "kvm-01", vm, generation: 1, nics: [nic] }, POLICY);
+  return { vm, device, mac: intent!.mac, sources: allowedSources(intent!) };
+}
+
+const VM_A = binding("vm-a", "vnet3", { mac: "52:54:00:12:34:56", network: "2001:db8:1::/64", delegated: "2001:db8:ff00:120::/60", secondary: ["2001:db8:1::10"] });
+const VM_B = binding("vm-b", "vnet4", { mac: "52:54:00:AB:CD:EF", network: "2001:db8:1::/64" });
+
+/** What `nft -j list table bridge sg6` prints for a table holding `content` (sets, then chains and their rules). */
+function listing(lengths: number[], content: NftContent, options = OPTIONS, edit: (comment: string) => string = (c) => c): string {
+  const items: unknown[] = [{ metainfo: { version: "1.0.6" } }, { table: { family: FAMILY, name: TABLE } }];
+  for (const spec of setSpecs(lengths)) {
+    const elem = [...(content.get(spec.name) ?? [])].map((element) => {
+      const parts = element.split(" . ").map((p) => p.replace(/^"|"$/g, ""));
+      // nft prints the raw ND target as a decimal number, and addresses in its own spelling
+      const json = parts.map((p) => (p.startsWith("0x") ? BigInt(p).toString() : p.includes(":") && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(p) ? expand(p) : p));
+      return json.length === 1 ? json[0] : { concat: json };
+    });
+    items.push({ set: { family: FAMILY, table: TABLE, name: spec.name, type: spec.jsonType, ...(spec.counter ? { stmt: [{ counter: null }] } : {}), ...(elem.length ? { elem } : {}) } });
+  }
+  for (const chain of chainSpecs(options, lengths)) {
+    items.push({ chain: { family: FAMILY, table: TABLE, name: chain.name, ...(chain.base ? { type: chain.base.type, hook: chain.base.hook, prio: chain.base.prio, policy: chain.base.policy } : {}) } });
+    for (const rule of chain.rules) items.push({ rule: { family: FAMILY, table: TABLE, chain: chain.name, comment: edit(rule.comment) } });
+  }
+  return JSON.stringify({ nftables: items });
+}
+
+/** An address written out long (as no canonical printer would): reading back must normalise it. */
+function expand(address: string): string {
+  const [head = "", tail = ""] = address.split("::");
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const groups = address.includes("::") ? [...h, ...Array(8 - h.length - t.length).fill("0"), ...t] : h;
+  return groups.map((g) => g.padStart(4, "0")).join(":");
+}
+
+const render = suite("nft-rules: rendering");
+
+render("a binding renders to its MAC, drop counter, sources and ND targets, per prefix length", () => {
+  const content = renderContent([VM_A]);
+  assert.equal([...content.get("macs")!], ['"vnet3" . 52:54:00:12:34:56']);
+  assert.equal([...content.get("drops")!], ['"vnet3"']);
+  assert.equal([...content.get(`${SOURCES}128`)!].sort(), [
+    '"vnet3" . 52:54:00:12:34:56 . 2001:db8:1:0:5054:ff:fe12:3456',
+    '"vnet3" . 52:54:00:12:34:56 . 2001:db8:1::10',
+    '"vnet3" . 52:54:00:12:34:56 . fe80::5054:ff:fe12:3456',
+  ]);
+  assert.equal([...content.get(`${SOURCES}60`)!], ['"vnet3" . 52:54:00:12:34:56 . 2001:db8:ff00:120::']);
+  assert.equal([...content.get(`${TARGETS}60`)!], ['"vnet3" . 0x20010db8ff0001200000000000000000']);
+  assert.equal([...content.get(`${TARGETS}128`)!].sort(), [
+    '"vnet3" . 0x20010db8000100000000000000000010',
+    '"vnet3" . 0x20010db800010000505400fffe123456',
+    '"vnet3" . 0xfe80000000000000505400fffe123456',
+  ]);
+  assert.equal(lengthsOf([VM_A, VM_B]), [128, 60]);
+  assert.equal(lengthsOf([]), [128]);
+  assert.is(renderContent([VM_B]).get("macs")!.has('"vnet4" . 52:54:00:ab:cd:ef'), true, "MACs lower case");
+});
+
+render("every rule carries a unique id (sg6:<16 characters>) before what it does", () => {
+  const ids = new Set<string>();
+  for (const chain of chainSpecs(OPTIONS, [128, 60])) {
+    for (const rule of chain.rules) {
+      const match = /^sg6:([A-Za-z0-9_-]{16}) \S/.exec(rule.comment);
+      assert.ok(match, rule.comment);
+      ids.add(match![1]!);
+      assert.ok(rule.comment.length <= 128, "nft comments hold 128 bytes");
+    }
+  }
+  assert.is(ids.size, chainSpecs(OPTIONS, [128, 60]).reduce((n, c) => n + c.rules.length, 0));
+  const guard = chainSpecs(OPTIONS, [128])[0]!;
+  assert.is(guard.name, CHAIN_GUARD);
+  assert.ok(guard.rules.some((r) => r.text === "ether type { 8021q, 8021ad } goto discard"), "every tagged frame is dropped");
+});
+
+render("renderTable is one table block with its elements", () => {
+  const text = renderTable(OPTIONS, [128, 60], renderContent([VM_A, VM_B]), [7]);
+  assert.match(text, /^table bridge sg6 \{/);
+  assert.match(text, /type filter hook prerouting priority -200; policy accept;/);
+  assert.match(text, /elements = \{\n\t\t\t7\n\t\t\}/);
+  assert.match(text, /"vnet4" \. 52:54:00:ab:cd:ef/);
+});
+
+render.run();
+
+const read = suite("nft-rules: reading the kernel back and planning");
+
+read("a table listed back as rendered is no drift and needs no change (addresses normalised, targets read as numbers)", () => {
+  const desired = renderContent([VM_A, VM_B]);
+  const snapshot = parseNftJson(listing([128, 60], desired));
+  assert.equal(skeletonDrift(snapshot, OPTIONS, [128, 60]), []);
+  assert.equal(planReconcile(snapshot, [128, 60], desired, [], [], OPTIONS), { script: "", changes: [] });
+  assert.equal(wantedLengths([VM_B], snapshot), [128, 60], "sets are kept for a length no VM uses right now");
+});
+
+read("an upgrade that changes a rule's text changes its id: the table is rebuilt in one transaction", () => {
+  const desired = renderContent([VM_A]);
+  // what an older sg6 left: the same rule purpose ("RA guard"), another body, so another id
+  const older = listing([128, 60], desired, OPTIONS, (c) => (c.endsWith(" RA guard") ? "sg6:AAAAAAAAAAAAAAAA RA guard" : c));
+  const drift = skeletonDrift(parseNftJson(older), OPTIONS, [128, 60]);
+  assert.equal(drift, [`chain ${CHAIN_GUARD} has ${chainSpecs(OPTIONS, [128, 60])[0]!.rules.length} rules that are not sg6's ${chainSpecs(OPTIONS, [128, 60])[0]!.rules.length}`]);
+  const plan = planReconcile(parseNftJson(older), [128, 60], desired, [], [], OPTIONS);
+  assert.match(plan.script, /^table bridge sg6\ndelete table bridge sg6\ntable bridge sg6 \{/);
+  assert.ok(plan.changes.some((c) => c.startsWith("rebuild table bridge sg6")));
+  // a comment of the old style (no id at all) is drift too
+  const untagged = listing([128, 60], desired, OPTIONS, (c) => c.replace(/^sg6:\S+ /, ""));
+  assert.ok(skeletonDrift(parseNftJson(untagged), OPTIONS, [128, 60]).length > 0);
+});
+
+read("element drift is repaired by elements only; a missing table is created", () => {
+  const desired = renderContent([VM_A, VM_B]);
+  const onlyA = parseNftJson(listing([128, 60], renderContent([VM_A])));
+  const plan = planReconcile(onlyA, [128, 60], desired, [], [], OPTIONS);
+  assert.not.match(plan.script, /delete table/);
+  assert.match(plan.script, /add element bridge sg6 macs \{ "vnet4" \. 52:54:00:ab:cd:ef \}/);
+  const fresh = planReconcile(undefined, [128], renderContent([VM_B]), [], [], OPTIONS);
+  assert.match(fresh.script, /^table bridge sg6\ndelete table bridge sg6\n/);
+  assert.ok(fresh.changes.includes("create table bridge sg6 with 6 set elements"), JSON.stringify(fresh.changes));
+});
+
+read("planDelta: a VM's addresses change by elements, deletions first; a new prefix length needs a reconcile", () => {
+  const from = renderContent([VM_A]);
+  const moved = { ...VM_A, sources: [...VM_A.sources.filter((s) => s !== "2001:db8:1::10/128"), "2001:db8:1::11/128"] };
+  const plan = planDelta(from, renderContent([moved]), [128, 60]);
+  const lines = plan.script.trimEnd().split("\n");
+  assert.ok(lines.every((l, i) => !l.startsWith("add") || lines.slice(i).every((m) => !m.startsWith("delete"))), "deletions before additions");
+  assert.ok(plan.script.includes("2001:db8:1::10") && plan.script.includes("2001:db8:1::11"));
+  assert.equal(planDelta(from, from, [128, 60]), { script: "", changes: [] });
+  const pd56 = { ...VM_B, sources: [...VM_B.sources, "2001:db8:ff00:100::/56"] };
+  assert.throws(() => planDelta(renderContent([VM_B]), renderContent([pd56]), [128, 60]), /no set for \/56 prefixes yet/);
+});
+
+read("foreign ports: vnet* members of bridges sg6 does not guard, by index", () => {
+  const links = [
+    { ifindex: 5, ifname: "vnet1", master: "cloudbr0" },
+    { ifindex: 9, ifname: "vnet9", master: "cloudbr9" },
+    { ifindex: 3, ifname: "eth0", master: "cloudbr9" },
+    { ifindex: 4, ifname: "vnet4" },
+  ];
+  assert.equal(foreignPorts(links, OPTIONS), [9]);
+  assert.is(foreignScript([9, 12]), "flush set bridge sg6 foreign\nadd element bridge sg6 foreign { 9, 12 }\n");
+  assert.is(foreignScript([]), "flush set bridge sg6 foreign\n");
+});
+
+read("property: any bindings listed back are what was rendered (no drift, no change)", () => {
+  const macs = ["52:54:00:00:00:01", "52:54:00:00:00:02"];
+  const arb = fc.uniqueArray(
+    fc.record({
+      device: fc.constantFrom("vnet0", "vnet1", "vnet2"),
+      mac: fc.constantFrom(...macs),
+      secondary: fc.uniqueArray(fc.constantFrom("2001:db8:1::10", "2001:db8:1::a:b"), { maxLength: 2 }),
+      delegated: fc.option(fc.constantFrom("2001:db8:ff00:120::/60", "2001:db8:ff00:1f0::/60"), { nil: undefined }),
+    }),
+    { selector: (b) => b.device, maxLength: 3 },
+  );
+  fc.assert(
+    fc.property(arb, (specs) => {
+      const bindings = specs.map((s, i) => binding(`vm-${i}`, s.device, { mac: s.mac, network: "2001:db8:1::/64", secondary: s.secondary, ...(s.delegated ? { delegated: s.delegated } : {}) }));
+      const lengths = lengthsOf(bindings);
+      const desired = renderContent(bindings);
+      const snapshot = parseNftJson(listing(lengths, desired));
+      assert.equal(planReconcile(snapshot, lengths, desired, [], [], OPTIONS), { script: "", changes: [] });
+    }),
+    { numRuns: 100 },
+  );
+});
+
+read.run();
