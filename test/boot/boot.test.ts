@@ -3,7 +3,8 @@
 // inside the container that records what it sees into /out; the assertions read those records.
 //   - sg6 reaches active through READY=1 without NATS (none runs in the container);
 //   - the libvirtd stand-in (ordered by the shipped drop-in) finds the saved state enforced;
-//   - stop/start and restart keep the rules; the nftables backend works in the same sandbox;
+//   - stop/start and restart keep the rules; the watchdog is pinged and restarts a frozen agent;
+//     the nftables backend works in the same sandbox;
 //   - the unit's sandbox (same unit file, ExecStart swapped for a probe) lets ip6tables, ipset,
 //     nft, ebtables, rtnetlink and the state dir work, and refuses /proc/sys/kernel, other
 //     /proc/sys/net writes and /etc; the same probe outside the sandbox is the control;
@@ -82,6 +83,22 @@ snap restarted.txt; show sg6.service sg6-restarted.txt
 # the unit's sandbox, and the same probe outside it
 systemctl start sg6-probe.service; echo $? >/out/probe-unit.rc
 bash /sg6test/probe.sh /out/probe-outside.txt
+# the watchdog, shortened by a runtime drop-in: pings keep a live agent, a frozen one is restarted
+mkdir -p /run/systemd/system/sg6.service.d
+printf '[Service]\nWatchdogSec=3\nWatchdogSignal=SIGKILL\n' >/run/systemd/system/sg6.service.d/watchdog.conf
+systemctl daemon-reload; systemctl restart sg6.service
+wd() { systemctl show sg6.service -p WatchdogTimestampMonotonic --value; }
+last=$(wd); pings=0
+for i in $(seq 1 100); do now=$(wd); [ "$now" != "$last" ] && { pings=$((pings + 1)); last=$now; }; [ $pings -ge 3 ] && break; sleep 0.1; done
+echo "$pings" >/out/watchdog-pings.txt
+show sg6.service sg6-watchdog-alive.txt
+kill -STOP "$(systemctl show sg6.service -p MainPID --value)"
+for i in $(seq 1 200); do [ "$(systemctl show sg6.service -p NRestarts --value)" != 0 ] && break; sleep 0.1; done
+for i in $(seq 1 200); do systemctl is-active -q sg6.service && break; sleep 0.1; done
+show sg6.service sg6-watchdog-restarted.txt
+journalctl -b -u sg6.service -o cat | grep -i watchdog >/out/watchdog-journal.txt
+snap watchdog-rules.txt
+rm -r /run/systemd/system/sg6.service.d; systemctl daemon-reload
 # the nftables backend under the same unit
 sed -i 's/^backend = "iptables"/backend = "nftables"/' /etc/sg6/agent.toml
 systemctl restart sg6.service; echo $? >/out/nft-restart.rc
@@ -215,6 +232,15 @@ test("boot: sg6 ready before libvirtd, restarts keep rules, the sandbox allows t
     // read-only in any container (nspawn), which the sandbox keeps that way
     assert.is(outside["net-sysctl"], "0", "control: net sysctl writable outside the sandbox");
     assert.is(outside["etc"], "0", "control: /etc writable outside the sandbox");
+
+    // watchdog: pinged while alive (3 pings seen), a frozen agent is killed and restarted; the
+    // rules stayed in the kernel meanwhile
+    assert.is(out("watchdog-pings.txt").trim(), "3", "watchdog pings arrive");
+    assert.match(out("sg6-watchdog-alive.txt"), /NRestarts=0/);
+    assert.match(out("sg6-watchdog-restarted.txt"), /NRestarts=1/, out("sg6-watchdog-restarted.txt"));
+    assert.match(out("sg6-watchdog-restarted.txt"), /ActiveState=active/);
+    assert.match(out("watchdog-journal.txt"), /[Ww]atchdog timeout/);
+    assert.match(out("watchdog-rules.txt"), /--physdev-in vnet7/);
 
     // nftables backend under the same unit
     assert.is(out("nft-restart.rc").trim(), "0", journal);
