@@ -235,17 +235,21 @@ test("stop() finishes and acks the batch in flight and hands the rest back soon 
   await new Promise((r) => setTimeout(r, 150)); // the next events are delivered and wait in the intake
   await agent.stop();
   assert.ok(Date.now() - t0 >= 380, `stop waited for the batch in flight (${Date.now() - t0} ms)`);
-  assert.is(rec.applied.size, 10, "the batch in flight was completed");
+  // how many the first batch held depends on how the server's deliveries arrived (at most 10)
+  const first = rec.batches[0]!.length;
+  assert.ok(first >= 1 && first <= 10, `the first batch held ${first} events`);
+  assert.is(rec.batches.length, 1, "no batch started after stop()");
+  assert.is(rec.applied.size, first, "the batch in flight was completed");
   const ci = await jsm.consumers.info("SG6", `sg6-${host}`);
-  assert.is(ci.ack_floor.consumer_seq, 10, "the batch in flight is acked");
-  assert.ok(ci.delivered.consumer_seq > 10, "more had been delivered to the intake, unhandled");
+  assert.is(ci.ack_floor.consumer_seq, first, "the batch in flight is acked");
+  assert.ok(ci.delivered.consumer_seq > first, "more had been delivered to the intake, unhandled");
   // the next agent gets the rest without waiting for ack_wait (30 s)
   const rec2 = recordingHandler();
   const agent2 = await newIntake(host, rec2.handle, { expiresMs: 2000 });
   try {
     const took = await waitFor(() => rec.applied.size + rec2.applied.size >= 40, 20_000, "the rest");
     assert.ok(took < 15_000, `the rest came in ${took} ms, not after ack_wait (30 s)`);
-    assert.is(rec2.applied.size, 30);
+    assert.is(rec2.applied.size, 40 - first);
     for (const k of rec.applied.keys()) assert.not.ok(rec2.applied.has(k), "acked events are not delivered again");
   } finally {
     await agent2.stop();
