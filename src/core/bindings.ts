@@ -61,7 +61,8 @@ export interface BindingPlan {
   readonly fresh: boolean;
 }
 
-const key = (vm: string, mac: string) => `${vm}\n${mac}`;
+/** a claim's identity: the VM and the NIC's position (two NICs are two claims, even with one MAC) */
+const key = (vm: string, nic: number) => `${vm}\n${nic}`;
 
 /**
  * The bindings in effect, kept incrementally: a batch recomputes only the ports its VMs claim and
@@ -71,7 +72,7 @@ export class BindingTracker {
   private byMac = new Map<string, BridgePort>();
   /** vm -> its active NICs and the port each claims */
   private claims = new Map<string, Claim[]>();
-  /** port -> the NICs ("vm\nmac") that claim it */
+  /** port -> the NICs ("vm\nindex") that claim it */
   private claimants = new Map<string, Set<string>>();
   /** vm -> its bindings in effect */
   private bound = new Map<string, PortBinding[]>();
@@ -159,12 +160,12 @@ export class BindingTracker {
     };
     for (const [vm, record] of vms) {
       if (claims.has(vm)) continue;
-      for (const old of fresh ? [] : (this.claims.get(vm) ?? [])) if (old.device) current(old.device).delete(key(vm, old.nic.mac));
+      for (const [i, old] of (fresh ? [] : (this.claims.get(vm) ?? [])).entries()) if (old.device) current(old.device).delete(key(vm, i));
       const next: Claim[] = [];
-      for (const nic of record && !record.released ? record.nics : []) {
+      for (const [i, nic] of (record && !record.released ? record.nics : []).entries()) {
         const device = deviceFor(nic, this.byMac);
         next.push({ nic, device });
-        if (device) current(device).add(key(vm, nic.mac));
+        if (device) current(device).add(key(vm, i));
       }
       claims.set(vm, next);
     }

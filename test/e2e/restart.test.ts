@@ -155,4 +155,28 @@ test("control: the stale retry with the saved state wiped is enforced (the strea
   });
 });
 
+test("unreadable saved state: the agent moves it aside and starts from the stream instead of crash-looping", async () => {
+  await withLab(async (lab) => {
+    const { h, vm } = lab;
+    await h.publish(h.subject("vm-a"), h.allocation("vm-a", 1, { mac: vm.mac, delegated: PD_A }));
+    await h.startAgent();
+    await passes(lab, SRC_A, "A's /60 passes");
+    await h.stopAgent("SIGTERM");
+    assert.is((await h.cli(["purge"])).code, 0);
+    // a journal whose middle line is garbage (a torn last line alone would be skipped)
+    const { writeFileSync, readdirSync } = await import("node:fs");
+    const line = JSON.stringify({ epoch: 99, vms: {} });
+    writeFileSync(join(h.dir, "state", "journal.jsonl"), `${line}\nnull\n${line}\n`);
+    const status = await h.cli(["status"]);
+    assert.is(status.code, 1);
+    assert.match(status.stderr, /journal\.jsonl:2: not a journal record/);
+    const from = h.logs.length;
+    await h.startAgent(false);
+    await h.waitForLog("saved state unreadable; moved aside", 20_000, from);
+    await h.waitForLog("consuming events", 20_000, from);
+    await passes(lab, SRC_A, "A's /60 passes again, from the stream");
+    assert.ok(readdirSync(join(h.dir, "state")).some((f) => f.startsWith("journal.jsonl.corrupt-")), "the bad journal is kept aside");
+  });
+});
+
 test.run();
