@@ -124,6 +124,14 @@ export function floorScripts(bindings: PortBinding[]): { ipset: string; iptables
   return { ipset: script.ipsetBefore + script.ipsetAfter, iptables: script.iptables, ebtables: script.ebtablesBefore + script.ebtablesAfter.replace(/^\*nat\n/, "") };
 }
 
+/** A rule's words for the naive shell script: any word with a shell metacharacter (u32's `&`) single-quoted. */
+function shellWords(line: string): string {
+  return line
+    .split(" ")
+    .map((w) => (/^[A-Za-z0-9_.:\/+=,!-]*$/.test(w) ? w : `'${w.replaceAll("'", "")}'`))
+    .join(" ");
+}
+
 /** Each line of a change script as its own process: `ipset <line>` and `ip6tables-<variant> -w <line>`. */
 function perObject(script: ChangeScript, variant: "legacy" | "nft"): string[] {
   const lines = (text: string) => text.split("\n").filter((l) => l.trim() !== "");
@@ -131,7 +139,7 @@ function perObject(script: ChangeScript, variant: "legacy" | "nft"): string[] {
     ...lines(script.ipsetBefore).map((l) => `ipset ${l}`),
     ...lines(script.iptables)
       .filter((l) => l.startsWith("-"))
-      .map((l) => `ip6tables-${variant} -w ${l}`),
+      .map((l) => `ip6tables-${variant} -w ${shellWords(l)}`),
     ...lines(script.ipsetAfter).map((l) => `ipset ${l}`),
     ...lines(script.ebtablesBefore + script.ebtablesAfter)
       .filter((l) => l !== "*nat")

@@ -208,13 +208,23 @@ test("sg6 publish: allocate and release from the command line; bad input is one 
   });
 });
 
-test("bridge-nf-call-ip6tables is turned on (and logged); sg6 objects in the other ip6tables variant are refused", async () => {
+test("bridge-nf-call-ip6tables is turned on (and logged), its drift reported (dry run exit 3, status) and repaired; sg6 objects in the other ip6tables variant are refused", async () => {
   await withHarness({}, async (h) => {
     await h.hv.ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "0");
     await h.startAgent();
     assert.is((await h.hv.ns.run("sysctl", ["-n", "net.bridge.bridge-nf-call-ip6tables"])).trim(), "1");
-    await h.waitForLog("turned on net.bridge.bridge-nf-call-ip6tables");
+    await h.waitForLog("net.bridge.bridge-nf-call-ip6tables is 0, want 1");
     await h.stopAgent();
+    // switched off behind sg6's back: drift for reconcile --dry-run (exit 3), repaired by reconcile
+    await h.hv.ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "0");
+    const dry = await h.cli(["reconcile", "--dry-run"]);
+    assert.is(dry.code, 3, dry.stderr);
+    assert.match(dry.stdout, /bridge-nf-call-ip6tables is 0, want 1/);
+    const status = await h.cli(["status"]);
+    assert.ok(status.stdout.includes("kernel switch net.bridge.bridge-nf-call-ip6tables = 0 — WANT 1"), `${status.stdout} ${status.stderr}`);
+    const repaired = await h.cli(["reconcile"]);
+    assert.is(repaired.code, 0, repaired.stderr);
+    assert.is((await h.hv.ns.run("sysctl", ["-n", "net.bridge.bridge-nf-call-ip6tables"])).trim(), "1");
     const other = h.variant === "nft" ? "legacy" : "nft";
     await h.hv.ns.run(`ip6tables-${other}`, ["-N", "sg6-port"]);
     const refused = await h.cli(["reconcile"]);
