@@ -51,6 +51,8 @@ export interface FleetResult {
   /** ms to read one host's full state, p50 over a few hosts, by method */
   reads: Record<string, number>;
   load_s: number;
+  /** the stream's size after the load (one replica) */
+  stream_mb: number;
   restart_detail: { servers_up_s: number; resyncs: number; consumer_restarts: number } | null;
   server_cpu_s: Record<string, number>;
   superseded: number;
@@ -125,6 +127,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     let c0 = cpuNow();
     await pub.load(names, o.vms);
     const loadS = (performance.now() - t) / 1000;
+    const streamBytes = (await jsm.streams.info(STREAM)).state.bytes;
     sampleCpu("load", c0);
     say(`loaded ${o.vms} VMs in ${loadS.toFixed(1)} s`);
 
@@ -250,6 +253,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       fleet_start_s: Math.round(fleetStartS * 10) / 10,
       reads,
       load_s: Math.round(loadS * 10) / 10,
+      stream_mb: Math.round((streamBytes / 2 ** 20) * 10) / 10,
       restart_detail: restartDetail,
       server_cpu_s: cpu,
       superseded,
