@@ -8,7 +8,8 @@
 //   --label L           name of the variant (stored with the result)
 //   --consumer-replicas N, --consumer-memory               durable consumer settings (the fixes)
 //   --before            the agent as it was before the fleet work: a full resync after every
-//                       reconnect and restart of consumption, no consumer leader advisories
+//                       reconnect and restart of consumption, no consumer leader advisories, 5 s API
+//                       timeout of the full read
 //   --resync-on-reconnect                                  only the first of those
 //   --expires MS        lifetime of one pull request (the Intake's expiresMs)
 //   --save FILE         append the result to FILE (JSON lines; bench/fleet-results.jsonl)
@@ -115,6 +116,7 @@ async function main(): Promise<void> {
       ...(flag("before") ? { leaderAdvisories: false } : {}),
       ...(flag("expires") ? { expiresMs: num("expires", 10_000) } : {}),
     },
+    ...(flag("before") ? { readTimeoutMs: 5000 } : {}),
     settings: {
       ...(flag("consumer-replicas") ? { consumerReplicas: num("consumer-replicas", 3) } : {}),
       ...(flag("consumer-memory") ? { consumerMemory: true } : {}),
