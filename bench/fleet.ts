@@ -8,11 +8,13 @@
 //   --label L           name of the variant (stored with the result)
 //   --consumer-replicas N, --consumer-memory               durable consumer settings (the fixes)
 //   --before            the agent as it was before the fleet work: a full resync after every
-//                       reconnect and restart of consumption, no consumer leader advisories
+//                       reconnect and restart of consumption, no consumer leader advisories, 5 s API
+//                       timeout of the full read
 //   --resync-on-reconnect                                  only the first of those
 //   --expires MS        lifetime of one pull request (the Intake's expiresMs)
 //   --save FILE         append the result to FILE (JSON lines; bench/fleet-results.jsonl)
 //   --plot FILE         only draw bench/fleet-*.svg from a results file
+//   --table FILE        only print a results file as a markdown table
 import { appendFileSync, readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { dirname, join } from "node:path";
@@ -64,11 +66,34 @@ function plot(file: string): void {
   }
 }
 
+/** the results file as a markdown table (for bench/FLEET.md) */
+function table(file: string): void {
+  const rows = readFileSync(file, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Saved & { wall_s: number; delivery_ms?: { p99: number }; reads?: Record<string, number> });
+  const head = ["variant", "hosts", "VMs", "events", "lost", "latency p50/p99 ms", "ack→enforced p99 ms", "resync p50/p99 ms", "read LPS/all/direct×64 ms", "fleet start s", "cluster restart s (resyncs)", "node loss lost, p50/p99 ms", "server RSS MiB", "bench RSS MiB", "load before", "wall s"];
+  console.log(`| ${head.join(" | ")} |`);
+  console.log(`|${head.map(() => " --- ").join("|")}|`);
+  for (const r of rows) {
+    const cells = [
+      r.label, r.hosts, r.vms, r.events, r.lost,
+      `${r.latency_ms.p50} / ${r.latency_ms.p99}`,
+      r.delivery_ms?.p99 ?? "",
+      `${r.resync_ms.p50} / ${r.resync_ms.p99}`,
+      r.reads ? `${r.reads.last_per_subject} / ${r.reads.deliver_all} / ${r.reads.direct_get_x64}` : "",
+      r.fleet_start_s,
+      r.cluster_restart_s === null ? "" : `${r.cluster_restart_s} (${r.restart_detail?.resyncs ?? "?"})`,
+      r.node_loss ? `${r.node_loss.lost}, ${r.node_loss.p50_ms} / ${r.node_loss.p99_ms}` : "",
+      r.server_rss_mb, r.node_rss_mb, r.load_before[0], r.wall_s,
+    ];
+    console.log(`| ${cells.join(" | ")} |`);
+  }
+}
+
 async function main(): Promise<void> {
   if (flag("help")) {
     console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").filter((l) => l.startsWith("//")).join("\n"));
     return;
   }
+  if (flag("table")) return table(opt("table", join(dirname(fileURLToPath(import.meta.url)), "fleet-results.jsonl")));
   if (flag("plot")) return plot(opt("plot", join(dirname(fileURLToPath(import.meta.url)), "fleet-results.jsonl")));
   const json = flag("json");
   const hosts = num("hosts", 50), vms = num("vms", 10_000);
@@ -91,6 +116,7 @@ async function main(): Promise<void> {
       ...(flag("before") ? { leaderAdvisories: false } : {}),
       ...(flag("expires") ? { expiresMs: num("expires", 10_000) } : {}),
     },
+    ...(flag("before") ? { readTimeoutMs: 5000 } : {}),
     settings: {
       ...(flag("consumer-replicas") ? { consumerReplicas: num("consumer-replicas", 3) } : {}),
       ...(flag("consumer-memory") ? { consumerMemory: true } : {}),

@@ -30,6 +30,8 @@ export interface HostOptions {
   intake?: Partial<IntakeOptions>;
   /** extra NATS settings (consumer replicas/storage, ...) */
   settings?: Partial<NatsSettings>;
+  /** API timeout of the full read (readLatest's apiTimeoutMs; 5 s before the fleet work) */
+  readTimeoutMs?: number;
 }
 
 const silent = pino({ level: "silent" });
@@ -43,6 +45,9 @@ export class SimHost {
   /** duration of every completed resync (ms) */
   readonly resyncMs: number[] = [];
   resyncMessages = 0;
+  /** failed starts (the agent would exit and systemd start it again 2 s later) */
+  startFailures = 0;
+  firstStartError?: string;
   private readonly log: Logger;
 
   constructor(readonly o: HostOptions) {
@@ -67,8 +72,20 @@ export class SimHost {
 
   /** connect, resync from the stream, then consume (what `sg6 agent` does after its saved state) */
   async start(): Promise<void> {
-    this.nc = await connectNats(this.settings, `sg6-agent-${this.host}`);
-    await this.resync();
+    for (;;) {
+      try {
+        this.nc = await connectNats(this.settings, `sg6-agent-${this.host}`);
+        await this.resync();
+        break;
+      } catch (err) {
+        // sg6 agent exits when its first read fails; systemd (Restart=always, RestartSec=2) starts it again
+        this.startFailures++;
+        this.firstStartError ??= (err as Error).message;
+        await this.nc?.close().catch(() => undefined);
+        if (this.startFailures > 30) throw err;
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    }
     this.intake = new Intake({
       nc: this.nc,
       settings: this.settings,
@@ -98,7 +115,7 @@ export class SimHost {
   /** src/agent.ts resyncFromStream: the latest word on every VM of this host, then the kernel */
   async resync(): Promise<void> {
     const t0 = performance.now();
-    const messages = await readLatest(this.nc, STREAM, this.host);
+    const messages = await readLatest(this.nc, STREAM, this.host, this.o.readTimeoutMs ? { apiTimeoutMs: this.o.readTimeoutMs } : {});
     await this.enforcer.serial(async () => {
       const active = [...this.enforcer.state.active()].length;
       if (messages.length === 0 && active > 0) return;

@@ -29,6 +29,7 @@ export interface FleetOptions {
   startConcurrency: number;
   intake?: Partial<IntakeOptions>;
   settings?: Partial<NatsSettings>;
+  readTimeoutMs?: number;
   progress?: (msg: string) => void;
   log?: Logger;
 }
@@ -48,9 +49,13 @@ export interface FleetResult {
   server_rss_mb: number;
   /** details */
   fleet_start_s: number;
+  /** agent starts that failed (and were retried 2 s later, as systemd does) */
+  start_failures: number;
   /** ms to read one host's full state, p50 over a few hosts, by method */
   reads: Record<string, number>;
   load_s: number;
+  /** the stream's size after the load (one replica) */
+  stream_mb: number;
   restart_detail: { servers_up_s: number; resyncs: number; consumer_restarts: number } | null;
   server_cpu_s: Record<string, number>;
   superseded: number;
@@ -125,12 +130,13 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     let c0 = cpuNow();
     await pub.load(names, o.vms);
     const loadS = (performance.now() - t) / 1000;
+    const streamBytes = (await jsm.streams.info(STREAM)).state.bytes;
     sampleCpu("load", c0);
     say(`loaded ${o.vms} VMs in ${loadS.toFixed(1)} s`);
 
     // the fleet comes up (each host: connect, full resync, durable consumer, consume)
     const hooks = { enforced: (s: string, g: number, now: number) => ledger.enforced(s, g, now) };
-    for (const h of names) hosts.push(new SimHost({ host: h, servers: urls, creds: fc.hosts.get(h)!, hooks, intake: o.intake, settings: o.settings, log: o.log }));
+    for (const h of names) hosts.push(new SimHost({ host: h, servers: urls, creds: fc.hosts.get(h)!, hooks, intake: o.intake, settings: o.settings, log: o.log, readTimeoutMs: o.readTimeoutMs }));
     t = performance.now();
     c0 = cpuNow();
     let next = 0;
@@ -145,7 +151,8 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     await until(() => hosts.every((h) => h.intake.stats.applied + h.intake.stats.ignored >= (perHost.get(h.host) ?? 0)), 600_000);
     const fleetStartS = (performance.now() - t) / 1000;
     sampleCpu("start", c0);
-    say(`fleet of ${o.hosts} consuming after ${fleetStartS.toFixed(1)} s`);
+    const startFailures = hosts.reduce((a, h) => a + h.startFailures, 0);
+    say(`fleet of ${o.hosts} consuming after ${fleetStartS.toFixed(1)} s (${startFailures} failed starts${startFailures ? `, first: ${hosts.find((h) => h.firstStartError)?.firstStartError}` : ""})`);
 
     // the ways one host can read its full state, each timed on the same hosts (no churn yet)
     const reads = await measureReads(mgmt, hosts.slice(0, Math.min(5, hosts.length)), pub.vms);
@@ -248,8 +255,10 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       node_loss: nodeLoss,
       server_rss_mb: rssPeak,
       fleet_start_s: Math.round(fleetStartS * 10) / 10,
+      start_failures: startFailures,
       reads,
       load_s: Math.round(loadS * 10) / 10,
+      stream_mb: Math.round((streamBytes / 2 ** 20) * 10) / 10,
       restart_detail: restartDetail,
       server_cpu_s: cpu,
       superseded,

@@ -143,6 +143,7 @@ export class Intake {
   private resyncFailures = 0;
   private failures = 0;
   private leaderSub?: Subscription;
+  private leaderChanged = false;
 
   constructor(opts: IntakeOptions) {
     this.o = opts;
@@ -248,7 +249,9 @@ export class Intake {
       messages.stop();
       await watch;
       if (!this.stopping) {
-        this.log.warn("consuming ended; recreating the consumer");
+        if (this.leaderChanged) this.log.info("pulling again from the durable's new leader");
+        else this.log.warn("consuming ended; recreating the consumer");
+        this.leaderChanged = false;
         await Promise.race([sleep(250), this.stopSignal.promise]);
       }
     }
@@ -273,6 +276,7 @@ export class Intake {
           }
           if (this.stopping || !this.messages) return;
           this.stats.leaderChanges++;
+          this.leaderChanged = true;
           this.log.info({ subject }, "the durable consumer has a new leader; pulling from it");
           this.messages.stop();
         },

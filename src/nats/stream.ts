@@ -199,6 +199,12 @@ export async function ensureConsumerState(
 export interface ReadLatestOptions {
   /** consumer name (default `sg6_read_<host>`, subjects.ts readerName); two readers with the same name disturb each other and retry */
   name?: string;
+  /**
+   * how long one JetStream API call may take when `via` is a connection (default 30 s). On 2.9,
+   * creating the reader scans the whole stream (docs/scaling.md): with 100k VMs and many hosts at
+   * once that took over 5 s, and a client that gives up early only adds a retry to the server's queue.
+   */
+  apiTimeoutMs?: number;
   /** give up when no message arrives for this long (default 5 s) */
   idleTimeoutMs?: number;
   /** attempts when the read is disturbed (default 4) */
@@ -208,10 +214,10 @@ export interface ReadLatestOptions {
 class ReadDisturbed extends Error {}
 
 /** a JetStreamManager from a connection, a JetStream client or a manager (no $JS.API.INFO round trip) */
-export async function managerOf(via: JetStreamManager | JetStreamClient | NatsConnection): Promise<JetStreamManager> {
+export async function managerOf(via: JetStreamManager | JetStreamClient | NatsConnection, timeoutMs = 5000): Promise<JetStreamManager> {
   if ("streams" in via && "getAccountInfo" in via) return via;
   if ("jetstreamManager" in via && "consumers" in via) return via.jetstreamManager(false);
-  return jetstreamManager(via as NatsConnection, { checkAPI: false, timeout: 5000 });
+  return jetstreamManager(via as NatsConnection, { checkAPI: false, timeout: timeoutMs });
 }
 
 /**
@@ -226,7 +232,7 @@ export async function readLatest(
   host: string,
   opts: ReadLatestOptions = {},
 ): Promise<StreamMessage[]> {
-  const jsm = await managerOf(via);
+  const jsm = await managerOf(via, opts.apiTimeoutMs ?? 30_000);
   const attempts = opts.attempts ?? 4;
   for (let attempt = 1; ; attempt++) {
     try {
