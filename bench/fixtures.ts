@@ -128,7 +128,7 @@ export function floorScripts(bindings: PortBinding[]): { ipset: string; iptables
 function shellWords(line: string): string {
   return line
     .split(" ")
-    .map((w) => (/^[A-Za-z0-9_.:\/+=,!-]*$/.test(w) ? w : `'${w.replaceAll("'", "")}'`))
+    .map((w) => (/^[A-Za-z0-9_.:/+=,!-]*$/.test(w) ? w : `'${w.replaceAll("'", "")}'`))
     .join(" ");
 }
 

@@ -193,7 +193,7 @@ function fileLogger(dir: string): Logger {
  * it is flushed whole (one process) rather than object by object, which at 5,000 sets would take
  * longer than the measurements.
  */
-async function purge(backend: BackendName, variant: Variant): Promise<void> {
+async function purge(_backend: BackendName, _variant: Variant): Promise<void> {
   // also the ebtables (nf_tables) layer 2 of the iptables backend on either ip6tables variant
   await exec("nft", ["flush", "ruleset"]);
   const legacy = await readFileAsync("/proc/net/ip6_tables_names");

@@ -2,7 +2,7 @@
 import type { Logger } from "pino";
 import type { Config } from "./core/config.js";
 import { planResync } from "./core/host-state.js";
-import { Enforcer, type BatchItem } from "./enforcer.js";
+import { Enforcer, type BatchItem, type BatchResult } from "./enforcer.js";
 import { Metrics } from "./metrics.js";
 import { Intake, type IncomingEvent, type Verdict } from "./nats/intake.js";
 import { connectNats } from "./nats/options.js";
@@ -125,7 +125,7 @@ export class Agent {
   /** Enforce one batch; verdicts only after the kernel holds the result. */
   private async handle(events: IncomingEvent[]): Promise<Verdict[]> {
     const items: BatchItem[] = events.map((e) => ({ subject: e.subject, seq: e.seq, data: e.data }));
-    let result;
+    let result: BatchResult;
     try {
       result = await this.enforcer.serial(() => this.enforcer.applyBatch(items));
     } catch (error) {

@@ -48,7 +48,7 @@ const OPTIONS = {
 
 async function main(argv: string[]): Promise<number> {
   const io = processIo;
-  let parsed;
+  let parsed: ReturnType<typeof parseArgs<{ args: string[]; options: typeof OPTIONS; allowPositionals: true; strict: true }>>;
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
   } catch (error) {

@@ -71,15 +71,15 @@ export class Ledger {
     const s = this.open.get(k);
     if (!s) return;
     this.open.delete(k);
-    let list = this.latencies.get(s.phase);
-    if (!list) this.latencies.set(s.phase, (list = []));
+    const list = this.latencies.get(s.phase) ?? [];
+    this.latencies.set(s.phase, list);
     list.push(now - s.t0);
     const tAck = s.tAck ?? now;
-    let d = this.delivery.get(s.phase);
-    if (!d) this.delivery.set(s.phase, (d = []));
+    const d = this.delivery.get(s.phase) ?? [];
+    this.delivery.set(s.phase, d);
     d.push(now - tAck);
-    let slow = this.slowest.get(s.phase);
-    if (!slow) this.slowest.set(s.phase, (slow = []));
+    const slow = this.slowest.get(s.phase) ?? [];
+    this.slowest.set(s.phase, slow);
     slow.push({ host: s.vm.host, at: Math.round(s.t0 - this.t0), publishMs: Math.round(tAck - s.t0), deliveryMs: Math.round(now - tAck) });
     if (slow.length > 40) {
       slow.sort((a, b) => b.publishMs + b.deliveryMs - a.publishMs - a.deliveryMs);

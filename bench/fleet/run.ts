@@ -161,7 +161,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     // steady churn; halfway, full resyncs of a sample of hosts
     ledger.phase = "churn";
     c0 = cpuNow();
-    let churn = pub.churn(o.rate);
+    const churn = pub.churn(o.rate);
     await sleep((o.churnSeconds * 1000) / 2);
     const resyncMs: number[] = [];
     let resyncMessages = 0;
@@ -214,7 +214,11 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       // one change for every host, published as soon as the stream takes it
       const markers: VmSlot[] = [];
       const seen = new Set<string>();
-      for (const vm of pub.vms) if (!seen.has(vm.host)) (seen.add(vm.host), markers.push(vm));
+      for (const vm of pub.vms) {
+        if (seen.has(vm.host)) continue;
+        seen.add(vm.host);
+        markers.push(vm);
+      }
       await Promise.all(markers.map((vm) => pub.change(vm).catch(() => undefined)));
       await until(() => unsettled("restart") === 0, 600_000);
       clusterRestartS = Math.round((performance.now() - t) / 100) / 10;

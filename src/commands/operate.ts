@@ -26,7 +26,7 @@ async function desiredState(config: Config, offline: boolean, io: Io): Promise<{
   const store = new StateStore(config.stateDir);
   const state = new HostState(config, await store.load());
   if (!offline) {
-    let messages;
+    let messages: Awaited<ReturnType<typeof readLatest>> | undefined;
     try {
       const nc = await connect(connectionOptions(config.nats, `sg6-reconcile-${config.host}`, { ...ONE_TRY, inboxPrefix: inboxPrefix(config.host) }));
       try {

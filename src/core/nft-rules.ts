@@ -81,8 +81,8 @@ const quoted = (name: string) => `"${name}"`;
 export type NftContent = Map<string, Set<string>>;
 
 function add(content: NftContent, set: string, element: string): void {
-  let elements = content.get(set);
-  if (!elements) content.set(set, (elements = new Set()));
+  const elements = content.get(set) ?? new Set<string>();
+  content.set(set, elements);
   elements.add(element);
 }
 

@@ -313,7 +313,7 @@ export class Intake {
     const statusIter = messages.status();
     const conn = this.connectionWatch();
     this.lastActivity = Date.now();
-    const dog = setInterval(() => {
+    const stallCheck = setInterval(() => {
       const silent = Date.now() - this.lastActivity;
       if (silent > 3 * this.expires && this.connected && !this.o.nc.isClosed() && this.inFlight.length === 0 && this.buffer.length < this.maxBatch) {
         this.log.warn({ silentMs: silent }, "no sign of life from the consumer; restarting consumption");
@@ -327,7 +327,9 @@ export class Intake {
           case "heartbeats_missed":
             // while we hold back pulls (a slow batch, a full buffer) silence is our own doing
             if (this.inFlight.length > 0 || this.buffer.length >= this.maxBatch) break;
-          // falls through
+            this.log.warn({ status: s }, "consumer gone or pulls dead; restarting consumption");
+            messages.stop();
+            return;
           case "consumer_deleted":
           case "consumer_not_found":
           case "stream_not_found":
@@ -338,7 +340,7 @@ export class Intake {
         }
       }
     } finally {
-      clearInterval(dog);
+      clearInterval(stallCheck);
       conn.stop();
     }
   }

@@ -13,7 +13,7 @@ export class NewerMessageError extends Error {
 
 /** The VM subject's last message in the stream: its sequence and generation (if it has one). */
 export async function lastOnSubject(jsm: JetStreamManager, stream: string, subject: string): Promise<{ seq: number; generation?: number } | undefined> {
-  let stored;
+  let stored: Awaited<ReturnType<JetStreamManager["streams"]["getMessage"]>>;
   try {
     stored = await jsm.streams.getMessage(stream, { last_by_subj: subject });
   } catch (err) {

@@ -63,7 +63,7 @@ async function nftScript(script: string): Promise<void> {
 /** Remove sg6's nftables table if it exists (for `sg6 purge` and for the iptables backend's switch-over). */
 export async function purgeNftables(): Promise<string[]> {
   const version = await execRaw("nft", ["--version"]).catch(() => undefined);
-  if (!version || version.code !== 0) return []; // no nft on this host: nothing of ours can be there
+  if (version?.code !== 0) return []; // no nft on this host: nothing of ours can be there
   if (!(await tableExists())) return [];
   // `table` first so the delete cannot fail if someone removed it in between
   await nftScript(`table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}\n`);

@@ -43,7 +43,7 @@ export function watchdogIntervalMs(env: NotifyEnv, pid: number): number | undefi
 
 /** A STATUS= text: one line, no control characters, bounded. */
 export function statusText(text: string): string {
-  // eslint-disable-next-line no-control-regex
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: removing control characters is the point
   return text.replace(/[\u0000-\u001f\u007f]+/g, " ").trim().slice(0, 200);
 }
 

@@ -23,7 +23,7 @@ import { allowedSources, nicIntents } from "../../src/core/host-state.js";
 import type { PortBinding } from "../../src/core/model.js";
 import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver.js";
 import { Cleanup, Hypervisor, type Netns, randomMac, waitFor } from "../support/netns.js";
-import { labNode, newMarker, send, type LabNode, type PacketSpec } from "../support/packets.js";
+import { labNode, newMarker, send, type LabNode, } from "../support/packets.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const JUDGE = join(HERE, "../support/judge.py");

@@ -231,7 +231,7 @@ test("boot: sg6 ready before libvirtd, restarts keep rules, the sandbox allows t
     // control: outside the sandbox the other sysctl and /etc are writable; /proc/sys/kernel is
     // read-only in any container (nspawn), which the sandbox keeps that way
     assert.is(outside["net-sysctl"], "0", "control: net sysctl writable outside the sandbox");
-    assert.is(outside["etc"], "0", "control: /etc writable outside the sandbox");
+    assert.is(outside.etc, "0", "control: /etc writable outside the sandbox");
 
     // watchdog: pinged while alive (3 pings seen), a frozen agent is killed and restarted; the
     // rules stayed in the kernel meanwhile

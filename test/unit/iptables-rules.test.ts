@@ -11,7 +11,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { MAX_SECONDARY } from "../../src/core/event.js";
 import { allowedSources, nicIntents } from "../../src/core/host-state.js";
-import { CHAIN_L2, l2ForeignRule, l2Jump, L2_TAIL, l2PortRules, parseEbtablesSave, type L2Snapshot } from "../../src/core/ebtables-rules.js";
+import { CHAIN_L2, l2Jump, L2_TAIL, l2PortRules, parseEbtablesSave, type L2Snapshot } from "../../src/core/ebtables-rules.js";
 import {
   CHAIN_DROP,
   CHAIN_ND,

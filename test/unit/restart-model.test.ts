@@ -124,8 +124,8 @@ function meet(w: World, m: StreamMessage): void {
   w.liveSeen.add(m.seq);
   const d = w.live.accept(m.subject, m.data, m.seq);
   if (d.outcome === "apply") {
-    let acc = w.accepted.get(d.vm);
-    if (!acc) w.accepted.set(d.vm, (acc = { sources: new Set(), macs: new Set(), devices: new Set() }));
+    const acc = w.accepted.get(d.vm) ?? { sources: new Set<string>(), macs: new Set<string>(), devices: new Set<string>() };
+    w.accepted.set(d.vm, acc);
     for (const nic of d.record.nics) {
       for (const s of allowedSources(nic)) acc.sources.add(s);
       acc.macs.add(nic.mac);

@@ -91,7 +91,7 @@ test("a corrupt line in the middle, or a line null, is an error naming the file 
         (e: Error) => e,
       );
       assert.ok(error, `line ${JSON.stringify(bad)} must be refused`);
-      assert.match(error.message, new RegExp(`journal\\.jsonl:2: `));
+      assert.match(error.message, /journal\.jsonl:2: /);
     }
     // the same line last is a torn append: skipped
     writeFileSync(join(dir, "journal.jsonl"), `${good}\n{garbage`);
