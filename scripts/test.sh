@@ -5,6 +5,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (tests make network namespaces)" >&2; exit 1; }
 npm run --silent build || exit 1
+# static checks first: the linter (with the import-cycle check) and the type check of tests, bench, demo
+npm run --silent lint || { echo "scripts/test.sh: npm run lint failed" >&2; exit 1; }
+npm run --silent typecheck:tests || { echo "scripts/test.sh: the tests do not type-check" >&2; exit 1; }
 
 passed=0; failed=0; status=0
 # suite: <dir> <file pattern> [VAR=value ...]
