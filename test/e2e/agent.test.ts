@@ -73,8 +73,13 @@ test("kill -9 during a burst of 500 events: after a start the kernel converges t
       expected.push(...src(macs[vm]!, `vnet${vm}`), `2001:db8:ff00:${(vm * 8 + 5).toString(16)}0::/60,physdev:vnet${vm}`);
     }
     expected.sort();
-    await waitFor("kernel matches the stream", async () => JSON.stringify(await h.ipsetEntries()) === JSON.stringify(expected), 20_000, 200);
-    assert.is((await h.portRules()).length, vms - Math.ceil(vms / 3));
+    // new ports' sets are filled before the rule transaction that names them: wait for both
+    await waitFor(
+      "kernel matches the stream",
+      async () => JSON.stringify(await h.ipsetEntries()) === JSON.stringify(expected) && (await h.portRules()).length === vms - Math.ceil(vms / 3),
+      20_000,
+      200,
+    );
     const check = await h.cli(["reconcile", "--dry-run", "--json"]);
     assert.is(check.code, 0, check.stdout + check.stderr);
     assert.is(JSON.parse(check.stdout).changes.length, 0);
