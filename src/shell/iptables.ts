@@ -105,6 +105,8 @@ export class IptablesBackend implements Dataplane {
   /** what the kernel holds after our last successful apply; undefined until read */
   private known: PortContent | undefined;
   private purgeOtherPending = false;
+  /** sizes of the last desired state reconciled (also dry), for limits() */
+  private lastDesired = { ports: 0, ndRules: 0 };
 
   constructor(
     readonly variant: Variant,
@@ -122,8 +124,13 @@ export class IptablesBackend implements Dataplane {
     return IPTABLES_SWITCHES.map((s) => ({ key: s.key, want: s.want, have: read.get(s.key) }));
   }
 
+  /** What this backend does not do well on this host (for `sg6 status`). */
   limits(): string[] {
-    return [];
+    const { ports, ndRules } = this.lastDesired;
+    if (ports < 1000) return [];
+    return [
+      `the ND target guard is one u32 rule per owned address (${ndRules} rules for ${ports} ports): every change rewrites them with ip6tables-${this.variant}, ~0.6-0.9 s per change at 5,000 ports (bench/RESULTS.md); the nftables backend does it with set lookups`,
+    ];
   }
 
   /** Refuse to run if the other ip6tables variant holds sg6 objects (two owners = undefined behaviour). */
@@ -152,6 +159,7 @@ export class IptablesBackend implements Dataplane {
    */
   async reconcile(bindings: PortBinding[], dryRun = false): Promise<string[]> {
     const desired = renderContent(bindings);
+    this.lastDesired = { ports: desired.portRules.size, ndRules: desired.ndRules.size };
     // the switches first: rules are worth nothing while bridged IPv6 bypasses them
     const switches = await ensureSwitches(dryRun);
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);

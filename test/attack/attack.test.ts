@@ -356,7 +356,7 @@ const ATTACKS: Attack[] = [
     async run(lab) {
       const mac = randomMac();
       const verdict = await judged(lab, lab.vic, mac, () => send({ from: { ...lab.atk.from, mac }, src: lab.atk.slaac, dst: "ff02::1", kind: "echo", marker: newMarker(), count: 3 }));
-      return verdict.frames > 0;
+      return verdict.packets.some((p) => p.proto === 58 && p.type === 128 && p.src === lab.atk.slaac);
     },
   },
   {
@@ -365,7 +365,8 @@ const ATTACKS: Attack[] = [
       const verdict = await judged(lab, lab.router, lab.atk.mac, () =>
         sendNd(lab.atk, ["--kind", "echo", "--src", lab.vic.slaac, "--dst", "ff02::1", "--marker", newMarker(), "--vlan", "8100:5"]),
       );
-      return verdict.frames > 0;
+      // the attacker's own stack sends other frames meanwhile (MLD, ND): count only the forged echo
+      return verdict.packets.some((p) => p.proto === 58 && p.type === 128 && p.src === lab.vic.slaac && p.dst === "ff02::1");
     },
   },
   {
@@ -374,7 +375,7 @@ const ATTACKS: Attack[] = [
       const verdict = await judged(lab, lab.router, lab.atk.mac, () =>
         sendNd(lab.atk, ["--kind", "echo", "--src", lab.atk.slaac, "--dst", "ff02::1", "--marker", newMarker(), "--vlan", "88a8:5", "--vlan", "8100:7"]),
       );
-      return verdict.frames > 0;
+      return verdict.packets.some((p) => p.proto === 58 && p.type === 128 && p.src === lab.atk.slaac && p.dst === "ff02::1");
     },
   },
   {

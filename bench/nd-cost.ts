@@ -1,0 +1,52 @@
+// What the iptables backend's ND target guard (u32 rules in sg6-nd) costs per change: the kernel
+// tools alone, one change on a host with N ports already enforced, with and without the ND rules
+// (bench/RESULTS.md, "What the ND target guard costs on xtables"). Makes and deletes its own
+// network namespace. Usage (root): npx tsx bench/nd-cost.ts legacy|nft N nd|none
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import { planChange, planDelta, renderContent, emptyContent, type PortContent } from "../src/core/iptables-rules.js";
+if (!process.env.SG6_ND_COST_NS) {
+  const ns = `sg6b-nd-${randomBytes(3).toString("hex")}`;
+  execFileSync("ip", ["netns", "add", ns]);
+  try {
+    execFileSync("ip", ["netns", "exec", ns, "env", `SG6_ND_COST_NS=${ns}`, process.execPath, "--import", "tsx", ...process.argv.slice(1)], { stdio: "inherit" });
+  } finally {
+    execFileSync("ip", ["netns", "del", ns]);
+  }
+  process.exit(0);
+}
+const variant = process.argv[2] as "legacy" | "nft";
+const n = Number(process.argv[3]);
+const withNd = process.argv[4] === "nd";
+const mac = (i: number) => `52:54:01:${((i >> 16) & 255).toString(16).padStart(2, "0")}:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`;
+const b = (i: number, pd = i) => ({ vm: `vm${i}`, device: `vnet${i}`, mac: mac(i), sources: [`fe80::${i.toString(16)}/128`, `2001:db8:1::${i.toString(16)}/128`, `2001:db8:${(0x1000 + (pd >> 12)).toString(16)}:${((pd & 0xfff) << 4).toString(16)}::/60`] });
+const strip = (c: PortContent): PortContent => (withNd ? c : { ...c, ndRules: new Set() });
+const all = Array.from({ length: n }, (_, i) => b(i));
+const s = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, strip(renderContent(all)), { bridges: ["cloudbr0"], portPrefix: "vnet" });
+const run = (cmd: string, args: string[], input: string) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "inherit"] });
+run("ipset", ["-exist", "restore"], s.ipsetBefore + s.ipsetAfter);
+run(`ip6tables-${variant}-restore`, ["--noflush"], s.iptables);
+const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [] };
+const extra = b(n + 1);
+for (let r = 0; r < 6; r++) {
+  const [x, y] = r % 2 ? [b(0, 900000), b(0)] : [b(0), b(0, 900000)];
+  const d = planDelta(strip(renderContent([x])), strip(renderContent([y])));
+  let t = performance.now();
+  if (d.ipsetBefore) run("ipset", ["-exist", "restore"], d.ipsetBefore);
+  if (d.iptables) run(`ip6tables-${variant}-restore`, ["--noflush"], d.iptables);
+  if (d.ipsetAfter) run("ipset", ["-exist", "restore"], d.ipsetAfter);
+  times.prefix!.push(performance.now() - t);
+  const add = planDelta(emptyContent(), strip(renderContent([extra])));
+  t = performance.now();
+  run("ipset", ["-exist", "restore"], add.ipsetBefore);
+  run(`ip6tables-${variant}-restore`, ["--noflush"], add.iptables);
+  times.portAdd!.push(performance.now() - t);
+  const del = planDelta(strip(renderContent([extra])), emptyContent());
+  t = performance.now();
+  run(`ip6tables-${variant}-restore`, ["--noflush"], del.iptables);
+  run("ipset", ["-exist", "restore"], del.ipsetAfter);
+  times.portDel!.push(performance.now() - t);
+}
+const med = (a: number[]) => a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1);
+console.log(JSON.stringify({ variant, n, nd: withNd, prefix: med(times.prefix!), portAdd: med(times.portAdd!), portDel: med(times.portDel!) }));
