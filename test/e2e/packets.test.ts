@@ -132,7 +132,7 @@ async function restartUnderFire(signal: NodeJS.Signals): Promise<void> {
     await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: vm1.mac, device: vm1.tap, delegated: "2001:db8:ff00:10::/60" }));
     await h.publish(h.subject("vm2"), h.allocation("vm2", 1, { mac: vm2.mac, device: vm2.tap, delegated: "2001:db8:ff00:20::/60" }));
     await startAndWait(h);
-    await waitFor("both VMs enforced", async () => (await h.ipsetEntries()).length === 6);
+    await waitFor("both VMs enforced", async () => (await h.ipsetEntries()).length === 6 && (await h.enforced([vm1.tap, vm2.tap])));
     const spoofNet = "2001:db8:1::dead:beef"; // in the /64, not vm1's
     const spoofPd = "2001:db8:ff00:20::1"; // inside vm2's /60
     // the baseline, before anything is restarted
@@ -285,7 +285,7 @@ test("a VM released here (moved to another host) is cut off; its neighbour is no
     await h.publish(h.subject("vm5"), h.allocation("vm5", 1, { mac: vm5.mac, device: "vnet5", delegated: "2001:db8:ff00:50::/60", secondary: ["2001:db8:1::55"] }));
     await h.publish(h.subject("vm6"), h.allocation("vm6", 1, { mac: vm6.mac, delegated: "2001:db8:ff00:60::/60" }));
     await startAndWait(h);
-    await waitFor("both VMs enforced", async () => (await h.portRules()).length === 2);
+    await waitFor("both VMs enforced", async () => (await h.portRules()).length === 2 && (await h.enforced([vm5.tap, vm6.tap])));
     // a port's sources go in just after its rule (add-after, for atomicity): wait for the last one
     await waitFor("vm5's sources in place", async () => (await h.ipsetEntries()).filter((e) => e.endsWith("physdev:vnet5")).length === 4);
     const own = [vm5.slaac, vm5.ll, "2001:db8:1::55", "2001:db8:ff00:50::5"];
@@ -331,7 +331,7 @@ test("SIGKILL right after an acked change: the restart never re-grants a revoked
     await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: vm1.mac, device: vm1.tap, delegated: oldPd }));
     await h.publish(h.subject("vm2"), h.allocation("vm2", 1, { mac: vm2.mac, device: vm2.tap }));
     await startAndWait(h);
-    await waitFor("both VMs enforced", async () => (await h.ipsetEntries()).length === 5);
+    await waitFor("both VMs enforced", async () => (await h.ipsetEntries()).length === 5 && (await h.enforced([vm1.tap, vm2.tap])));
     assert.is(await framesFrom(lab, vm1, "2001:db8:ff00:10::1"), FRAMES, "vm1's first /60 passes");
     assert.is(await framesFrom(lab, vm2, vm2.slaac), FRAMES, "vm2's SLAAC passes");
 

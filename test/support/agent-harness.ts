@@ -174,6 +174,22 @@ export class AgentHarness {
       .sort();
   }
 
+  /** Taps whose IPv6 layer 2 lets the NIC's MAC through (the last step of binding a port). */
+  async l2Ports(): Promise<string[]> {
+    const out = await this.hv.ns.run("ebtables-nft-save", []);
+    return out
+      .split("\n")
+      .map((l) => /^-A sg6-l2 -p IPv6 -s [0-9a-f:]+ -i (\S+) -j RETURN$/.exec(l)?.[1])
+      .filter((dev): dev is string => dev !== undefined)
+      .sort();
+  }
+
+  /** Every one of `taps` is bound through all three layers: ebtables, the ip6tables port rule, its set. */
+  async enforced(taps: string[]): Promise<boolean> {
+    const [l2, rules, sets] = await Promise.all([this.l2Ports(), this.portRules(), this.ipsetEntries()]);
+    return taps.every((tap) => l2.includes(tap) && rules.some((r) => r.includes(`--physdev-in ${tap} `)) && sets.some((e) => e.endsWith(`physdev:${tap}`)));
+  }
+
   async portRules(): Promise<string[]> {
     const out = await this.hv.ns.run(`ip6tables-${this.variant}-save`, ["-t", "filter"]);
     return out.split("\n").filter((l) => l.startsWith("-A sg6-port ") && l.includes("--physdev-in"));

@@ -109,6 +109,13 @@ export class Hypervisor {
     await this.ns.run("ip", ["link", "set", tap, "master", options.bridge ?? this.bridge]);
     await this.ns.run("ip", ["link", "set", tap, "up"]);
     await vm.run("ip", ["link", "set", "eth0", "up"]);
+    // the kernel turns carrier into a forwarding bridge port asynchronously (linkwatch, up to a
+    // second later): frames sent before that are dropped by the bridge, not by a guard
+    await waitFor(`${tap} forwarding on the bridge`, async () => {
+      const [port] = JSON.parse(await this.ns.run("bridge", ["-j", "link", "show", "dev", tap])) as { state?: string }[];
+      const [eth0] = JSON.parse(await vm.run("ip", ["-j", "link", "show", "dev", "eth0"])) as { operstate?: string }[];
+      return port?.state === "forwarding" && eth0?.operstate === "UP";
+    }, 10_000, 20);
     const handle = { ns: vm, tap, mac, ifname: "eth0" };
     this.vms.push(handle);
     return handle;
