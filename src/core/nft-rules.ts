@@ -19,9 +19,9 @@ export const SET_MACS = "macs";
 export const SET_DROPS = "drops";
 export const SET_FOREIGN = "foreign";
 /** `sources_<len>`: port . MAC . source address masked to <len> bits */
-export const SOURCES = "sources_";
+export const SOURCE_SET_PREFIX = "sources_";
 /** `nd_targets_<len>`: port . ND target masked to <len> bits */
-export const TARGETS = "nd_targets_";
+export const TARGET_SET_PREFIX = "nd_targets_";
 
 export const CHAIN_GUARD = "guard";
 export const CHAIN_DAD = "dad";
@@ -102,8 +102,8 @@ export function renderContent(bindings: Iterable<PortBinding>): NftContent {
     add(content, SET_DROPS, port);
     for (const source of binding.sources) {
       const [address, groups, length] = splitPrefix(source);
-      add(content, `${SOURCES}${length}`, `${port} . ${mac} . ${address}`);
-      add(content, `${TARGETS}${length}`, `${port} . ${groupsHex(groups)}`);
+      add(content, `${SOURCE_SET_PREFIX}${length}`, `${port} . ${mac} . ${address}`);
+      add(content, `${TARGET_SET_PREFIX}${length}`, `${port} . ${groupsHex(groups)}`);
     }
   }
   return content;
@@ -133,7 +133,7 @@ export function setSpecs(lengths: number[]): SetSpec[] {
   ];
   for (const length of lengths) {
     specs.push({
-      name: `${SOURCES}${length}`,
+      name: `${SOURCE_SET_PREFIX}${length}`,
       declaration: ["type ifname . ether_addr . ipv6_addr", `comment "port . MAC . allowed source, masked to /${length}"`],
       jsonType: ["ifname", "ether_addr", "ipv6_addr"],
       counter: false,
@@ -141,7 +141,7 @@ export function setSpecs(lengths: number[]): SetSpec[] {
     // nft 1.0.6 has no name for the ND target field (`icmpv6 taddr` came later), so it is the raw
     // 128 bits at offset 8 of the ICMPv6 header, and the set is typed after that expression.
     specs.push({
-      name: `${TARGETS}${length}`,
+      name: `${TARGET_SET_PREFIX}${length}`,
       declaration: ["typeof iifname . @th,64,128", `comment "port . owned ND target, masked to /${length}"`],
       jsonType: ["ifname", "integer"],
       counter: false,
@@ -226,12 +226,12 @@ function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
       // check, which drops it (:: is nobody's source). `accept` ends only this table's chain: other
       // tables and hooks still decide, as with `return` from the base chain.
       name: CHAIN_DAD,
-      rules: lengths.map((l) => rule(`${target}${integerMask(l)} @${TARGETS}${l} accept`, `DAD target /${l}`)),
+      rules: lengths.map((l) => rule(`${target}${integerMask(l)} @${TARGET_SET_PREFIX}${l} accept`, `DAD target /${l}`)),
     },
     {
       name: CHAIN_SOURCE,
       rules: [
-        ...lengths.map((l) => rule(`iifname . ether saddr . ip6 saddr${addressMask(l)} @${SOURCES}${l} return`, `source /${l}`)),
+        ...lengths.map((l) => rule(`iifname . ether saddr . ip6 saddr${addressMask(l)} @${SOURCE_SET_PREFIX}${l} return`, `source /${l}`)),
         rule(`goto ${CHAIN_DISCARD}`, "source not allowed"),
       ],
     },
@@ -251,7 +251,7 @@ function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
     {
       name: CHAIN_NA,
       rules: [
-        ...lengths.map((l) => rule(`${target}${integerMask(l)} @${TARGETS}${l} return`, `NA target /${l}`)),
+        ...lengths.map((l) => rule(`${target}${integerMask(l)} @${TARGET_SET_PREFIX}${l} return`, `NA target /${l}`)),
         rule(`goto ${CHAIN_DISCARD}`, "target not owned (or no target)"),
       ],
     },
@@ -333,8 +333,8 @@ function elementText(set: string, value: Json): string {
   const port = quoted(text(parts[0]));
   if (set === SET_DROPS && parts.length === 1) return port;
   if (set === SET_MACS && parts.length === 2) return `${port} . ${text(parts[1]).toLowerCase()}`;
-  if (set.startsWith(SOURCES) && parts.length === 3) return `${port} . ${text(parts[1]).toLowerCase()} . ${parseAddress(text(parts[2]), `${set} element`)}`;
-  if (set.startsWith(TARGETS) && parts.length === 2) return `${port} . 0x${BigInt(text(parts[1])).toString(16)}`; // a number, not an address: nft prints it in decimal
+  if (set.startsWith(SOURCE_SET_PREFIX) && parts.length === 3) return `${port} . ${text(parts[1]).toLowerCase()} . ${parseAddress(text(parts[2]), `${set} element`)}`;
+  if (set.startsWith(TARGET_SET_PREFIX) && parts.length === 2) return `${port} . 0x${BigInt(text(parts[1])).toString(16)}`; // a number, not an address: nft prints it in decimal
   return fail(`${set} element`, value);
 }
 
@@ -385,7 +385,7 @@ export function parseNftJson(text: string): NftSnapshot {
 export function snapshotLengths(snapshot: NftSnapshot | undefined): number[] {
   const lengths: number[] = [];
   for (const name of snapshot?.sets.keys() ?? []) {
-    const match = new RegExp(`^${SOURCES}(\\d{1,3})$`).exec(name);
+    const match = new RegExp(`^${SOURCE_SET_PREFIX}(\\d{1,3})$`).exec(name);
     if (match && Number(match[1]) <= 128) lengths.push(Number(match[1]));
   }
   return lengths;
@@ -540,8 +540,8 @@ export function planReconcile(
  */
 export function planDelta(from: NftContent, to: NftContent, lengths: number[]): NftPlan {
   for (const name of to.keys()) {
-    if (name.startsWith(SOURCES) && !lengths.includes(Number(name.slice(SOURCES.length)))) {
-      throw new Error(`no set for /${name.slice(SOURCES.length)} prefixes yet: reconcile first`);
+    if (name.startsWith(SOURCE_SET_PREFIX) && !lengths.includes(Number(name.slice(SOURCE_SET_PREFIX.length)))) {
+      throw new Error(`no set for /${name.slice(SOURCE_SET_PREFIX.length)} prefixes yet: reconcile first`);
     }
   }
   const { lines, changes } = elementDelta(from, to);

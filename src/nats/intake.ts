@@ -120,7 +120,7 @@ export class Intake {
     backoffMs: 0,
   };
 
-  private readonly o: IntakeOptions;
+  private readonly options: IntakeOptions;
   private readonly maxBatch: number;
   private readonly log: Logger;
   private jsm?: JetStreamManager;
@@ -146,7 +146,7 @@ export class Intake {
   private leaderChanged = false;
 
   constructor(opts: IntakeOptions) {
-    this.o = opts;
+    this.options = opts;
     this.maxBatch = Math.max(1, opts.maxBatch ?? 512);
     this.expires = Math.max(1000, opts.expiresMs ?? 10_000);
     this.log = opts.log.child({ component: "intake", consumer: durableName(opts.host) });
@@ -156,8 +156,8 @@ export class Intake {
   async start(): Promise<void> {
     if (this.started) throw new Error("intake already started");
     this.started = true;
-    this.jsm = await jetstreamManager(this.o.nc, { checkAPI: false, timeout: 5000 });
-    if (this.o.leaderAdvisories !== false) this.leaderSub = this.watchLeader();
+    this.jsm = await jetstreamManager(this.options.nc, { checkAPI: false, timeout: 5000 });
+    if (this.options.leaderAdvisories !== false) this.leaderSub = this.watchLeader();
     this.processLoop = this.runProcessor();
     this.consumeLoop = this.runConsumer();
     await Promise.race([this.firstStart.promise, this.consumeLoop]);
@@ -182,8 +182,8 @@ export class Intake {
     // stay open at the server until they expire, and 2.9 would redeliver into them (to an inbox nobody
     // listens to any more, and then only after ack_wait). After they expired, the next agent gets them.
     for (const m of this.buffer.splice(0)) m.nak(this.handBackDelay());
-    if (!this.o.nc.isClosed()) {
-      await this.o.nc.flush().catch(() => undefined);
+    if (!this.options.nc.isClosed()) {
+      await this.options.nc.flush().catch(() => undefined);
     }
   }
 
@@ -199,7 +199,7 @@ export class Intake {
   // ------------------------------------------------------------------ consuming (outer loop)
 
   private async runConsumer(): Promise<void> {
-    const { nc, settings, host } = this.o;
+    const { nc, settings, host } = this.options;
     const jsm = this.jsm!;
     let attempt = 0;
     let first = true;
@@ -232,7 +232,7 @@ export class Intake {
       } else {
         this.stats.restarts++;
         if (created) this.stats.recreated++;
-        if (created || this.o.resyncOnReconnect) {
+        if (created || this.options.resyncOnReconnect) {
           this.log.info({ stream: settings.stream, restarts: this.stats.restarts, created }, "consuming again; requesting a full resync");
           this.requestResync();
         } else {
@@ -265,7 +265,7 @@ export class Intake {
    * permission on that subject (docs/nats-authorization.conf) the heartbeats still do the job.
    */
   private watchLeader(): Subscription | undefined {
-    const { nc, settings, host } = this.o;
+    const { nc, settings, host } = this.options;
     const subject = consumerLeaderAdvisory(settings.stream, host);
     try {
       return nc.subscribe(subject, {
@@ -315,7 +315,7 @@ export class Intake {
     this.lastActivity = Date.now();
     const stallCheck = setInterval(() => {
       const silent = Date.now() - this.lastActivity;
-      if (silent > 3 * this.expires && this.connected && !this.o.nc.isClosed() && this.inFlight.length === 0 && this.buffer.length < this.maxBatch) {
+      if (silent > 3 * this.expires && this.connected && !this.options.nc.isClosed() && this.inFlight.length === 0 && this.buffer.length < this.maxBatch) {
         this.log.warn({ silentMs: silent }, "no sign of life from the consumer; restarting consumption");
         messages.stop();
       }
@@ -351,7 +351,7 @@ export class Intake {
    * floor, so a reconnect alone needs no full read of the state (unless resyncOnReconnect).
    */
   private connectionWatch(): { stop(): void } {
-    const status = this.o.nc.status();
+    const status = this.options.nc.status();
     (async () => {
       for await (const s of status) {
         if (s.type === "disconnect") {
@@ -360,7 +360,7 @@ export class Intake {
         } else if (s.type === "reconnect") {
           this.connected = true;
           this.lastActivity = Date.now();
-          if (this.o.resyncOnReconnect) {
+          if (this.options.resyncOnReconnect) {
             this.log.warn({ server: s.server }, "reconnected to NATS; requesting a full resync");
             this.requestResync();
           } else {
@@ -376,7 +376,7 @@ export class Intake {
   // ------------------------------------------------------------------ processing
 
   private requestResync(): void {
-    if (!this.o.onResync) return;
+    if (!this.options.onResync) return;
     this.resyncPending = true;
     this.wakeProcessor.resolve();
   }
@@ -407,7 +407,7 @@ export class Intake {
     this.resyncPending = false;
     this.resyncRunning = true;
     try {
-      await this.o.onResync!();
+      await this.options.onResync!();
       this.stats.resyncs++;
       this.resyncFailures = 0;
     } catch (err) {
@@ -447,13 +447,13 @@ export class Intake {
     }, 10_000);
     let verdicts: Verdict[];
     try {
-      verdicts = await this.o.handle(events);
+      verdicts = await this.options.handle(events);
       if (!Array.isArray(verdicts) || verdicts.length !== events.length) {
         throw new Error(`handler returned ${Array.isArray(verdicts) ? verdicts.length : typeof verdicts} verdicts for ${events.length} events`);
       }
     } catch (err) {
       this.failures++;
-      const delay = Math.min((this.o.backoffMinMs ?? 200) * 2 ** (this.failures - 1), this.o.backoffMaxMs ?? 10_000);
+      const delay = Math.min((this.options.backoffMinMs ?? 200) * 2 ** (this.failures - 1), this.options.backoffMaxMs ?? 10_000);
       this.stats.failedBatches++;
       this.stats.backoffMs = delay;
       for (const m of batch) m.nak(delay);
@@ -469,7 +469,7 @@ export class Intake {
     this.failures = 0;
     this.stats.backoffMs = 0;
 
-    const { nc, host } = this.o;
+    const { nc, host } = this.options;
     const rejectSubj = rejectSubject(host);
     for (let i = 0; i < unique.length; i++) {
       const v = verdicts[i]!;

@@ -20,9 +20,9 @@ import {
   renderTable,
   setSpecs,
   skeletonDrift,
-  SOURCES,
+  SOURCE_SET_PREFIX,
   TABLE,
-  TARGETS,
+  TARGET_SET_PREFIX,
   wantedLengths,
   type NftContent,
   type NftOptions,
@@ -73,14 +73,14 @@ render("a binding renders to its MAC, drop counter, sources and ND targets, per 
   const content = renderContent([VM_A]);
   assert.equal([...content.get("macs")!], ['"vnet3" . 52:54:00:12:34:56']);
   assert.equal([...content.get("drops")!], ['"vnet3"']);
-  assert.equal([...content.get(`${SOURCES}128`)!].sort(), [
+  assert.equal([...content.get(`${SOURCE_SET_PREFIX}128`)!].sort(), [
     '"vnet3" . 52:54:00:12:34:56 . 2001:db8:1:0:5054:ff:fe12:3456',
     '"vnet3" . 52:54:00:12:34:56 . 2001:db8:1::10',
     '"vnet3" . 52:54:00:12:34:56 . fe80::5054:ff:fe12:3456',
   ]);
-  assert.equal([...content.get(`${SOURCES}60`)!], ['"vnet3" . 52:54:00:12:34:56 . 2001:db8:ff00:120::']);
-  assert.equal([...content.get(`${TARGETS}60`)!], ['"vnet3" . 0x20010db8ff0001200000000000000000']);
-  assert.equal([...content.get(`${TARGETS}128`)!].sort(), [
+  assert.equal([...content.get(`${SOURCE_SET_PREFIX}60`)!], ['"vnet3" . 52:54:00:12:34:56 . 2001:db8:ff00:120::']);
+  assert.equal([...content.get(`${TARGET_SET_PREFIX}60`)!], ['"vnet3" . 0x20010db8ff0001200000000000000000']);
+  assert.equal([...content.get(`${TARGET_SET_PREFIX}128`)!].sort(), [
     '"vnet3" . 0x20010db8000100000000000000000010',
     '"vnet3" . 0x20010db800010000505400fffe123456',
     '"vnet3" . 0xfe80000000000000505400fffe123456',
