@@ -17,7 +17,7 @@ import type { Config } from "../src/core/config.js";
 import { parseEbtablesSave } from "../src/core/ebtables-rules.js";
 import { contentOf, parseIpsetSave, parseIptablesSave, planChange, planDelta, renderContent, ruleKey, type ChangeScript, type PortContent } from "../src/core/iptables-rules.js";
 import { HostState } from "../src/core/host-state.js";
-import type { PortBinding } from "../src/core/model.js";
+import type { DesiredState, PortBinding } from "../src/core/model.js";
 import { Enforcer, type BatchResult } from "../src/enforcer.js";
 import type { IncomingEvent, Verdict } from "../src/nats/intake.js";
 import { ensureStream } from "../src/nats/stream.js";
@@ -346,7 +346,24 @@ interface ColdOptions {
   tmp: string;
 }
 
+/** What every N of one cold-start scenario shares. */
+interface ColdContext {
+  o: ColdOptions;
+  dir: string;
+  config: Config;
+  log: Logger;
+}
+
 async function cold(o: ColdOptions): Promise<void> {
+  const ctx = await coldContext(o);
+  if (!ctx) return;
+  await purge(o.backend, o.variant);
+  for (const n of o.sizes) await coldAtSize(ctx, n);
+  await purge(o.backend, o.variant);
+}
+
+/** The scenario's directory, config and logger; undefined (a note emitted) when the nftables backend cannot be opened. */
+async function coldContext(o: ColdOptions): Promise<ColdContext | undefined> {
   process.env.SG6_IPTABLES = o.variant;
   const dir = mkdtempSync(join(o.tmp, `cold-${o.backend}-${o.variant}-`));
   const config = benchConfig("bench", join(dir, "state"), "nats://127.0.0.1:4222", o.backend);
@@ -355,136 +372,192 @@ async function cold(o: ColdOptions): Promise<void> {
     const missing = await nftablesMissing(config, false);
     if (missing) {
       emit({ kind: "note", text: `nftables backend: cold start not measured: ${missing}` });
-      return;
+      return undefined;
     }
   }
-  await purge(o.backend, o.variant);
-  for (const n of o.sizes) {
-    say(`cold start N=${n}`);
-    const desired = desiredState(config, n);
-    const bindings = bindingsOf(config, n);
-    const content = renderContent(bindings);
-    // the references' inputs, prepared beforehand
-    const floorIpset = join(dir, `floor-${n}.ipset`);
-    const floorIpt = join(dir, `floor-${n}.ip6tables`);
-    const floorNft = join(dir, `floor-${n}.nft`);
-    const naiveFile = join(dir, `naive-${n}.sh`);
-    const floor = floorScripts(bindings);
-    writeFileSync(floorIpset, floor.ipset);
-    writeFileSync(floorIpt, floor.iptables);
-    const floorEb = join(dir, `floor-${n}.ebtables`);
-    writeFileSync(floorEb, floor.ebtables);
-    const naive = naiveScript(bindings, o.variant);
-    writeFileSync(naiveFile, naive.script);
+  return { o, dir, config, log };
+}
 
-    let enforcer: Enforcer | undefined;
-    const runSg6 = async () => {
+/** One N: sg6 against the floor (and naive) into an empty namespace, sg6's parts, the record, then reconcile at this N. */
+async function coldAtSize(ctx: ColdContext, n: number): Promise<void> {
+  const { o, config } = ctx;
+  say(`cold start N=${n}`);
+  const desired = desiredState(config, n);
+  const bindings = bindingsOf(config, n);
+  const inputs = writeReferenceInputs(ctx, n, bindings);
+  const contenders = coldContenders(ctx, desired, inputs);
+  const { expected, nftCounts } = await warmUpAndRecordReference(ctx, contenders, inputs);
+  const doNaive = o.backend === "iptables" && o.naiveSizes.includes(n);
+  const { results, identical } = await raceContenders(ctx, n, contenders, expected, doNaive);
+
+  let naiveExtrapolated: ColdRecord["naiveExtrapolated"];
+  if (o.backend === "iptables" && !doNaive && o.naiveExtrapolate.includes(n)) {
+    naiveExtrapolated = await extrapolateNaive(o, n, config, inputs.floorIpset, inputs.floorIpt, ctx.dir);
+  }
+  const sg6Parts = o.backend === "iptables" ? await measureSg6Parts(ctx, desired, bindings) : undefined;
+  const floorParts = contenders.ipsetMs.length ? { ipsetRestore: med(contenders.ipsetMs), iptablesRestore: med(contenders.iptMs) } : undefined;
+
+  emit({
+    kind: "cold",
+    backend: o.backend,
+    variant: o.variant,
+    n,
+    sg6: results.sg6,
+    floor: results.floor,
+    naive: results.naive,
+    naiveProcesses: inputs.naiveProcesses,
+    naiveExtrapolated,
+    sg6Parts,
+    floorParts,
+    identical,
+    objects: o.backend === "iptables" ? iptablesObjects(bindings) : nftCounts,
+  });
+
+  if (o.reconcileSizes.includes(n)) await reconcileAfterColdStart(ctx, n, contenders, bindings);
+}
+
+/** The references' input files for N NICs, prepared before anything is timed. */
+interface ReferenceInputs {
+  floorIpset: string;
+  floorIpt: string;
+  floorEb: string;
+  /** written after sg6's warm-up (the nftables floor loads what sg6 made) */
+  floorNft: string;
+  naiveFile: string;
+  naiveProcesses: number;
+}
+
+function writeReferenceInputs(ctx: ColdContext, n: number, bindings: PortBinding[]): ReferenceInputs {
+  const { dir, o } = ctx;
+  const floorIpset = join(dir, `floor-${n}.ipset`);
+  const floorIpt = join(dir, `floor-${n}.ip6tables`);
+  const floorNft = join(dir, `floor-${n}.nft`);
+  const naiveFile = join(dir, `naive-${n}.sh`);
+  const floor = floorScripts(bindings);
+  writeFileSync(floorIpset, floor.ipset);
+  writeFileSync(floorIpt, floor.iptables);
+  const floorEb = join(dir, `floor-${n}.ebtables`);
+  writeFileSync(floorEb, floor.ebtables);
+  const naive = naiveScript(bindings, o.variant);
+  writeFileSync(naiveFile, naive.script);
+  return { floorIpset, floorIpt, floorEb, floorNft, naiveFile, naiveProcesses: naive.processes };
+}
+
+type Contender = "sg6" | "floor" | "naive";
+
+/** The three ways to load N NICs into an empty namespace; each resolves to its ms. */
+interface ColdContenders extends Record<Contender, () => Promise<number>> {
+  /** the Enforcer of sg6's latest run (reconcile is measured on it) */
+  enforcer(): Enforcer | undefined;
+  /** ms of the floor's ipset and ip6tables processes, per floor run (iptables backend only) */
+  ipsetMs: number[];
+  iptMs: number[];
+}
+
+function coldContenders(ctx: ColdContext, desired: DesiredState, inputs: ReferenceInputs): ColdContenders {
+  const { o, config, log } = ctx;
+  let enforcer: Enforcer | undefined;
+  const ipsetMs: number[] = [];
+  const iptMs: number[] = [];
+  return {
+    // sg6 = new Enforcer(saved state) + reconcile()
+    sg6: async () => {
       const dataplane = await makeDataplane(o.backend, o.variant, config);
       const start = now();
       enforcer = new Enforcer(config, dataplane, log, desired);
       await enforcer.reconcile();
       return now() - start;
-    };
-    const ipsetMs: number[] = [];
-    const iptMs: number[] = [];
-    const runFloor = async () => {
-      if (o.backend === "nftables") return timedFromFile("nft", ["-f", floorNft]);
-      const a = await timedFromFile("ipset", ["-exist", "restore"], floorIpset);
-      const b = await timedFromFile(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush", floorIpt]);
-      const c = await timedFromFile("ebtables-nft-restore", ["--noflush"], floorEb);
+    },
+    floor: async () => {
+      if (o.backend === "nftables") return timedFromFile("nft", ["-f", inputs.floorNft]);
+      const a = await timedFromFile("ipset", ["-exist", "restore"], inputs.floorIpset);
+      const b = await timedFromFile(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush", inputs.floorIpt]);
+      const c = await timedFromFile("ebtables-nft-restore", ["--noflush"], inputs.floorEb);
       ipsetMs.push(a);
       iptMs.push(b);
       return a + b + c;
-    };
-    const runNaive = () => timedFromFile("sh", [naiveFile]);
+    },
+    naive: () => timedFromFile("sh", [inputs.naiveFile]),
+    enforcer: () => enforcer,
+    ipsetMs,
+    iptMs,
+  };
+}
 
-    // warm-up (discarded), and the reference dump every variant must reproduce
-    await purge(o.backend, o.variant);
-    await runSg6();
-    const expected = await kernelDump(o.backend, o.variant);
-    const nftCounts = o.backend === "nftables" ? await nftObjects() : {};
-    if (o.backend === "nftables") writeFileSync(floorNft, await exec("nft", ["list", "ruleset"]));
-    let identical = true;
+/** A discarded sg6 run, and the kernel dump every contender must reproduce (plus the nftables floor's input). */
+async function warmUpAndRecordReference(ctx: ColdContext, contenders: ColdContenders, inputs: ReferenceInputs): Promise<{ expected: string; nftCounts: Record<string, number> }> {
+  const { o } = ctx;
+  await purge(o.backend, o.variant);
+  await contenders.sg6();
+  const expected = await kernelDump(o.backend, o.variant);
+  const nftCounts = o.backend === "nftables" ? await nftObjects() : {};
+  if (o.backend === "nftables") writeFileSync(inputs.floorNft, await exec("nft", ["list", "ruleset"]));
+  return { expected, nftCounts };
+}
 
-    const results: Record<"sg6" | "floor" | "naive", number[]> = { sg6: [], floor: [], naive: [] };
-    const checked = new Set<string>();
-    const doNaive = o.backend === "iptables" && o.naiveSizes.includes(n);
-    for (let r = 0; r < o.runs; r++) {
-      const kinds = (["sg6", "floor", "naive"] as const).filter((k) => k !== "naive" || (doNaive && r < o.naiveRuns));
-      // rotate the order so that no contender always runs first (or right after another one)
-      const order = kinds.map((_, i) => kinds[(i + r) % kinds.length]!);
-      for (const which of order) {
-        await purge(o.backend, o.variant);
-        const ms = which === "sg6" ? await runSg6() : which === "floor" ? await runFloor() : await runNaive();
-        results[which].push(ms);
-        if (!checked.has(which)) {
-          checked.add(which);
-          const dump = await kernelDump(o.backend, o.variant);
-          if (dump !== expected) {
-            identical = false;
-            say(`WARNING: ${which} at N=${n} left different kernel objects than sg6`);
-          }
+/** `runs` rounds of every contender from an empty namespace; each one's first result is compared with `expected`. */
+async function raceContenders(ctx: ColdContext, n: number, contenders: ColdContenders, expected: string, doNaive: boolean): Promise<{ results: Record<Contender, number[]>; identical: boolean }> {
+  const { o } = ctx;
+  let identical = true;
+  const results: Record<Contender, number[]> = { sg6: [], floor: [], naive: [] };
+  const checked = new Set<string>();
+  for (let r = 0; r < o.runs; r++) {
+    const kinds = (["sg6", "floor", "naive"] as const).filter((k) => k !== "naive" || (doNaive && r < o.naiveRuns));
+    // rotate the order so that no contender always runs first (or right after another one)
+    const order = kinds.map((_, i) => kinds[(i + r) % kinds.length]!);
+    for (const which of order) {
+      await purge(o.backend, o.variant);
+      results[which].push(await contenders[which]());
+      if (!checked.has(which)) {
+        checked.add(which);
+        const dump = await kernelDump(o.backend, o.variant);
+        if (dump !== expected) {
+          identical = false;
+          say(`WARNING: ${which} at N=${n} left different kernel objects than sg6`);
         }
       }
     }
-
-    let naiveExtrapolated: ColdRecord["naiveExtrapolated"];
-    if (o.backend === "iptables" && !doNaive && o.naiveExtrapolate.includes(n)) {
-      naiveExtrapolated = await extrapolateNaive(o, n, config, floorIpset, floorIpt, dir);
-    }
-
-    // sg6's parts, measured one by one (the same work reconcile() does, timed separately)
-    let sg6Parts: Record<string, number> | undefined;
-    if (o.backend === "iptables") {
-      const parts: Record<string, number[]> = { hostState: [], snapshot: [], plan: [], ebtablesBefore: [], ipsetBefore: [], iptablesRestore: [], ipsetAfter: [] };
-      for (let r = 0; r < Math.min(3, o.runs); r++) {
-        await purge(o.backend, o.variant);
-        const backend = new IptablesBackend(o.variant, SCAFFOLD);
-        parts.hostState!.push((await timed(async () => new HostState(config, desired)))[0]);
-        const [snapMs, snapshot] = await timed(() => backend.snapshot());
-        parts.snapshot!.push(snapMs);
-        const [planMs, script] = await timed(async () => planChange(snapshot, renderContent(bindings), SCAFFOLD));
-        parts.plan!.push(planMs);
-        if (script.ebtablesBefore) parts.ebtablesBefore!.push((await timed(() => exec("ebtables-nft-restore", ["--noflush"], { input: script.ebtablesBefore })))[0]);
-        if (script.ipsetBefore) parts.ipsetBefore!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: script.ipsetBefore })))[0]);
-        parts.iptablesRestore!.push((await timed(() => exec(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush"], { input: script.iptables })))[0]);
-        if (script.ipsetAfter) parts.ipsetAfter!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: script.ipsetAfter })))[0]);
-      }
-      // a step sg6 does not take (an empty script) is left out
-      sg6Parts = Object.fromEntries(Object.entries(parts).filter(([, v]) => v.length).map(([k, v]) => [k, med(v)]));
-    }
-    const floorParts = ipsetMs.length ? { ipsetRestore: med(ipsetMs), iptablesRestore: med(iptMs) } : undefined;
-
-    emit({
-      kind: "cold",
-      backend: o.backend,
-      variant: o.variant,
-      n,
-      sg6: results.sg6,
-      floor: results.floor,
-      naive: results.naive,
-      naiveProcesses: naive.processes,
-      naiveExtrapolated,
-      sg6Parts,
-      floorParts,
-      identical,
-      objects:
-        o.backend === "iptables"
-          ? { rules: content.portRules.size + content.dropRules.size, ipsets: countSets(bindings), "set entries": content.srcEntries.size }
-          : nftCounts,
-    });
-
-    if (o.reconcileSizes.includes(n)) {
-      await purge(o.backend, o.variant);
-      await runSg6();
-      try {
-        await reconcileBench(o, n, enforcer!, bindings);
-      } catch (error) {
-        emit({ kind: "note", text: `${o.backend === "nftables" ? "nftables" : `ip6tables-${o.variant}`}: reconcile at N=${n} not measured: ${(error as Error).message.split("\n")[0]}` });
-      }
-    }
   }
+  return { results, identical };
+}
+
+/** Medians of sg6's parts, measured one by one (the same work reconcile() does, timed separately; iptables backend). */
+async function measureSg6Parts(ctx: ColdContext, desired: DesiredState, bindings: PortBinding[]): Promise<Record<string, number>> {
+  const { o, config } = ctx;
+  const parts: Record<string, number[]> = { hostState: [], snapshot: [], plan: [], ebtablesBefore: [], ipsetBefore: [], iptablesRestore: [], ipsetAfter: [] };
+  for (let r = 0; r < Math.min(3, o.runs); r++) {
+    await purge(o.backend, o.variant);
+    const backend = new IptablesBackend(o.variant, SCAFFOLD);
+    parts.hostState!.push((await timed(async () => new HostState(config, desired)))[0]);
+    const [snapMs, snapshot] = await timed(() => backend.snapshot());
+    parts.snapshot!.push(snapMs);
+    const [planMs, script] = await timed(async () => planChange(snapshot, renderContent(bindings), SCAFFOLD));
+    parts.plan!.push(planMs);
+    if (script.ebtablesBefore) parts.ebtablesBefore!.push((await timed(() => exec("ebtables-nft-restore", ["--noflush"], { input: script.ebtablesBefore })))[0]);
+    if (script.ipsetBefore) parts.ipsetBefore!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: script.ipsetBefore })))[0]);
+    parts.iptablesRestore!.push((await timed(() => exec(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush"], { input: script.iptables })))[0]);
+    if (script.ipsetAfter) parts.ipsetAfter!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: script.ipsetAfter })))[0]);
+  }
+  // a step sg6 does not take (an empty script) is left out
+  return Object.fromEntries(Object.entries(parts).filter(([, v]) => v.length).map(([k, v]) => [k, med(v)]));
+}
+
+/** What the iptables backend's kernel holds for these NICs, counted by the core's own renderer. */
+function iptablesObjects(bindings: PortBinding[]): Record<string, number> {
+  const content = renderContent(bindings);
+  return { rules: content.portRules.size + content.dropRules.size, ipsets: countSets(bindings), "set entries": content.srcEntries.size };
+}
+
+/** Reconcile at this N, on the Enforcer of a fresh sg6 cold start; a failure becomes a note. */
+async function reconcileAfterColdStart(ctx: ColdContext, n: number, contenders: ColdContenders, bindings: PortBinding[]): Promise<void> {
+  const { o } = ctx;
   await purge(o.backend, o.variant);
+  await contenders.sg6();
+  try {
+    await reconcileBench(o, n, contenders.enforcer()!, bindings);
+  } catch (error) {
+    emit({ kind: "note", text: `${o.backend === "nftables" ? "nftables" : `ip6tables-${o.variant}`}: reconcile at N=${n} not measured: ${(error as Error).message.split("\n")[0]}` });
+  }
 }
 
 /**
@@ -768,11 +841,9 @@ async function change(o: ChangeOptions): Promise<void> {
         return;
       }
     }
-    say(`N=${o.n}: publishing and saving the host's state`);
-    await publishMany(side.js, Array.from({ length: o.n }, (_, i) => allocation(host, i, 1)));
-    await new StateStore(config.stateDir).save(desiredState(config, o.n));
-    await purge(o.backend, o.variant);
+    await loadHost(o, host, config, side.js);
 
+    // the agent, started on the loaded host (the variable is set first so that `finally` stops it)
     const memory: Record<string, Record<string, number>> = { beforeAgent: memoryMb() };
     agent = new Agent(config, fileLogger(dir));
     const obs = observe(agent);
@@ -782,152 +853,209 @@ async function change(o: ChangeOptions): Promise<void> {
     if (agent.enforcer.bindings().length !== o.n) throw new Error(`agent enforces ${agent.enforcer.bindings().length} NICs, expected ${o.n}`);
     say(`N=${o.n}: agent up in ${agentStartMs.toFixed(0)} ms; ${o.warmup} + ${o.events} events`);
 
-    // the event mix: new VM (new port), prefix change of a VM, prefix change, release of a VM added here
-    const random = rng(0x5e6 + o.n);
-    const live: number[] = Array.from({ length: o.n }, (_, i) => i);
-    const added: number[] = [];
-    const generation = new Map<number, number>();
-    let nextVm = o.n;
-    let nextPd = 500_000;
-    const kinds = ["new-vm", "prefix-change", "prefix-change", "release"] as const;
-    const latencies: number[] = [];
-    const windows: { t0: number; t1: number; kind: string; applyMs: number }[] = [];
-    // diagnostics: when the agent wrote state.json, and GC pauses
-    const saves: { start: number; end: number }[] = [];
-    const store = agent.store;
-    const save = store.save.bind(store);
-    store.save = async (state) => {
-      const start = now();
-      try {
-        await save(state);
-      } finally {
-        saves.push({ start, end: now() });
-      }
-    };
-    const journal: { start: number; ms: number }[] = [];
-    const storeAny = store as unknown as { record?: (vms: unknown) => Promise<void> };
-    if (typeof storeAny.record === "function") {
-      const record = storeAny.record.bind(store);
-      storeAny.record = async (vms) => {
-        const start = now();
-        try {
-          await record(vms);
-        } finally {
-          journal.push({ start, ms: now() - start });
-        }
-      };
-    }
-    const gcs: { start: number; duration: number }[] = [];
-    const gcObserver = new PerformanceObserver((list) => {
-      for (const entry of list.getEntries()) gcs.push({ start: entry.startTime, duration: entry.duration });
-    });
-    gcObserver.observe({ entryTypes: ["gc"] });
-    let measuredFrom = Infinity;
-    const applyMs: number[] = [];
-    const byKind: Record<string, number[]> = {};
-    let notApplied = 0;
-    const total = o.warmup + o.events;
-    for (let i = 0; i < total; i++) {
-      let kind: (typeof kinds)[number] = kinds[i % 4]!;
-      if (kind !== "new-vm" && live.length === 0) kind = "new-vm";
-      if (kind === "release" && added.length === 0) kind = "prefix-change";
-      let event: Allocation | Release;
-      if (kind === "new-vm") {
-        const vm = nextVm++;
-        generation.set(vm, 1);
-        live.push(vm);
-        added.push(vm);
-        event = allocation(host, vm, 1);
-      } else if (kind === "prefix-change") {
-        const vm = live[Math.floor(random() * live.length)]!;
-        const g = (generation.get(vm) ?? 1) + 1;
-        generation.set(vm, g);
-        event = allocation(host, vm, g, nextPd++);
-      } else {
-        const vm = added.shift()!;
-        live.splice(live.indexOf(vm), 1);
-        const g = (generation.get(vm) ?? 1) + 1;
-        generation.set(vm, g);
-        event = release(host, vm, g);
-      }
-      const data = JSON.stringify(event);
-      const t0 = now();
-      const ack = await side.js.publish(subjectOf(host, event.vm), data);
-      const t1 = await obs.waitFor(ack.seq);
-      if (obs.verdicts.get(ack.seq)?.outcome !== "applied") notApplied++;
-      if (i >= o.warmup) {
-        latencies.push(t1 - t0);
-        measuredFrom = Math.min(measuredFrom, t0);
-        windows.push({ t0, t1, kind, applyMs: obs.applyMs.get(ack.seq) ?? NaN });
-        applyMs.push(obs.applyMs.get(ack.seq) ?? NaN);
-        const ofKind = byKind[kind] ?? [];
-        byKind[kind] = ofKind;
-        ofKind.push(t1 - t0);
-      }
-    }
+    const next = eventMix(host, o.n);
+    const instruments = instrumentAgent(agent);
+    const measured = await publishAndMeasure(o, host, side.js, obs, next);
     await sleep(300);
-    gcObserver.disconnect();
-    const measuredSaves = saves.filter((x) => x.end >= measuredFrom);
-    const measuredGcs = gcs.filter((g) => g.start >= measuredFrom);
-    const stateJson = (() => {
-      const start = now();
-      const text = JSON.stringify({ version: 1, savedAt: new Date().toISOString(), state: agent!.enforcer.state.toJSON() });
-      return { ms: now() - start, bytes: text.length };
-    })();
-    const slowCount = Math.max(3, Math.ceil(windows.length / 100));
-    const slowest = [...windows]
-      .sort((a, b) => b.t1 - b.t0 - (a.t1 - a.t0))
-      .slice(0, slowCount)
-      .map((w) => ({
-        ms: w.t1 - w.t0,
-        kind: w.kind,
-        applyMs: w.applyMs,
-        duringStateSave: measuredSaves.some((x) => x.start < w.t1 && x.end > w.t0),
-        gcMs: measuredGcs.filter((g) => g.start < w.t1 && g.start + g.duration > w.t0).reduce((sum, g) => sum + g.duration, 0),
-      }));
-    const diagnostics: ChangeDiagnostics = {
-      stateSaves: measuredSaves.length,
-      stateSaveMs: measuredSaves.map((x) => x.end - x.start),
-      stringifyMs: stateJson.ms,
-      stateBytes: stateJson.bytes,
-      gcPauses: measuredGcs.map((g) => g.duration),
-      journalMs: journal.filter((j) => j.start >= measuredFrom).map((j) => j.ms),
-      slowest,
-    };
+    instruments.stop();
+    const diagnostics = diagnoseSlowEvents(agent, instruments, measured);
     memory.afterEvents = memoryMb();
     const verified = o.backend === "iptables" ? await verifyKernel(agent, o.variant) : true;
     await agent.stop();
     agent = undefined;
 
-    // the bare tools for one change at this N, spawned from node as sg6 spawns them
-    const toolFloor: Record<string, number[]> = { "ipset restore (1 process, del+add)": [], "ip6tables-restore insert a port's rules": [], "ip6tables-restore delete a port's rules": [] };
-    if (o.backend === "iptables") {
-      // a synthetic extra port on the loaded host, rendered by the core like any other
-      const config = benchConfig(host, join(dir, "state"), side.nats.url, o.backend);
-      const model = bindingsOf(config, 1)[0]!;
-      const extra = (pd: number): PortBinding => ({ ...model, vm: "bench-extra", device: deviceOf(900_000), sources: [...model.sources.slice(0, 2), delegatedOf(pd)] });
-      const [a, b] = [extra(900_000), extra(900_001)];
-      await runScript(planDelta(renderContent([]), renderContent([a])), o.variant);
-      for (let r = 0; r < 30; r++) {
-        const [from, to] = r % 2 ? [b, a] : [a, b];
-        const delta = planDelta(renderContent([from]), renderContent([to]));
-        // (a prefix change also swaps the port's ND target rule: an ip6tables transaction not timed here)
-        toolFloor["ipset restore (1 process, del+add)"]!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: delta.ipsetBefore + delta.ipsetAfter })))[0]);
-      }
-      const current = renderContent([a]);
-      const removeRules = planDelta(current, renderContent([])).iptables;
-      const addRules = planDelta(renderContent([]), current).iptables;
-      for (let r = 0; r < 30; r++) {
-        const key = r % 2 ? "ip6tables-restore insert a port's rules" : "ip6tables-restore delete a port's rules";
-        toolFloor[key]!.push((await timed(() => exec(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush"], { input: r % 2 ? addRules : removeRules })))[0]);
-      }
-    }
+    const toolFloor = await measureToolFloor(o, host, dir, side.nats.url);
     await purge(o.backend, o.variant);
+    const { latencies, byKind, applyMs, notApplied } = measured;
     emit({ kind: "change", backend: o.backend, variant: o.variant, n: o.n, latencies, byKind, applyMs, warmup: o.warmup, notApplied, verified, agentStartMs, toolFloor, memory, diagnostics });
   } finally {
     if (agent) await agent.stop().catch(() => undefined);
     await natsDown(side);
   }
+}
+
+/** The host's N VMs: published to the stream, saved as the agent's state, and an empty namespace to start in. */
+async function loadHost(o: ChangeOptions, host: string, config: Config, js: JetStreamClient): Promise<void> {
+  say(`N=${o.n}: publishing and saving the host's state`);
+  await publishMany(js, Array.from({ length: o.n }, (_, i) => allocation(host, i, 1)));
+  await new StateStore(config.stateDir).save(desiredState(config, o.n));
+  await purge(o.backend, o.variant);
+}
+
+const CHANGE_KINDS = ["new-vm", "prefix-change", "prefix-change", "release"] as const;
+type ChangeKind = (typeof CHANGE_KINDS)[number];
+type NextEvent = (i: number) => { kind: ChangeKind; event: Allocation | Release };
+
+/**
+ * The event mix, in turn: new VM (new port), prefix change of a VM, prefix change, release of a VM
+ * added here. Deterministic for a given N.
+ */
+function eventMix(host: string, n: number): NextEvent {
+  const random = rng(0x5e6 + n);
+  const live: number[] = Array.from({ length: n }, (_, i) => i);
+  const added: number[] = [];
+  const generation = new Map<number, number>();
+  let nextVm = n;
+  let nextPd = 500_000;
+  return (i) => {
+    let kind: ChangeKind = CHANGE_KINDS[i % 4]!;
+    if (kind !== "new-vm" && live.length === 0) kind = "new-vm";
+    if (kind === "release" && added.length === 0) kind = "prefix-change";
+    if (kind === "new-vm") {
+      const vm = nextVm++;
+      generation.set(vm, 1);
+      live.push(vm);
+      added.push(vm);
+      return { kind, event: allocation(host, vm, 1) };
+    }
+    if (kind === "prefix-change") {
+      const vm = live[Math.floor(random() * live.length)]!;
+      const g = (generation.get(vm) ?? 1) + 1;
+      generation.set(vm, g);
+      return { kind, event: allocation(host, vm, g, nextPd++) };
+    }
+    const vm = added.shift()!;
+    live.splice(live.indexOf(vm), 1);
+    const g = (generation.get(vm) ?? 1) + 1;
+    generation.set(vm, g);
+    return { kind, event: release(host, vm, g) };
+  };
+}
+
+/** What the slowest events may have overlapped: the agent's state.json writes and journal records, and GC pauses. */
+interface AgentInstruments {
+  saves: { start: number; end: number }[];
+  journal: { start: number; ms: number }[];
+  gcs: { start: number; duration: number }[];
+  /** stop watching GC */
+  stop(): void;
+}
+
+/** Wrap the agent's state store to time its writes, and watch GC; what the agent does is unchanged. */
+function instrumentAgent(agent: Agent): AgentInstruments {
+  const saves: AgentInstruments["saves"] = [];
+  const store = agent.store;
+  const save = store.save.bind(store);
+  store.save = async (state) => {
+    const start = now();
+    try {
+      await save(state);
+    } finally {
+      saves.push({ start, end: now() });
+    }
+  };
+  const journal: AgentInstruments["journal"] = [];
+  const storeAny = store as unknown as { record?: (vms: unknown) => Promise<void> };
+  if (typeof storeAny.record === "function") {
+    const record = storeAny.record.bind(store);
+    storeAny.record = async (vms) => {
+      const start = now();
+      try {
+        await record(vms);
+      } finally {
+        journal.push({ start, ms: now() - start });
+      }
+    };
+  }
+  const gcs: AgentInstruments["gcs"] = [];
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) gcs.push({ start: entry.startTime, duration: entry.duration });
+  });
+  gcObserver.observe({ entryTypes: ["gc"] });
+  return { saves, journal, gcs, stop: () => gcObserver.disconnect() };
+}
+
+interface MeasuredEvents {
+  latencies: number[];
+  byKind: Record<string, number[]>;
+  applyMs: number[];
+  notApplied: number;
+  /** each measured event: published at t0, handled at t1 */
+  windows: { t0: number; t1: number; kind: string; applyMs: number }[];
+  /** when the first measured event was published */
+  measuredFrom: number;
+}
+
+/** Publish warm-up + measured events one at a time, each waited for until the agent handled it. */
+async function publishAndMeasure(o: ChangeOptions, host: string, js: JetStreamClient, obs: Observed, next: NextEvent): Promise<MeasuredEvents> {
+  const m: MeasuredEvents = { latencies: [], byKind: {}, applyMs: [], notApplied: 0, windows: [], measuredFrom: Infinity };
+  const total = o.warmup + o.events;
+  for (let i = 0; i < total; i++) {
+    const { kind, event } = next(i);
+    const data = JSON.stringify(event);
+    const t0 = now();
+    const ack = await js.publish(subjectOf(host, event.vm), data);
+    const t1 = await obs.waitFor(ack.seq);
+    if (obs.verdicts.get(ack.seq)?.outcome !== "applied") m.notApplied++;
+    if (i >= o.warmup) {
+      m.latencies.push(t1 - t0);
+      m.measuredFrom = Math.min(m.measuredFrom, t0);
+      m.windows.push({ t0, t1, kind, applyMs: obs.applyMs.get(ack.seq) ?? NaN });
+      m.applyMs.push(obs.applyMs.get(ack.seq) ?? NaN);
+      const ofKind = m.byKind[kind] ?? [];
+      m.byKind[kind] = ofKind;
+      ofKind.push(t1 - t0);
+    }
+  }
+  return m;
+}
+
+/** The measured events' state writes and GC pauses, the cost of one state.json, and what the slowest events overlapped. */
+function diagnoseSlowEvents(agent: Agent, instruments: AgentInstruments, measured: MeasuredEvents): ChangeDiagnostics {
+  const { windows, measuredFrom } = measured;
+  const measuredSaves = instruments.saves.filter((x) => x.end >= measuredFrom);
+  const measuredGcs = instruments.gcs.filter((g) => g.start >= measuredFrom);
+  const stateJson = (() => {
+    const start = now();
+    const text = JSON.stringify({ version: 1, savedAt: new Date().toISOString(), state: agent.enforcer.state.toJSON() });
+    return { ms: now() - start, bytes: text.length };
+  })();
+  const slowCount = Math.max(3, Math.ceil(windows.length / 100));
+  const slowest = [...windows]
+    .sort((a, b) => b.t1 - b.t0 - (a.t1 - a.t0))
+    .slice(0, slowCount)
+    .map((w) => ({
+      ms: w.t1 - w.t0,
+      kind: w.kind,
+      applyMs: w.applyMs,
+      duringStateSave: measuredSaves.some((x) => x.start < w.t1 && x.end > w.t0),
+      gcMs: measuredGcs.filter((g) => g.start < w.t1 && g.start + g.duration > w.t0).reduce((sum, g) => sum + g.duration, 0),
+    }));
+  return {
+    stateSaves: measuredSaves.length,
+    stateSaveMs: measuredSaves.map((x) => x.end - x.start),
+    stringifyMs: stateJson.ms,
+    stateBytes: stateJson.bytes,
+    gcPauses: measuredGcs.map((g) => g.duration),
+    journalMs: instruments.journal.filter((j) => j.start >= measuredFrom).map((j) => j.ms),
+    slowest,
+  };
+}
+
+/** The bare tools for one change at this N, spawned from node as sg6 spawns them (iptables backend; empty lists otherwise). */
+async function measureToolFloor(o: ChangeOptions, host: string, dir: string, natsUrl: string): Promise<Record<string, number[]>> {
+  const toolFloor: Record<string, number[]> = { "ipset restore (1 process, del+add)": [], "ip6tables-restore insert a port's rules": [], "ip6tables-restore delete a port's rules": [] };
+  if (o.backend !== "iptables") return toolFloor;
+  // a synthetic extra port on the loaded host, rendered by the core like any other
+  const config = benchConfig(host, join(dir, "state"), natsUrl, o.backend);
+  const model = bindingsOf(config, 1)[0]!;
+  const extra = (pd: number): PortBinding => ({ ...model, vm: "bench-extra", device: deviceOf(900_000), sources: [...model.sources.slice(0, 2), delegatedOf(pd)] });
+  const [a, b] = [extra(900_000), extra(900_001)];
+  await runScript(planDelta(renderContent([]), renderContent([a])), o.variant);
+  for (let r = 0; r < 30; r++) {
+    const [from, to] = r % 2 ? [b, a] : [a, b];
+    const delta = planDelta(renderContent([from]), renderContent([to]));
+    // (a prefix change also swaps the port's ND target rule: an ip6tables transaction not timed here)
+    toolFloor["ipset restore (1 process, del+add)"]!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: delta.ipsetBefore + delta.ipsetAfter })))[0]);
+  }
+  const current = renderContent([a]);
+  const removeRules = planDelta(current, renderContent([])).iptables;
+  const addRules = planDelta(renderContent([]), current).iptables;
+  for (let r = 0; r < 30; r++) {
+    const key = r % 2 ? "ip6tables-restore insert a port's rules" : "ip6tables-restore delete a port's rules";
+    toolFloor[key]!.push((await timed(() => exec(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush"], { input: r % 2 ? addRules : removeRules })))[0]);
+  }
+  return toolFloor;
 }
 
 interface BurstOptions {
