@@ -580,14 +580,18 @@ async function extrapolateNaive(o: ColdOptions, n: number, config: Config, _floo
   const loaded = floorScripts(all.slice(0, n - sample));
   const loadIpset = join(dir, `naive-load-${n}.ipset`);
   const loadIpt = join(dir, `naive-load-${n}.ip6tables`);
+  const loadEb = join(dir, `naive-load-${n}.ebtables`);
   writeFileSync(loadIpset, loaded.ipset);
   writeFileSync(loadIpt, loaded.iptables);
+  writeFileSync(loadEb, loaded.ebtables);
   const tailFile = join(dir, `naive-tail-${n}.sh`);
   const tailScript = naiveDeltaScript(all.slice(0, n - sample), all, o.variant);
   writeFileSync(tailFile, tailScript.script);
   await purge(o.backend, o.variant);
   await timedFromFile("ipset", ["-exist", "restore"], loadIpset);
   await timedFromFile(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush", loadIpt]);
+  // the layer-2 part too: the tail's ebtables rules go into the scaffold's chains
+  await timedFromFile("ebtables-nft-restore", ["--noflush"], loadEb);
   const tailMs = await timedFromFile("sh", [tailFile]);
   await purge(o.backend, o.variant);
   const ms = (n / sample) * ((headMs + tailMs) / 2);
