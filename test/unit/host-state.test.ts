@@ -487,6 +487,25 @@ once("a transaction rolls back records and owner indexes", () => {
   rejected(state, allocate("vm-e", 1, [{ ...EXAMPLE_NIC, device: "vnet8" }]), "nics.0.mac", /vm-a/);
 });
 
+once("a released VM whose subject was purged from the stream keeps its mark: resync drops nothing, a stale allocation stays ignored, also after a restart", () => {
+  const state = new HostState(POLICY);
+  feed(state, allocate("vm-a", 4, [EXAMPLE_NIC]), 3);
+  feed(state, release("vm-a", 5), 7);
+  const other = { seq: 8, ...allocate("vm-b", 1, [{ mac: "52:54:00:00:00:0b", network: "2001:db8:1::/64" }]) };
+  feed(state, other, other.seq);
+  // the management server purged sg6.vm.kvm-01.vm-a: the read holds vm-b only
+  const plan = planResync(state, [other]);
+  assert.equal(plan, { pending: [], lost: false });
+  assert.equal(state.toJSON().vms["vm-a"], { generation: 5, released: true, nics: [], seq: 7 }, "the tombstone is only the mark");
+  // a late retry of an older allocation, published again after the purge (new seq), and after a restart
+  const restarted = new HostState(POLICY, JSON.parse(snapshot(state)));
+  for (const s of [state, restarted]) {
+    const d = feed(s, allocate("vm-a", 4, [EXAMPLE_NIC]), 12);
+    assert.is(d.outcome, "ignore", "generation 4 is not newer than the mark 5");
+    assert.is(s.toJSON().vms["vm-a"]?.released, true);
+  }
+});
+
 once("planResync: only undecided messages, in stream order; an empty stream with VMs is 'lost'", () => {
   const state = new HostState(POLICY);
   const a = { seq: 4, ...allocate("vm-a", 1, [EXAMPLE_NIC]) };
