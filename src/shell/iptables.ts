@@ -129,7 +129,7 @@ export class IptablesBackend implements Dataplane {
     const { ports, ndRules } = this.lastDesired;
     if (ports < 1000) return [];
     return [
-      `the ND target guard is one u32 rule per owned address (${ndRules} rules for ${ports} ports): every change rewrites them with ip6tables-${this.variant}, ~0.6-0.9 s per change at 5,000 ports (bench/RESULTS.md); the nftables backend does it with set lookups`,
+      `the ND target guard is one string or u32 rule per owned address (${ndRules} rules for ${ports} ports): every change rewrites them with ip6tables-${this.variant}, ~0.35-0.45 s per change at 5,000 ports (bench/RESULTS.md); the nftables backend does it with set lookups`,
     ];
   }
 

@@ -98,6 +98,7 @@ const SRC_B = ["sg6-s-vnet4 2001:db8:1:0:5054:ff:feab:cdef", "sg6-s-vnet4 ::", "
 const members = (src: string[]) => src.map((e) => e.slice(e.indexOf(" ") + 1));
 /** sg6-guard exactly as the contract lays it out */
 const GUARD = [
+  "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m u32 ! --u32 0x4&0xff00=0x3a00 -g sg6-drop",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -g sg6-nd",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 131 -j RETURN",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 143 -j RETURN",
@@ -107,6 +108,7 @@ const GUARD = [
   "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 138 -g sg6-drop",
   "-A sg6-guard -p udp -m udp --dport 546 -g sg6-drop",
   "-A sg6-guard -p udp -m udp --sport 547 -g sg6-drop",
+  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m u32 ! --u32 0x4&0xff00=0x3a00 -g sg6-drop",
   "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 136 -g sg6-nd",
   "-A sg6-guard -p tcp -m tcp -j RETURN",
 ].map(withId);
@@ -467,6 +469,19 @@ render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per br
   assert.is(DROP_DEFAULT, withId("-A sg6-drop -j DROP"));
   assert.is(ND_DEFAULT, withId("-A sg6-nd -j sg6-drop"));
   assert.equal(hookJumps("vnet"), { FORWARD: JUMP, INPUT: INPUT_JUMP }, "bridged frames and frames to the hypervisor's own stack");
+});
+
+render("ND targets: a /128 is 16 bytes at exactly offset 48 (xt_string), a prefix a masked u32 test", () => {
+  assert.is(
+    ndRule("vnet3", "fe80::5054:ff:fe12:3456/128"),
+    withId("-A sg6-nd -m physdev --physdev-in vnet3 -m string --algo bm --from 48 --to 64 --hex-string |fe80000000000000505400fffe123456| -j RETURN"),
+  );
+  assert.is(
+    ndRule("vnet3", "2001:db8:ff00:120::/60"),
+    withId("-A sg6-nd -m physdev --physdev-in vnet3 -m u32 --u32 0x30=0x20010db8&&0x34&0xfffffff0=0xff000120 -j RETURN"),
+    "the next-header check lives once in sg6-guard, not in every target rule",
+  );
+  assert.is(ndRule("vnet3", "::/0"), withId("-A sg6-nd -m physdev --physdev-in vnet3 -m u32 --u32 0x0&0x0=0x0 -j RETURN"), "a test u32 accepts even with no bits to compare");
 });
 
 render("the largest binding an event may carry fits its port set", () => {
@@ -838,7 +853,7 @@ drift("an upgrade that changes a rule's body rewrites it (its id changes with it
   k.filter.get(CHAIN_GUARD)![4] = oldGuard;
   k.filter.get(CHAIN_PORT)![0] = oldPort;
   const script = planChange(read(k), DESIRED, OPTIONS);
-  assert.ok(script.changes.includes(`rewrite chain ${CHAIN_GUARD} (11 -> 11 rules)`), JSON.stringify(script.changes));
+  assert.ok(script.changes.includes(`rewrite chain ${CHAIN_GUARD} (13 -> 13 rules)`), JSON.stringify(script.changes));
   assert.ok(script.iptables.includes(`-D sg6-port ${spec(oldPort)}`) && script.iptables.includes(`-I sg6-port 1 ${spec(RULE_A)}`), script.iptables);
   run(k, script);
   assert.is(normalised(k), normalised(clean));
