@@ -46,8 +46,16 @@ BARRIER = re.compile(rb"sg6barrier-[0-9a-f]{12}")
 
 
 def iface_mac(iface):
-    with open(f"/sys/class/net/{iface}/address") as f:
-        return f.read().strip()
+    """The interface's own MAC, asked of the kernel in this process's network namespace (a bound
+    packet socket's address). Not /sys: if `ip netns exec` could not mount a fresh sysfs, /sys still
+    shows the namespace it came from, where "eth0" is another interface (a barrier sent with that
+    MAC would teach the bridge someone else's address)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((iface, 0))
+        return ":".join(f"{b:02x}" for b in sock.getsockname()[4])
+    finally:
+        sock.close()
 
 
 def mac_bytes(text):
