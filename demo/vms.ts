@@ -53,7 +53,12 @@ async function bootVm(run: DemoRun, vm: LabVm, dhcpConf: string): Promise<Booted
 function waitForLinkLocal(vm: LabVm): Promise<string> {
   return waitFor(
     `${vm.name}: link-local address`,
-    async () => (await addresses(vm.ns, "eth0")).find((a) => a.scope === "link" && !a.tentative)?.local,
+    async () => {
+      const found = (await addresses(vm.ns, "eth0")).find((a) => a.scope === "link");
+      // a failed DAD never leaves "tentative": say so instead of waiting out the timeout
+      if (found?.dadfailed) throw new Error(`${vm.name}: DAD failed for its link-local ${found.local}`);
+      return found && !found.tentative ? found.local : undefined;
+    },
     10_000,
     50,
   );
