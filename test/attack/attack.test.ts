@@ -19,7 +19,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { allowedSources, nicIntents } from "../../src/core/host-state.js";
+import { bindingFor } from "../support/fixtures.js";
 import type { PortBinding } from "../../src/core/model.js";
 import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver.js";
 import { Cleanup, Hypervisor, type Netns, randomMac, waitFor } from "../support/netns.js";
@@ -33,7 +33,6 @@ const PYTHON = "/usr/bin/python3";
 const NETWORK = "2001:db8:1::/64";
 const ROUTER_IP = "2001:db8:1::1";
 const ROGUE_PREFIX = "2001:db8:bad::";
-const POLICY = { host: "kvm-01", networks: [NETWORK], pdPool: "2001:db8:ff00::/40", pdLength: 60, portPrefix: "vnet" };
 const BRIDGE_MAC = "02:00:00:00:0b:01";
 
 // ---------------------------------------------------------------- processes
@@ -176,8 +175,7 @@ interface Lab {
 }
 
 function binding(vm: string, device: string, mac: string): PortBinding {
-  const [intent] = nicIntents({ v: 1, kind: "vm.allocated", host: "kvm-01", vm, generation: 1, nics: [{ mac, network: NETWORK }] }, POLICY);
-  return { vm, device, mac: intent!.mac, sources: allowedSources(intent!) };
+  return bindingFor(vm, device, { mac, network: NETWORK });
 }
 
 async function globalAddresses(ns: Netns, dev: string): Promise<{ local: string; tentative?: boolean; dadfailed?: boolean }[]> {

@@ -9,6 +9,7 @@ import type { Config } from "../../src/core/config.js";
 import { connectNats, type NatsSettings } from "../../src/nats/options.js";
 import { lastOnSubject, NewerMessageError, publishEvent } from "../../src/nats/publish.js";
 import { vmSubject } from "../../src/nats/subjects.js";
+import { testConfig } from "../support/fixtures.js";
 import { rejects, startNats, type NatsServer } from "../support/nats-server.js";
 
 const test = suite("publish: optimistic concurrency");
@@ -24,19 +25,7 @@ test.before(async () => {
   settings = { servers: [srv.url], stream: "SG6", replicas: 1 };
   nc = await connectNats(settings, "sg6-test");
   jsm = await jetstreamManager(nc);
-  config = {
-    host: "kvm-01",
-    networks: ["2001:db8:1::/64"],
-    pdPool: "2001:db8:ff00::/40",
-    pdLength: 60,
-    bridges: ["br0"],
-    portPrefix: "vnet",
-    stateDir: "/nonexistent",
-    backend: "iptables",
-    resyncInterval: 60,
-    nats: settings,
-    metrics: { listen: "" },
-  };
+  config = testConfig({ nats: settings });
 });
 
 test.after(async () => {

@@ -4,23 +4,11 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import pino from "pino";
 import { Enforcer } from "../../src/enforcer.js";
-import type { Config } from "../../src/core/config.js";
 import type { BridgePort, PortBinding, VmRecord } from "../../src/core/model.js";
 import type { Dataplane } from "../../src/shell/dataplane.js";
+import { testConfig } from "../support/fixtures.js";
 
-const CONFIG: Config = {
-  host: "kvm-01",
-  networks: ["2001:db8:1::/64"],
-  pdPool: "2001:db8:ff00::/40",
-  pdLength: 60,
-  bridges: ["br0"],
-  portPrefix: "vnet",
-  stateDir: "/nonexistent",
-  backend: "iptables",
-  resyncInterval: 60,
-  nats: { servers: ["nats://127.0.0.1:4222"], stream: "SG6", replicas: 1 },
-  metrics: { listen: "" },
-};
+const CONFIG = testConfig();
 
 /** A kernel as a map device -> binding; each step can be told to fail once. */
 class FakeDataplane implements Dataplane {

@@ -6,14 +6,10 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { allowedSources, HostState, nicIntents, planResync, stateFromMessages, type Decision } from "../../src/core/host-state.js";
 import type { NicIntent } from "../../src/core/model.js";
+import { POLICY as HOST_POLICY } from "../support/fixtures.js";
 
-const POLICY = {
-  host: "kvm-01",
-  networks: ["2001:db8:1::/64", "2001:db8:2::/64"],
-  pdPool: "2001:db8:ff00::/40",
-  pdLength: 60,
-  portPrefix: "vnet",
-};
+// two networks: conflicts across them
+const POLICY = { ...HOST_POLICY, networks: ["2001:db8:1::/64", "2001:db8:2::/64"] };
 
 const VM = "6b1f3c1e-0d52-4d3b-9a55-0f2b6c1d9e10";
 

@@ -10,7 +10,7 @@ import fc from "fast-check";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { MAX_SECONDARY } from "../../src/core/event.js";
-import { allowedSources, nicIntents } from "../../src/core/host-state.js";
+import { bindingFor as binding } from "../support/fixtures.js";
 import { CHAIN_L2, l2Jump, L2_TAIL, l2PortRules, parseEbtablesSave, type L2Snapshot } from "../../src/core/ebtables-rules.js";
 import {
   CHAIN_DROP,
@@ -48,12 +48,6 @@ import {
 import type { PortBinding } from "../../src/core/model.js";
 
 const OPTIONS = { bridges: ["cloudbr0"], portPrefix: "vnet" };
-const POLICY = { host: "kvm-01", networks: ["2001:db8:1::/64"], pdPool: "2001:db8:ff00::/40", pdLength: 60, portPrefix: "vnet" };
-
-function binding(vm: string, device: string, nic: { mac: string; network: string; delegated?: string; secondary?: string[] }): PortBinding {
-  const [intent] = nicIntents({ v: 1, kind: "vm.allocated", host: "kvm-01", vm, generation: 1, nics: [nic] }, POLICY);
-  return { vm, device, mac: intent!.mac, sources: allowedSources(intent!) };
-}
 
 // The contract's example VM on vnet3, and a second one without extras on vnet4.
 const VM_A = binding("vm-a", "vnet3", {

@@ -4,8 +4,7 @@
 import fc from "fast-check";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { allowedSources, nicIntents } from "../../src/core/host-state.js";
-import type { PortBinding } from "../../src/core/model.js";
+import { bindingFor as binding } from "../support/fixtures.js";
 import {
   CHAIN_GUARD,
   chainSpecs,
@@ -29,12 +28,6 @@ import {
 } from "../../src/core/nft-rules.js";
 
 const OPTIONS: NftOptions = { bridges: ["cloudbr0"], portPrefix: "vnet" };
-const POLICY = { host: "kvm-01", networks: ["2001:db8:1::/64"], pdPool: "2001:db8:ff00::/40", pdLength: 60, portPrefix: "vnet" };
-
-function binding(vm: string, device: string, nic: { mac: string; network: string; delegated?: string; secondary?: string[] }): PortBinding {
-  const [intent] = nicIntents({ v: 1, kind: "vm.allocated", host: "kvm-01", vm, generation: 1, nics: [nic] }, POLICY);
-  return { vm, device, mac: intent!.mac, sources: allowedSources(intent!) };
-}
 
 const VM_A = binding("vm-a", "vnet3", { mac: "52:54:00:12:34:56", network: "2001:db8:1::/64", delegated: "2001:db8:ff00:120::/60", secondary: ["2001:db8:1::10"] });
 const VM_B = binding("vm-b", "vnet4", { mac: "52:54:00:AB:CD:EF", network: "2001:db8:1::/64" });

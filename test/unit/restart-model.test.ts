@@ -11,14 +11,10 @@ import { allowedSources, HostState, planResync, stateFromMessages, type StreamMe
 import { bindPorts, portsByMac } from "../../src/core/bindings.js";
 import { tapMacFor } from "../../src/core/addressing.js";
 import type { BridgePort, DesiredState } from "../../src/core/model.js";
+import { POLICY as HOST_POLICY } from "../support/fixtures.js";
 
-const POLICY = {
-  host: "kvm-01",
-  networks: ["2001:db8:1::/64", "2001:db8:2::/64"],
-  pdPool: "2001:db8:ff00::/40",
-  pdLength: 60,
-  portPrefix: "vnet",
-};
+// two networks: conflicts across them
+const POLICY = { ...HOST_POLICY, networks: ["2001:db8:1::/64", "2001:db8:2::/64"] };
 
 const VMS = ["vm-a", "vm-b", "vm-c", "__proto__"];
 // 52:54:…:01 and fe:54:…:01 share a tap MAC (and so a port)
