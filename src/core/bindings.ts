@@ -129,22 +129,10 @@ export class BindingTracker {
       this.waiting = plan.waiting;
       return;
     }
-    for (const [vm, claims] of plan.claims) {
-      if (claims.length) this.claims.set(vm, claims);
-      else this.claims.delete(vm);
-    }
-    for (const [device, set] of plan.claimants) {
-      if (set.size) this.claimants.set(device, set);
-      else this.claimants.delete(device);
-    }
-    for (const [vm, list] of plan.bound) {
-      if (list.length) this.bound.set(vm, list);
-      else this.bound.delete(vm);
-    }
-    for (const [vm, list] of plan.waiting) {
-      if (list.length) this.waiting.set(vm, list);
-      else this.waiting.delete(vm);
-    }
+    mergeInto(this.claims, plan.claims, (claims) => claims.length === 0);
+    mergeInto(this.claimants, plan.claimants, (set) => set.size === 0);
+    mergeInto(this.bound, plan.bound, (list) => list.length === 0);
+    mergeInto(this.waiting, plan.waiting, (list) => list.length === 0);
   }
 
   private work(vms: Iterable<[string, VmRecord | undefined]>, fresh: boolean): BindingPlan {
@@ -196,5 +184,13 @@ export class BindingTracker {
       to.push(...list);
     }
     return { from, to, vms: [...affected], claims, claimants, bound, waiting, fresh };
+  }
+}
+
+/** Write `changes` over `into`; a key whose new value is empty goes away instead of staying empty. */
+function mergeInto<K, V>(into: Map<K, V>, changes: Map<K, V>, empty: (value: V) => boolean): void {
+  for (const [key, value] of changes) {
+    if (empty(value)) into.delete(key);
+    else into.set(key, value);
   }
 }

@@ -44,19 +44,10 @@ export class PortInventory extends EventEmitter {
   /** The first dump, coalesced with notifications like any other; its error is the caller's. */
   private async firstRefresh(): Promise<void> {
     let failure: unknown;
-    this.refreshing = (async () => {
-      do {
-        this.again = false;
-        try {
-          await this.refresh();
-        } catch (error) {
-          failure = error;
-          break;
-        }
-      } while (this.again);
-      this.refreshing = undefined;
-    })();
-    await this.refreshing;
+    await this.refreshUntilQuiet((error) => {
+      failure = error;
+      return "stop";
+    });
     if (failure) throw failure;
   }
 
@@ -78,17 +69,26 @@ export class PortInventory extends EventEmitter {
       this.again = true;
       return;
     }
+    void this.refreshUntilQuiet((error) => {
+      this.emit("error", error);
+      return "go on";
+    });
+  }
+
+  /** Dump again while notifications came in during the last dump; `onError` says whether a failed dump ends it. */
+  private refreshUntilQuiet(onError: (error: unknown) => "stop" | "go on"): Promise<void> {
     this.refreshing = (async () => {
       do {
         this.again = false;
         try {
           await this.refresh();
         } catch (error) {
-          this.emit("error", error);
+          if (onError(error) === "stop") break;
         }
       } while (this.again);
       this.refreshing = undefined;
     })();
+    return this.refreshing;
   }
 
   private async refresh(): Promise<void> {
