@@ -16,29 +16,14 @@ import { join, resolve } from "node:path";
 import { linkLocalAddress, slaacAddress } from "../../src/core/addressing.js";
 import { StateStore } from "../../src/shell/state-store.js";
 import { execRaw } from "../../src/shell/exec.js";
-import { BootRoot, cannotBoot } from "../support/nspawn.js";
+import { agentToml, BootRoot, cannotBoot } from "../support/nspawn.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const MAC = "52:54:00:12:34:56";
 const NETWORK = "2001:db8:1::/64";
 const SLAAC = slaacAddress(NETWORK, MAC);
 
-const CONFIG = `host = "kvm-boot"
-networks = ["${NETWORK}"]
-pd_pool = "2001:db8:ff00::/40"
-pd_length = 60
-bridges = ["cloudbr0"]
-port_prefix = "vnet"
-state_dir = "/var/lib/sg6"
-backend = "iptables"
-resync_interval = 60
-
-[nats]
-servers = ["nats://127.0.0.1:4222"]   # nothing listens: READY must not wait for NATS
-
-[metrics]
-listen = ""
-`;
+const CONFIG = agentToml("kvm-boot", NETWORK);
 
 // what the driver and probes run inside the container (bash, bound read-only at /sg6test)
 const SCRIPTS: Record<string, string> = {

@@ -9,26 +9,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { execRaw } from "../../src/shell/exec.js";
-import { BootRoot, cannotBoot } from "../support/nspawn.js";
+import { agentToml, BootRoot, cannotBoot } from "../support/nspawn.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
 
-const CONFIG = `host = "kvm-deb"
-networks = ["2001:db8:1::/64"]
-pd_pool = "2001:db8:ff00::/40"
-pd_length = 60
-bridges = ["cloudbr0"]
-port_prefix = "vnet"
-state_dir = "/var/lib/sg6"
-backend = "iptables"
-
-[nats]
-servers = ["nats://127.0.0.1:4222"]
-
-[metrics]
-listen = ""
-`;
+const CONFIG = agentToml("kvm-deb");
 
 const DRIVER = `exec >/out/driver.log 2>&1 3>/out/trace.log; BASH_XTRACEFD=3; set -x
 r() { local name=$1; shift; "$@" >"/out/$name.txt" 2>&1; echo $? >"/out/$name.rc"; }

@@ -27,6 +27,26 @@ export async function cannotBoot(): Promise<string | undefined> {
   return undefined;
 }
 
+/** The agent.toml of a booted copy: guards cloudbr0's vnet ports; NATS is named but nothing listens (READY must not wait for it). */
+export function agentToml(host: string, network = "2001:db8:1::/64"): string {
+  return `host = "${host}"
+networks = ["${network}"]
+pd_pool = "2001:db8:ff00::/40"
+pd_length = 60
+bridges = ["cloudbr0"]
+port_prefix = "vnet"
+state_dir = "/var/lib/sg6"
+backend = "iptables"
+resync_interval = 60
+
+[nats]
+servers = ["nats://127.0.0.1:4222"]
+
+[metrics]
+listen = ""
+`;
+}
+
 export class BootRoot {
   readonly name = `sg6boot-${runId()}`;
   readonly base = mkdtempSync(join(tmpdir(), "sg6-boot-"));
