@@ -1,7 +1,6 @@
 // `sg6 agent`: the daemon. Saved state first (no NATS needed), then the stream, then events.
 import type { Logger } from "pino";
 import type { Config } from "./core/config.js";
-import { planResync } from "./core/host-state.js";
 import { Enforcer, type BatchItem, type BatchResult } from "./enforcer.js";
 import { Metrics } from "./metrics.js";
 import { Intake, type IncomingEvent, type Verdict } from "./nats/intake.js";
@@ -177,14 +176,13 @@ export class Agent {
     if (!this.nc) return;
     const messages = await readLatest(this.nc, this.config.nats.stream, this.config.host);
     await this.enforcer.serial(async () => {
-      const { pending, lost } = planResync(this.enforcer.state, messages);
+      const { pending, lost, batch: result } = await this.enforcer.catchUp(messages);
       if (lost) {
         this.log.error(
           { vms: this.enforcer.state.activeCount() },
           "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)",
         );
       }
-      const result = pending.length ? await this.enforcer.applyBatch(pending) : undefined;
       for (const [i, d] of (result?.decisions ?? []).entries()) {
         const m = pending[i]!;
         if (d.outcome === "reject") this.log.warn({ vm: d.vm, seq: m.seq, subject: m.subject, reason: d.reason }, "rejected during resync");

@@ -2,16 +2,14 @@
 // kernel changes, one transaction set per batch, and keeps the kernel in line with the desired state.
 import type { Logger } from "pino";
 import { BindingTracker, type BindingPlan, type UnboundNic } from "./core/bindings.js";
-import { HostState, type Decision } from "./core/host-state.js";
+import { HostState, planResync, type Decision } from "./core/host-state.js";
+import type { StreamMessage } from "./core/stream-message.js";
 import { setOwn, type BridgePort, type DesiredState, type PortBinding, type VmRecord } from "./core/model.js";
 import type { Config } from "./core/config.js";
 import type { Dataplane } from "./shell/dataplane.js";
 
-export interface BatchItem {
-  subject: string;
-  seq: number;
-  data: Uint8Array;
-}
+/** a message of a batch: the stream's shape, whoever read it */
+export type BatchItem = StreamMessage;
 
 export interface BatchResult {
   decisions: Decision[];
@@ -21,6 +19,15 @@ export interface BatchResult {
   recorded: number;
   /** ms spent in the kernel tools */
   applyMs: number;
+}
+
+export interface CatchUp {
+  /** the stream held nothing for this host while VMs are enforced: the state was kept */
+  lost: boolean;
+  /** the messages not decided before, in stream order */
+  pending: StreamMessage[];
+  /** their batch (decisions in `pending` order); none when nothing was pending */
+  batch: BatchResult | undefined;
 }
 
 export class Enforcer {
@@ -74,6 +81,17 @@ export class Enforcer {
     const plan = this.ports.rebuild(this.state.vms);
     this.ports.commit(plan);
     return this.dataplane.reconcile(plan.to, dryRun);
+  }
+
+  /**
+   * Catch up with the stream's last message per VM (start-up, reconnect, consumer restart): what
+   * the state has not decided yet goes through applyBatch in stream order, nothing decided is
+   * decided again (restart equals live, docs/restart.md). Run it inside serial().
+   */
+  async catchUp(messages: readonly StreamMessage[]): Promise<CatchUp> {
+    const { pending, lost } = planResync(this.state, messages);
+    const batch = pending.length ? await this.applyBatch(pending) : undefined;
+    return { lost, pending, batch };
   }
 
   /**
@@ -145,10 +163,6 @@ export class Enforcer {
     }
   }
 
-  /** Replace the desired state wholesale (from the stream or state.json). */
-  replaceState(state: DesiredState): void {
-    this.state = new HostState(this.config, state);
-  }
 }
 
 function asRecord(changes: Map<string, VmRecord | null>): Record<string, VmRecord | null> {

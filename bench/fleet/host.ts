@@ -4,7 +4,6 @@
 // src/agent.ts (without the journal, the port inventory and the metrics).
 import type { NatsConnection } from "@nats-io/transport-node";
 import { pino, type Logger } from "pino";
-import { stateFromMessages } from "../../src/core/host-state.js";
 import { Enforcer, type BatchItem } from "../../src/enforcer.js";
 import { Intake, type IncomingEvent, type IntakeOptions, type Verdict } from "../../src/nats/intake.js";
 import { connectNats, type NatsSettings } from "../../src/nats/options.js";
@@ -117,16 +116,12 @@ export class SimHost {
     const t0 = performance.now();
     const messages = await readLatest(this.nc, STREAM, this.host, this.o.readTimeoutMs ? { apiTimeoutMs: this.o.readTimeoutMs } : {});
     await this.enforcer.serial(async () => {
-      const active = [...this.enforcer.state.active()].length;
-      if (messages.length === 0 && active > 0) return;
-      const { state } = stateFromMessages(this.enforcer.config, messages);
+      const { pending, batch } = await this.enforcer.catchUp(messages);
       const now = performance.now();
       // what the resync brings in counts as enforced too (the live loop may never see it)
-      for (const [vm, record] of state.vms) {
-        const before = this.enforcer.state.vms.get(vm);
-        if (!before || before.generation < record.generation) this.o.hooks.enforced(`sg6.vm.${this.host}.${vm}`, record.generation, now);
+      for (const [i, d] of (batch?.decisions ?? []).entries()) {
+        if (d.outcome === "apply") this.o.hooks.enforced(pending[i]!.subject, d.record.generation, now);
       }
-      this.enforcer.replaceState(state.toJSON());
       await this.enforcer.reconcile();
     });
     this.resyncMessages = messages.length;

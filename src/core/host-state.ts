@@ -21,17 +21,14 @@ import type { Config } from "./config.js";
 import { decodeEvent, type VmEvent } from "./event.js";
 import { setOwn, type DesiredState, type NicIntent, type VmRecord } from "./model.js";
 import { VM_SUBJECT_RE } from "./names.js";
+import type { StreamMessage } from "./stream-message.js";
 
 export type Decision =
   | { outcome: "apply"; vm: string; record: VmRecord; event: VmEvent }
   | { outcome: "ignore"; vm: string; reason: string }
   | { outcome: "reject"; vm?: string; reason: string };
 
-export interface StreamMessage {
-  subject: string;
-  seq: number;
-  data: Uint8Array;
-}
+export type { StreamMessage };
 
 type Policy = Pick<Config, "host" | "networks" | "pdPool" | "pdLength" | "portPrefix">;
 

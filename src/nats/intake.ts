@@ -14,7 +14,7 @@ import { consumerOptions, ensureConsumerState, ensureStream } from "./stream.js"
 import { consumerLeaderAdvisory, durableName, parseVmSubject, rejectSubject } from "./subjects.js";
 
 /** a message handed to the handler (the type lives in core so that stream.ts need not import this module) */
-export type IncomingEvent = StreamMessage;
+export type IncomingEvent = StreamMessage & { redelivered: boolean };
 
 export type Verdict = { outcome: "applied" | "ignored" } | { outcome: "rejected"; reason: string; vm?: string };
 

@@ -281,7 +281,7 @@ async function readLatestOnce(jsm: JetStreamManager, stream: string, host: strin
           throw new ReadDisturbed(`read of ${name} disturbed: delivery ${m.info.deliverySequence} after ${dseq}`);
         }
         dseq = m.info.deliverySequence;
-        out.push({ subject: m.subject, seq: m.seq, data: m.data, redelivered: false });
+        out.push({ subject: m.subject, seq: m.seq, data: m.data });
         pending = m.info.pending;
         if (pending === 0) break;
       }
