@@ -190,9 +190,7 @@ export class Agent {
       }
       if (result?.recorded) await this.store.save(() => this.enforcer.state.toJSON());
       const changes = await this.enforcer.reconcile();
-      this.metrics.lastResync.set(Date.now() / 1000);
-      if (changes.length) this.metrics.driftRepairs.inc(changes.length);
-      this.countKernelSwitches(changes);
+      this.countRepairs(changes);
       this.log.info({ messages: messages.length, pending: pending.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
     });
     this.updateGauges();
@@ -203,12 +201,8 @@ export class Agent {
     if (this.stopping) return [];
     try {
       const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
-      this.metrics.lastResync.set(Date.now() / 1000);
-      if (changes.length) {
-        this.metrics.driftRepairs.inc(changes.length);
-        this.countKernelSwitches(changes);
-        this.log.warn({ changes }, "drift repaired");
-      }
+      this.countRepairs(changes);
+      if (changes.length) this.log.warn({ changes }, "drift repaired");
       return changes;
     } catch (error) {
       this.log.error({ err: (error as Error).message }, "drift repair failed");
@@ -216,8 +210,13 @@ export class Agent {
     }
   }
 
-  /** Kernel switches the dataplane repaired (reported by reconcile as "kernel: …"): logged on their own and counted. */
-  private countKernelSwitches(changes: string[]): void {
+  /**
+   * A reconcile's repairs, counted; kernel switches it turned back on (reported as "kernel: …")
+   * also logged on their own and counted apart.
+   */
+  private countRepairs(changes: string[]): void {
+    this.metrics.lastResync.set(Date.now() / 1000);
+    if (changes.length) this.metrics.driftRepairs.inc(changes.length);
     const switches = changes.filter((c) => c.startsWith("kernel: "));
     if (!switches.length) return;
     this.metrics.kernelSwitchRepairs.inc(switches.length);
