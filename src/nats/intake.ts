@@ -323,20 +323,13 @@ export class Intake {
     try {
       for await (const s of statusIter) {
         this.lastActivity = Date.now();
-        switch (s.type) {
-          case "heartbeats_missed":
-            // while we hold back pulls (a slow batch, a full buffer) silence is our own doing
-            if (this.inFlight.length > 0 || this.buffer.length >= this.maxBatch) break;
-            this.log.warn({ status: s }, "consumer gone or pulls dead; restarting consumption");
-            messages.stop();
-            return;
-          case "consumer_deleted":
-          case "consumer_not_found":
-          case "stream_not_found":
-            this.log.warn({ status: s }, "consumer gone or pulls dead; restarting consumption");
-            messages.stop();
-            return;
-          default:
+        const gone = s.type === "consumer_deleted" || s.type === "consumer_not_found" || s.type === "stream_not_found";
+        // while we hold back pulls (a slow batch, a full buffer) missed heartbeats are our own doing
+        const deaf = s.type === "heartbeats_missed" && this.inFlight.length === 0 && this.buffer.length < this.maxBatch;
+        if (gone || deaf) {
+          this.log.warn({ status: s }, "consumer gone or pulls dead; restarting consumption");
+          messages.stop();
+          return;
         }
       }
     } finally {
