@@ -4,7 +4,7 @@ import { parseConfig, type Config } from "../src/core/config.js";
 import { bindPorts } from "../src/core/bindings.js";
 import { HostState } from "../src/core/host-state.js";
 import type { DesiredState, PortBinding } from "../src/core/model.js";
-import { planChange, planDelta, renderContent, type ChangeScript, type KernelSnapshot, type ScaffoldOptions } from "../src/core/iptables-rules.js";
+import { ndMatchFor, planChange, planDelta, renderContent, type ChangeScript, type KernelSnapshot, type ScaffoldOptions } from "../src/core/iptables-rules.js";
 
 export const NETWORK = "2001:db8:1::/64";
 export const PD_POOL = "2001:db8:ff00::/40";
@@ -117,17 +117,20 @@ export const emptySnapshot = (): KernelSnapshot => ({ hooks: { FORWARD: [], INPU
  * The floor: what the kernel tools alone need, as one `ipset restore` and one `ip6tables-restore`
  * input. Rendered by the core itself (whatever layout it has), so the objects are sg6's exactly.
  */
-export function floorScripts(bindings: PortBinding[]): { ipset: string; iptables: string; ebtables: string } {
-  const script = planChange(emptySnapshot(), renderContent(bindings), SCAFFOLD);
+export function floorScripts(bindings: PortBinding[], variant: "legacy" | "nft"): { ipset: string; iptables: string; ebtables: string } {
+  const script = planChange(emptySnapshot(), renderContent(bindings, ndMatchFor(variant)), SCAFFOLD);
   // from nothing the split before/after that sg6 makes for atomicity buys nothing: one ipset
   // restore, one ip6tables-restore, one ebtables-restore (from nothing only the "before" run has lines)
   return { ipset: script.ipsetBefore + script.ipsetAfter, iptables: script.iptables, ebtables: script.ebtablesBefore + script.ebtablesAfter.replace(/^\*nat\n/, "") };
 }
 
-/** A rule's words for the naive shell script: any word with a shell metacharacter (u32's `&`) single-quoted. */
+/**
+ * A rule's words for the naive shell script: a double-quoted argument (bpf's bytecode) stays one
+ * word, and any word with a shell metacharacter (u32's `&`) is single-quoted.
+ */
 function shellWords(line: string): string {
-  return line
-    .split(" ")
+  return (line.match(/"[^"]*"|\S+/g) ?? [])
+    .map((w) => (w.startsWith('"') ? w.slice(1, -1) : w))
     .map((w) => (/^[A-Za-z0-9_.:/+=,!-]*$/.test(w) ? w : `'${w.replaceAll("'", "")}'`))
     .join(" ");
 }
@@ -153,12 +156,12 @@ function perObject(script: ChangeScript, variant: "legacy" | "nft"): string[] {
  * processes, so the reference is not handicapped by node's spawn.
  */
 export function naiveScript(bindings: PortBinding[], variant: "legacy" | "nft"): { script: string; processes: number } {
-  const lines = perObject(planChange(emptySnapshot(), renderContent(bindings), SCAFFOLD), variant);
+  const lines = perObject(planChange(emptySnapshot(), renderContent(bindings, ndMatchFor(variant)), SCAFFOLD), variant);
   return { script: ["set -e", ...lines].join("\n") + "\n", processes: lines.length };
 }
 
 /** Naive processes that take a host holding `from` to one holding `to` (for the extrapolation sample). */
 export function naiveDeltaScript(from: PortBinding[], to: PortBinding[], variant: "legacy" | "nft"): { script: string; processes: number } {
-  const lines = perObject(planDelta(renderContent(from), renderContent(to)), variant);
+  const lines = perObject(planDelta(renderContent(from, ndMatchFor(variant)), renderContent(to, ndMatchFor(variant))), variant);
   return { script: ["set -e", ...lines].join("\n") + "\n", processes: lines.length };
 }

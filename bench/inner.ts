@@ -15,7 +15,7 @@ import { pino, type Logger } from "pino";
 import { Agent } from "../src/agent.js";
 import type { Config } from "../src/core/config.js";
 import { parseEbtablesSave } from "../src/core/ebtables-rules.js";
-import { contentOf, parseIpsetSave, parseIptablesSave, planChange, planDelta, renderContent, ruleKey, type ChangeScript, type PortContent } from "../src/core/iptables-rules.js";
+import { contentOf, ndMatchFor, parseIpsetSave, parseIptablesSave, planChange, planDelta, renderContent, ruleKey, type ChangeScript, type PortContent } from "../src/core/iptables-rules.js";
 import { HostState } from "../src/core/host-state.js";
 import type { DesiredState, PortBinding } from "../src/core/model.js";
 import { Enforcer, type BatchResult } from "../src/enforcer.js";
@@ -433,7 +433,7 @@ function writeReferenceInputs(ctx: ColdContext, n: number, bindings: PortBinding
   const floorIpt = join(dir, `floor-${n}.ip6tables`);
   const floorNft = join(dir, `floor-${n}.nft`);
   const naiveFile = join(dir, `naive-${n}.sh`);
-  const floor = floorScripts(bindings);
+  const floor = floorScripts(bindings, o.variant);
   writeFileSync(floorIpset, floor.ipset);
   writeFileSync(floorIpt, floor.iptables);
   const floorEb = join(dir, `floor-${n}.ebtables`);
@@ -531,7 +531,7 @@ async function measureSg6Parts(ctx: ColdContext, desired: DesiredState, bindings
     parts.hostState!.push((await timed(async () => new HostState(config, desired)))[0]);
     const [snapMs, snapshot] = await timed(() => backend.snapshot());
     parts.snapshot!.push(snapMs);
-    const [planMs, script] = await timed(async () => planChange(snapshot, renderContent(bindings), SCAFFOLD));
+    const [planMs, script] = await timed(async () => planChange(snapshot, renderContent(bindings, ndMatchFor(o.variant)), SCAFFOLD));
     parts.plan!.push(planMs);
     if (script.ebtablesBefore) parts.ebtablesBefore!.push((await timed(() => exec("ebtables-nft-restore", ["--noflush"], { input: script.ebtablesBefore })))[0]);
     if (script.ipsetBefore) parts.ipsetBefore!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: script.ipsetBefore })))[0]);
@@ -577,7 +577,7 @@ async function extrapolateNaive(o: ColdOptions, n: number, config: Config, _floo
   await purge(o.backend, o.variant);
   const headMs = await timedFromFile("sh", [headFile]);
   // loaded host: all but the last `sample` NICs from the floor files, then the tail naive
-  const loaded = floorScripts(all.slice(0, n - sample));
+  const loaded = floorScripts(all.slice(0, n - sample), o.variant);
   const loadIpset = join(dir, `naive-load-${n}.ipset`);
   const loadIpt = join(dir, `naive-load-${n}.ip6tables`);
   const loadEb = join(dir, `naive-load-${n}.ebtables`);
@@ -654,7 +654,7 @@ async function reconcileBench(o: ColdOptions, n: number, enforcer: Enforcer, bin
       p.snapshotParallel!.push((await timed(() => backend.snapshot()))[0]);
       const [parseMs, snap] = await timed(async () => ({ ...parseIptablesSave(table), sets: parseIpsetSave(sets) }));
       p.parse!.push(parseMs);
-      p.renderAndPlan!.push((await timed(async () => planChange(snap, renderContent(bindings), SCAFFOLD)))[0]);
+      p.renderAndPlan!.push((await timed(async () => planChange(snap, renderContent(bindings, ndMatchFor(o.variant)), SCAFFOLD)))[0]);
     }
     parts = Object.fromEntries(Object.entries(p).map(([k, v]) => [k, med(v)]));
   }
@@ -761,7 +761,7 @@ async function natsDown(side: NatsSide): Promise<void> {
 
 /** The kernel holds exactly what the enforcer says it enforces (compared in the core's own terms). */
 async function verifyKernel(agent: Agent, variant: Variant): Promise<boolean> {
-  const want = renderContent(agent.enforcer.bindings());
+  const want = renderContent(agent.enforcer.bindings(), ndMatchFor(variant));
   const [table, sets, l2] = await Promise.all([saveTable(variant), exec("ipset", ["save"]), exec("ebtables-nft-save", ["-t", "nat"])]);
   const have = contentOf({ ...parseIptablesSave(table), sets: parseIpsetSave(sets), l2: parseEbtablesSave(l2) });
   return sameContent(want, have);
@@ -1045,16 +1045,16 @@ async function measureToolFloor(o: ChangeOptions, host: string, dir: string, nat
   const model = bindingsOf(config, 1)[0]!;
   const extra = (pd: number): PortBinding => ({ ...model, vm: "bench-extra", device: deviceOf(900_000), sources: [...model.sources.slice(0, 2), delegatedOf(pd)] });
   const [a, b] = [extra(900_000), extra(900_001)];
-  await runScript(planDelta(renderContent([]), renderContent([a])), o.variant);
+  await runScript(planDelta(renderContent([], ndMatchFor(o.variant)), renderContent([a], ndMatchFor(o.variant))), o.variant);
   for (let r = 0; r < 30; r++) {
     const [from, to] = r % 2 ? [b, a] : [a, b];
-    const delta = planDelta(renderContent([from]), renderContent([to]));
+    const delta = planDelta(renderContent([from], ndMatchFor(o.variant)), renderContent([to], ndMatchFor(o.variant)));
     // (a prefix change also swaps the port's ND target rule: an ip6tables transaction not timed here)
     toolFloor["ipset restore (1 process, del+add)"]!.push((await timed(() => exec("ipset", ["-exist", "restore"], { input: delta.ipsetBefore + delta.ipsetAfter })))[0]);
   }
-  const current = renderContent([a]);
-  const removeRules = planDelta(current, renderContent([])).iptables;
-  const addRules = planDelta(renderContent([]), current).iptables;
+  const current = renderContent([a], ndMatchFor(o.variant));
+  const removeRules = planDelta(current, renderContent([], ndMatchFor(o.variant))).iptables;
+  const addRules = planDelta(renderContent([], ndMatchFor(o.variant)), current).iptables;
   for (let r = 0; r < 30; r++) {
     const key = r % 2 ? "ip6tables-restore insert a port's rules" : "ip6tables-restore delete a port's rules";
     toolFloor[key]!.push((await timed(() => exec(`ip6tables-${o.variant}-restore`, ["-w", "30", "--noflush"], { input: r % 2 ? addRules : removeRules })))[0]);

@@ -1,4 +1,4 @@
-// What the iptables backend's ND target guard (u32 rules in sg6-nd) costs per change: the kernel
+// What the iptables backend's ND target guard (a bpf rule per port, in a chain per port) costs per change: the kernel
 // tools alone, one change on a host with N ports already enforced, with and without the ND rules
 // (bench/RESULTS.md, "What the ND target guard costs on xtables"). Makes and deletes its own
 // network namespace. Usage (root): npx tsx bench/nd-cost.ts legacy|nft N nd|none
@@ -21,7 +21,7 @@ const n = Number(process.argv[3]);
 const withNd = process.argv[4] === "nd";
 const mac = (i: number) => `52:54:01:${((i >> 16) & 255).toString(16).padStart(2, "0")}:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`;
 const b = (i: number, pd = i) => ({ vm: `vm${i}`, device: `vnet${i}`, mac: mac(i), sources: [`fe80::${i.toString(16)}/128`, `2001:db8:1::${i.toString(16)}/128`, `2001:db8:${(0x1000 + (pd >> 12)).toString(16)}:${((pd & 0xfff) << 4).toString(16)}::/60`] });
-const strip = (c: PortContent): PortContent => (withNd ? c : { ...c, ndRules: new Set() });
+const strip = (c: PortContent): PortContent => (withNd ? c : { ...c, ndRules: new Set(), ndChains: new Map() });
 const all = Array.from({ length: n }, (_, i) => b(i));
 const s = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, strip(renderContent(all)), { bridges: ["cloudbr0"], portPrefix: "vnet" });
 const run = (cmd: string, args: string[], input: string) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "inherit"] });

@@ -4,16 +4,19 @@
 //
 // Layout (see docs/dataplane.md): a constant scaffold of chains hooked from FORWARD (bridged) and
 // INPUT (delivered to the hypervisor); per bound port one rule that checks MAC and source together
-// against the port's own ipset, one that counts its drops, one per owned address that lets its
-// Neighbor Advertisements (and DAD probes) name that target, and one ebtables rule that lets its
-// IPv6 past layer 2 only with the NIC's MAC (src/core/ebtables-rules.ts).
+// against the port's own ipset, one that counts its drops, a chain of its own (sg6-nd-<tap>, one
+// `bpf` rule per seven owned addresses) that lets its Neighbor Advertisements (and DAD probes) name
+// only its own targets, and one ebtables rule that lets its IPv6 past layer 2 only with the NIC's
+// MAC (src/core/ebtables-rules.ts). A port's ND chain is rewritten alone (flush and refill), so a
+// prefix change never searches a chain shared by every port.
 //
 // Every ip6tables rule carries its id (a hash of its body) in a comment: rules are compared by id,
 // so the spelling ip6tables-save prints never matters and a rule whose body changes is rewritten.
-import { groupsWords, maskGroups, prefixBits } from "./addressing.js";
 import { CHAIN_L2, emptyL2, isL2PortRule, l2PortRules, planL2, l2Script, l2Delete, l2Insert, type L2Snapshot } from "./ebtables-rules.js";
 import type { PortBinding } from "./model.js";
 import type { PortScope } from "./ports.js";
+import { groupsWords, maskGroups, prefixBits } from "./addressing.js";
+import { bytecode, targetPrograms } from "./nd-bpf.js";
 import { ID_PREFIX, idIn, ruleId } from "./rule-id.js";
 
 export const CHAIN_FWD = "sg6-fwd";
@@ -28,6 +31,8 @@ export const HOOKS = ["FORWARD", "INPUT"] as const;
 export type Hook = (typeof HOOKS)[number];
 /** per-port source sets are named sg6-s-<tap> (ipset names hold 31 characters, taps 15) */
 export const PORT_SET_PREFIX = "sg6-s-";
+/** per-port ND target chains are named sg6-nd-<tap> (chain names hold 28 characters) */
+export const PORT_ND_PREFIX = "sg6-nd-";
 
 export type ScaffoldOptions = PortScope;
 
@@ -132,6 +137,39 @@ export function dropRule(device: string): string {
   return rule(CHAIN_DROP, `-m physdev --physdev-in ${device}`, "-j DROP");
 }
 
+export function portNdChain(device: string): string {
+  return `${PORT_ND_PREFIX}${device}`;
+}
+
+/** sg6-nd's rule that sends a port's NAs and DAD probes to the port's own ND chain. */
+export function ndDispatch(device: string): string {
+  return rule(CHAIN_ND, `-m physdev --physdev-in ${device}`, `-g ${portNdChain(device)}`);
+}
+
+/**
+ * How a port's ND chain tests targets. "bpf": one `-m bpf` program per seven owned addresses
+ * (src/core/nd-bpf.ts), small and added once on nf_tables. "xt": one `string` (a /128) or `u32`
+ * (a prefix) rule per owned address: larger, but ip6tables-legacy re-checks every rule of the table
+ * on each change, and xt_bpf compiles its program on every check (~0.15 ms a rule; 5,000 ports:
+ * +0.4 s a change), where string and u32 cost next to nothing.
+ */
+export type NdMatch = "bpf" | "xt";
+
+/** The ND match each ip6tables variant is cheapest with (bench/RESULTS.md, "the ND target guard"). */
+export function ndMatchFor(variant: "legacy" | "nft"): NdMatch {
+  return variant === "legacy" ? "xt" : "bpf";
+}
+
+/** The rules of a port's ND chain: its own targets return (allowed), anything else is dropped and counted. */
+export function ndChainRules(device: string, sources: readonly string[], match: NdMatch = "bpf"): string[] {
+  const chain = portNdChain(device);
+  const tests =
+    match === "bpf"
+      ? targetPrograms(sources).map((program) => `-m bpf --bytecode "${bytecode(program)}"`)
+      : sources.map((source) => (source.endsWith("/128") ? stringTarget(source) : `-m u32 --u32 ${u32Target(source)}`));
+  return [...tests.map((test) => rule(chain, test, "-j RETURN")), rule(chain, "", `-g ${CHAIN_DROP}`)];
+}
+
 /**
  * u32 test that the target of an NA or NS, bytes 48-63 of the packet (40 of IPv6 header, then type,
  * code, checksum, 4 bytes, target), lies in `prefix`. u32 reads from the IPv6 header; a packet too
@@ -165,12 +203,6 @@ export function stringTarget(address: string): string {
   return `-m string --algo bm --from 48 --to 64 --hex-string |${hex}|`;
 }
 
-/** Lets a port's Neighbor Advertisements (and DAD probes) name a target inside `prefix`, one of its own. */
-export function ndRule(device: string, prefix: string): string {
-  const target = prefix.endsWith("/128") ? stringTarget(prefix) : `-m u32 --u32 ${u32Target(prefix)}`;
-  return rule(CHAIN_ND, `-m physdev --physdev-in ${device} ${target}`, "-j RETURN");
-}
-
 /** A set member as `ipset save` prints it: /128 without its length. */
 export function setEntry(prefix: string): string {
   return prefix.endsWith("/128") ? prefix.slice(0, -4) : prefix;
@@ -180,8 +212,10 @@ export function setEntry(prefix: string): string {
 export interface PortContent {
   portRules: Set<string>;
   dropRules: Set<string>;
-  /** sg6-nd: one per owned address or prefix of each port */
+  /** sg6-nd: one dispatch rule per port */
   ndRules: Set<string>;
+  /** per-port ND chains -> their rules in order */
+  ndChains: Map<string, string[]>;
   /** names of the per-port sets */
   portSets: Set<string>;
   /** members of the per-port sets, as "<set> <entry>" */
@@ -191,11 +225,11 @@ export interface PortContent {
 }
 
 export function emptyContent(): PortContent {
-  return { portRules: new Set(), dropRules: new Set(), ndRules: new Set(), portSets: new Set(), srcEntries: new Set(), l2Rules: new Set() };
+  return { portRules: new Set(), dropRules: new Set(), ndRules: new Set(), ndChains: new Map(), portSets: new Set(), srcEntries: new Set(), l2Rules: new Set() };
 }
 
 /** Render bindings into kernel content. Bindings must have canonical addresses. */
-export function renderContent(bindings: Iterable<PortBinding>): PortContent {
+export function renderContent(bindings: Iterable<PortBinding>, ndMatch: NdMatch = "bpf"): PortContent {
   const content = emptyContent();
   for (const binding of bindings) {
     const set = portSetName(binding.device);
@@ -205,12 +239,24 @@ export function renderContent(bindings: Iterable<PortBinding>): PortContent {
     content.portSets.add(set);
     // :: is in every port's set so DAD and MLD from :: are MAC-checked like everything else
     content.srcEntries.add(`${set} ::`);
-    for (const source of binding.sources) {
-      content.srcEntries.add(`${set} ${setEntry(source)}`);
-      content.ndRules.add(ndRule(binding.device, source));
-    }
+    for (const source of binding.sources) content.srcEntries.add(`${set} ${setEntry(source)}`);
+    content.ndRules.add(ndDispatch(binding.device));
+    content.ndChains.set(portNdChain(binding.device), ndChainRules(binding.device, binding.sources, ndMatch));
   }
   return content;
+}
+
+/**
+ * What the kernel holds once a change from `before` to `after` (the content of the ports it
+ * touched) ran on a kernel that held `known`: `known` is updated in place.
+ */
+export function advanceContent(known: PortContent, before: PortContent, after: PortContent): void {
+  for (const key of ["portRules", "dropRules", "ndRules", "l2Rules", "portSets", "srcEntries"] as const) {
+    for (const item of before[key]) if (!after[key].has(item)) known[key].delete(item);
+    for (const item of after[key]) known[key].add(item);
+  }
+  for (const name of before.ndChains.keys()) if (!after.ndChains.has(name)) known.ndChains.delete(name);
+  for (const [name, rules] of after.ndChains) known.ndChains.set(name, rules);
 }
 
 export interface ContentDelta {
@@ -222,6 +268,10 @@ export interface ContentDelta {
   addSrc: string[];
   delL2: string[];
   addL2: string[];
+  /** per-port ND chains made (with their rules), refilled (rules differ) or removed */
+  newChains: [string, string[]][];
+  refillChains: [string, string[]][];
+  delChains: string[];
 }
 
 function minus(a: Set<string>, b: Set<string>): string[] {
@@ -253,6 +303,36 @@ export function diffContent(from: PortContent, to: PortContent): ContentDelta {
     addSrc: minus(to.srcEntries, from.srcEntries),
     delL2: minus(from.l2Rules, to.l2Rules),
     addL2: minus(to.l2Rules, from.l2Rules),
+    ...diffChains(from.ndChains, to.ndChains),
+  };
+}
+
+/** Chains compare by their rules' identities, in order. */
+function diffChains(from: ReadonlyMap<string, readonly string[]>, to: ReadonlyMap<string, string[]>): Pick<ContentDelta, "newChains" | "refillChains" | "delChains"> {
+  const newChains: [string, string[]][] = [];
+  const refillChains: [string, string[]][] = [];
+  for (const [name, rules] of [...to].sort(byName)) {
+    const have = from.get(name);
+    if (!have) newChains.push([name, rules]);
+    else if (keysOf(have) !== keysOf(rules)) refillChains.push([name, rules]);
+  }
+  const delChains = [...from.keys()].filter((name) => !to.has(name)).sort();
+  return { newChains, refillChains, delChains };
+}
+
+const byName = (a: [string, unknown], b: [string, unknown]) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+
+/**
+ * rules that make, refill and remove per-port chains: made before rules that jump to them, removed
+ * (flushed, then deleted) after the rules that jumped to them are gone
+ */
+function chainLines(delta: Pick<ContentDelta, "newChains" | "refillChains" | "delChains">): { first: string[]; last: string[] } {
+  return {
+    first: [
+      ...delta.newChains.flatMap(([name, rules]) => [`-N ${name}`, ...rules]),
+      ...delta.refillChains.flatMap(([name, rules]) => [`-F ${name}`, ...rules]),
+    ],
+    last: [...delta.delChains.map((name) => `-F ${name}`), ...delta.delChains.map((name) => `-X ${name}`)],
   };
 }
 
@@ -326,6 +406,7 @@ export function contentOf(snapshot: KernelSnapshot): PortContent {
   content.portRules = rules(CHAIN_PORT, PORT_DEFAULT);
   content.dropRules = rules(CHAIN_DROP, DROP_DEFAULT);
   content.ndRules = rules(CHAIN_ND, ND_DEFAULT);
+  for (const [name, lines] of snapshot.chains) if (name.startsWith(PORT_ND_PREFIX)) content.ndChains.set(name, lines);
   for (const line of snapshot.l2?.chains.get(CHAIN_L2)?.rules ?? []) if (isL2PortRule(line)) content.l2Rules.add(line);
   for (const [name, set] of snapshot.sets) {
     if (!name.startsWith(PORT_SET_PREFIX)) continue;
@@ -409,6 +490,14 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
       changes.push(`create chain ${chain}`);
     }
   }
+  // Per-port ND chains: made or refilled before the dispatch rules that name them, removed at the end.
+  const portChains = chainLines(delta);
+  ipt.push(...portChains.first);
+  changes.push(
+    ...delta.newChains.map(([name]) => `create chain ${name}`),
+    ...delta.refillChains.map(([name, rules]) => `refill chain ${name} (${rules.length} rules)`),
+    ...delta.delChains.map((name) => `remove chain ${name}`),
+  );
   for (const chain of [CHAIN_GUARD, CHAIN_FWD]) {
     const have = snapshot.chains.get(chain) ?? [];
     const want = wanted[chain]!;
@@ -443,12 +532,13 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
 
   // sg6 chains and sets this layout does not use (an older layout's): go once nothing refers to them
   const known = new Set<string>(CHAINS);
+  const stray = (chain: string) => !known.has(chain) && !chain.startsWith(PORT_ND_PREFIX);
   for (const chain of snapshot.chains.keys()) {
-    if (known.has(chain)) continue;
+    if (!stray(chain)) continue;
     ipt.push(`-F ${chain}`);
     changes.push(`remove chain ${chain} (not part of this layout)`);
   }
-  const strays = [...snapshot.chains.keys()].filter((chain) => !known.has(chain));
+  const strays = [...snapshot.chains.keys()].filter(stray);
   const straySets = [...snapshot.sets.keys()].filter((name) => !name.startsWith(PORT_SET_PREFIX));
   changes.push(...straySets.map((name) => `destroy set ${name} (not part of this layout)`));
 
@@ -463,7 +553,7 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     }
   }
 
-  ipt.push(...strays.map((chain) => `-X ${chain}`));
+  ipt.push(...portChains.last, ...strays.map((chain) => `-X ${chain}`));
   after.push(...straySets.map((name) => `destroy ${name}`));
 
   const l2 = planL2(snapshot.l2 ?? emptyL2(), desired.l2Rules, foreignL2, options.portPrefix);
@@ -495,14 +585,27 @@ function ipsetAfter(delta: ContentDelta): string[] {
 /** Scripts for one incremental change when the kernel is known to hold `from` (no read-back). */
 export function planDelta(from: PortContent, to: PortContent): ChangeScript {
   const delta = diffContent(from, to);
+  const chains = chainLines(delta);
   return script(
     {
       l2Before: delta.delL2.map(l2Delete),
       ipsetBefore: ipsetBefore(delta),
-      iptables: [...delta.delRules.map(deleteLine), ...delta.addRules.map(insertLine)],
+      iptables: [...chains.first, ...delta.delRules.map(deleteLine), ...delta.addRules.map(insertLine), ...chains.last],
       ipsetAfter: ipsetAfter(delta),
       l2After: delta.addL2.map(l2Insert),
     },
-    [...delta.delRules, ...delta.addRules, ...delta.addSets, ...delta.delSets, ...delta.delSrc, ...delta.addSrc, ...delta.delL2, ...delta.addL2],
+    [
+      ...delta.newChains.map(([name]) => `create chain ${name}`),
+      ...delta.refillChains.map(([name]) => `refill chain ${name}`),
+      ...delta.delRules,
+      ...delta.addRules,
+      ...delta.delChains.map((name) => `remove chain ${name}`),
+      ...delta.addSets,
+      ...delta.delSets,
+      ...delta.delSrc,
+      ...delta.addSrc,
+      ...delta.delL2,
+      ...delta.addL2,
+    ],
   );
 }

@@ -3,7 +3,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import {
-
+  advanceContent,
   parseIpsetSave,
   parseIptablesSave,
   planChange,
@@ -12,6 +12,8 @@ import {
   HOOKS,
   type ChangeScript,
   type KernelSnapshot,
+  ndMatchFor,
+  type NdMatch,
   type PortContent,
   type ScaffoldOptions,
 } from "../core/iptables-rules.js";
@@ -102,6 +104,10 @@ export class IptablesBackend implements Dataplane {
     return `iptables (ip6tables-${this.variant} + ipset)`;
   }
 
+  private get ndMatch(): NdMatch {
+    return ndMatchFor(this.variant);
+  }
+
   /** what the kernel holds after our last successful apply; undefined until read */
   private known: PortContent | undefined;
   private purgeOtherPending = false;
@@ -158,7 +164,7 @@ export class IptablesBackend implements Dataplane {
    * it. Returns the changes (dry: what would change).
    */
   async reconcile(bindings: PortBinding[], dryRun = false): Promise<string[]> {
-    const desired = renderContent(bindings);
+    const desired = renderContent(bindings, this.ndMatch);
     this.lastDesired = { ports: desired.portRules.size, ndRules: desired.ndRules.size };
     // the switches first: rules are worth nothing while bridged IPv6 bypasses them
     const switches = await ensureSwitches(dryRun);
@@ -180,21 +186,11 @@ export class IptablesBackend implements Dataplane {
   async applyChange(from: PortBinding[], to: PortBinding[]): Promise<void> {
     const known = this.known;
     if (!known) throw new BackendError("kernel state unknown: reconcile first");
-    const before = renderContent(from);
-    const after = renderContent(to);
+    const before = renderContent(from, this.ndMatch);
+    const after = renderContent(to, this.ndMatch);
     this.known = undefined; // unknown until the scripts succeed
     await this.run(planDelta(before, after));
-    for (const [mine, gone, added] of [
-      [known.portRules, before.portRules, after.portRules],
-      [known.dropRules, before.dropRules, after.dropRules],
-      [known.ndRules, before.ndRules, after.ndRules],
-      [known.l2Rules, before.l2Rules, after.l2Rules],
-      [known.portSets, before.portSets, after.portSets],
-      [known.srcEntries, before.srcEntries, after.srcEntries],
-    ] as const) {
-      for (const item of gone) if (!added.has(item)) mine.delete(item);
-      for (const item of added) mine.add(item);
-    }
+    advanceContent(known, before, after);
     this.known = known;
   }
 

@@ -4,8 +4,8 @@
 // that fixes exactly that. The scripts run on a small simulated kernel (rules and set members as
 // strings; ip6tables-restore one all-or-nothing transaction; no rule may name a missing chain or
 // set, and a set cannot be destroyed while a rule names it) which also checks the contract's
-// atomicity: no intermediate state accepts a (port, MAC, source) that neither the old nor the new
-// state accepts.
+// atomicity: no intermediate state accepts a (port, MAC, source), or lets a port announce an ND
+// target, that neither the old nor the new state accepts (the ND programs run on a BPF interpreter).
 import fc from "fast-check";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -17,7 +17,10 @@ import {
   CHAIN_ND,
   hookJumps,
   ND_DEFAULT,
-  ndRule,
+  ndChainRules,
+  ndDispatch,
+  PORT_ND_PREFIX,
+  portNdChain,
   rule,
   CHAIN_FWD,
   CHAIN_GUARD,
@@ -46,6 +49,7 @@ import {
   type PortContent,
 } from "../../src/core/iptables-rules.js";
 import type { PortBinding } from "../../src/core/model.js";
+import { ndPacket, parseBytecode, runBpf } from "../support/bpf.js";
 
 const OPTIONS = { bridges: ["cloudbr0"], portPrefix: "vnet" };
 
@@ -76,8 +80,10 @@ const DROP_B = withId("-A sg6-drop -m physdev --physdev-in vnet4 -j DROP");
 const JUMP = withId("-A FORWARD -m physdev --physdev-in vnet+ --physdev-is-bridged -j sg6-fwd");
 const INPUT_JUMP = withId("-A INPUT -m physdev --physdev-in vnet+ -j sg6-fwd");
 const FWD0 = withId("-A sg6-fwd -i cloudbr0 -g sg6-port");
-const ND_A = VM_A.sources.map((s) => ndRule("vnet3", s));
-const ND_B = VM_B.sources.map((s) => ndRule("vnet4", s));
+const ND_A = ndDispatch("vnet3");
+const ND_B = ndDispatch("vnet4");
+const NDC_A = ndChainRules("vnet3", VM_A.sources);
+const NDC_B = ndChainRules("vnet4", VM_B.sources);
 const L2_A = l2PortRules("vnet3", VM_A.mac);
 const L2_B = l2PortRules("vnet4", VM_B.mac);
 /** the port sets' members as "<set> <entry>", in the (sorted) order the plans list them */
@@ -349,6 +355,10 @@ function normalised(k: Kernel): string {
     const rules = copy.filter.get(chain);
     if (rules && rules.length > 1) copy.filter.set(chain, [...rules.slice(0, -1).sort(), rules.at(-1)!]);
   }
+  // chains print in creation order on nf_tables: the per-port ND chains' order does not matter
+  const named = [...copy.filter];
+  const perPort = named.filter(([c]) => c.startsWith(PORT_ND_PREFIX)).sort(([a], [b]) => (a < b ? -1 : 1));
+  copy.filter = new Map([...named.filter(([c]) => !c.startsWith(PORT_ND_PREFIX)), ...perPort]);
   const l2 = copy.l2.chains.get(CHAIN_L2);
   if (l2) l2.rules = [...l2.rules.slice(0, -L2_TAIL.length).sort(), ...l2.rules.slice(-L2_TAIL.length)];
   copy.sets = new Map([...copy.sets].sort(([a], [b]) => (a < b ? -1 : 1)));
@@ -426,6 +436,61 @@ const kernelTriples = (k: Kernel) => acceptedTriples(k.filter.get(CHAIN_PORT) ??
 const contentTriples = (c: PortContent) =>
   acceptedTriples([...c.portRules], (set) => [...c.srcEntries].filter((e) => e.startsWith(`${set} `)).map((e) => e.slice(set.length + 1)));
 
+// ---------------------------------------------------------------- which ND targets a port may announce
+
+const ND_DISPATCH = /^-A sg6-nd -m physdev --physdev-in (\S+) -m comment --comment sg6:\S+ -g (\S+)$/;
+const ND_PROGRAM = /^-A (\S+) -m bpf --bytecode "([^"]+)" -m comment --comment sg6:\S+ -j RETURN$/;
+const ND_STRING = /^-A (\S+) -m string --algo bm --from 48 --to 64 --hex-string \|([0-9a-f]{32})\| -m comment --comment sg6:\S+ -j RETURN$/;
+const ND_U32 = /^-A (\S+) -m u32 --u32 (\S+) -m comment --comment sg6:\S+ -j RETURN$/;
+
+/** Whether a rule of a port's ND chain lets an NA for `target` return (bpf, string or u32, read as the kernel does). */
+function ndRuleAccepts(line: string, target: string): boolean {
+  const packet = ndPacket(target);
+  const word = (at: number) => ((packet[at]! << 24) | (packet[at + 1]! << 16) | (packet[at + 2]! << 8) | packet[at + 3]!) >>> 0;
+  const program = ND_PROGRAM.exec(line);
+  if (program) return runBpf(parseBytecode(program[2]!), packet) !== 0;
+  const string = ND_STRING.exec(line);
+  if (string) return Buffer.from(packet.subarray(48, 64)).toString("hex") === string[2];
+  const u32 = ND_U32.exec(line);
+  if (u32) {
+    return u32[2]!.split("&&").every((test) => {
+      const m = /^0x([0-9a-f]+)(?:&0x([0-9a-f]+))?=0x([0-9a-f]+)$/.exec(test);
+      if (!m) throw new Error(`the ND model does not know u32 test ${test}`);
+      return (word(parseInt(m[1]!, 16)) & parseInt(m[2] ?? "ffffffff", 16)) >>> 0 === parseInt(m[3]!, 16);
+    });
+  }
+  throw new Error(`the ND model does not know ${line}`);
+}
+const ND_END = /^-A (\S+) -m comment --comment sg6:\S+ -g sg6-drop$/;
+/** targets tried: the first address of every source the tests use, and some owned by nobody */
+const ND_CANDIDATES = ["fe80::5054:ff:fe12:3456", "2001:db8:1:0:5054:ff:fe12:3456", "2001:db8:1::10", "2001:db8:1::11", "2001:db8:ff00:120::", "2001:db8:ff00:12f:ffff::1",
+  "2001:db8:ff00:130::1", "fe80::5054:ff:feab:cdef", "2001:db8:1:0:5054:ff:feab:cdef", "fe80::5054:ff:fe00:1", "2001:db8:1:0:5054:ff:fe00:1", "2001:db8:1::12", "fe80::1", "2001:db8:ff00:140::1"];
+
+/**
+ * (port, target) pairs whose NA (or DAD probe) sg6-nd lets through: a dispatch rule for the port
+ * before the default drop, and a program of its chain, before the chain's drop, that accepts it.
+ */
+function acceptedTargets(ndRules: Iterable<string>, chainRules: (chain: string) => readonly string[]): Set<string> {
+  const out = new Set<string>();
+  for (const rule of ndRules) {
+    if (rule === ND_DEFAULT) break;
+    const m = ND_DISPATCH.exec(rule);
+    if (!m) throw new Error(`the ND model does not know ${rule}`);
+    let ended = false;
+    for (const line of chainRules(m[2]!)) {
+      ended = ND_END.test(line);
+      if (ended) break;
+      for (const target of ND_CANDIDATES) if (ndRuleAccepts(line, target)) out.add(`${m[1]} nd ${target}`);
+    }
+    // falling off the end of a chain reached by -g returns to FORWARD: every target passes
+    if (!ended) for (const target of ND_CANDIDATES) out.add(`${m[1]} nd ${target}`);
+  }
+  return out;
+}
+
+const kernelTargets = (k: Kernel) => acceptedTargets(k.filter.get(CHAIN_ND) ?? [], (chain) => k.filter.get(chain) ?? []);
+const contentTargets = (c: PortContent) => acceptedTargets(c.ndRules, (chain) => c.ndChains.get(chain) ?? []);
+
 function assertWithin(now: Set<string>, before: Set<string>, after: Set<string>, when: string): void {
   for (const t of now) assert.ok(before.has(t) || after.has(t), `${when}: accepts ${t}, which neither the old nor the new state accepts`);
 }
@@ -465,17 +530,23 @@ render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per br
   assert.equal(hookJumps("vnet"), { FORWARD: JUMP, INPUT: INPUT_JUMP }, "bridged frames and frames to the hypervisor's own stack");
 });
 
-render("ND targets: a /128 is 16 bytes at exactly offset 48 (xt_string), a prefix a masked u32 test", () => {
-  assert.is(
-    ndRule("vnet3", "fe80::5054:ff:fe12:3456/128"),
-    withId("-A sg6-nd -m physdev --physdev-in vnet3 -m string --algo bm --from 48 --to 64 --hex-string |fe80000000000000505400fffe123456| -j RETURN"),
-  );
-  assert.is(
-    ndRule("vnet3", "2001:db8:ff00:120::/60"),
-    withId("-A sg6-nd -m physdev --physdev-in vnet3 -m u32 --u32 0x30=0x20010db8&&0x34&0xfffffff0=0xff000120 -j RETURN"),
-    "the next-header check lives once in sg6-guard, not in every target rule",
-  );
-  assert.is(ndRule("vnet3", "::/0"), withId("-A sg6-nd -m physdev --physdev-in vnet3 -m u32 --u32 0x0&0x0=0x0 -j RETURN"), "a test u32 accepts even with no bits to compare");
+render("ND targets: one dispatch rule per port in sg6-nd, and a chain of the port's own that accepts only its targets", () => {
+  assert.is(ND_A, withId("-A sg6-nd -m physdev --physdev-in vnet3 -g sg6-nd-vnet3"));
+  assert.is(portNdChain("vnet3"), "sg6-nd-vnet3");
+  assert.ok(portNdChain("v".repeat(15)).length <= 28, "the longest tap name still makes a valid chain name");
+  assert.is(NDC_A.length, 2, "five sources fit one program");
+  assert.match(NDC_A[0]!, /^-A sg6-nd-vnet3 -m bpf --bytecode "\d+,[0-9 ,]+" -m comment --comment sg6:\S+ -j RETURN$/);
+  assert.is(NDC_A[1], rule("sg6-nd-vnet3", "", "-g sg6-drop"), "any other target: dropped (and counted)");
+  const content = renderContent([VM_A, VM_B]);
+  assert.equal([...content.ndRules].sort(), [ND_A, ND_B]);
+  assert.equal([...content.ndChains.keys()].sort(), ["sg6-nd-vnet3", "sg6-nd-vnet4"]);
+  const k = converged();
+  const expected = [
+    ...["fe80::5054:ff:fe12:3456", "2001:db8:1:0:5054:ff:fe12:3456", "2001:db8:1::10", "2001:db8:ff00:120::", "2001:db8:ff00:12f:ffff::1"].map((t) => `vnet3 nd ${t}`),
+    ...["fe80::5054:ff:feab:cdef", "2001:db8:1:0:5054:ff:feab:cdef"].map((t) => `vnet4 nd ${t}`),
+  ].sort();
+  assert.equal([...kernelTargets(k)].sort(), expected, "each port announces its own targets, none of the other's");
+  assert.equal([...contentTargets(DESIRED)].sort(), expected);
 });
 
 render("the largest binding an event may carry fits its port set", () => {
@@ -596,7 +667,9 @@ fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_DROP} `)), [DROP_A, DROP_B, DROP_DEFAULT], "counting drops, then the default drop last");
   assert.equal(lines.filter((l) => l.includes("FORWARD")), [`-I FORWARD 1 ${spec(JUMP)}`]);
   assert.equal(lines.slice(-4, -2), [`-I FORWARD 1 ${spec(JUMP)}`, `-I INPUT 1 ${spec(INPUT_JUMP)}`], "the jumps go in once their chains are complete");
-  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_ND} `)), [...[...ND_A, ...ND_B].sort(), ND_DEFAULT], "ND targets per port, then the default drop last");
+  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_ND} `)), [...[ND_A, ND_B].sort(), ND_DEFAULT], "one dispatch per port, then the default drop last");
+  assert.equal(lines.filter((l) => l.startsWith("-A sg6-nd-")), [...NDC_A, ...NDC_B], "each port's ND chain");
+  for (const chain of ["sg6-nd-vnet3", "sg6-nd-vnet4"]) assert.ok(lines.indexOf(`-N ${chain}`) < lines.findIndex((l) => l.endsWith(`-g ${chain}`)), `${chain} exists before sg6-nd jumps to it`);
   // layer 2: chain, port rules, the tail, then the jump, all before anything of ip6tables
   assert.equal(script.ebtablesBefore.split("\n"), ["*nat", `:${CHAIN_L2} RETURN`, ...[...L2_A, ...L2_B].sort(), ...L2_TAIL, `-I PREROUTING 1 ${spec(l2Jump("vnet"))}`, ""]);
   assert.is(script.ebtablesAfter, "");
@@ -667,6 +740,7 @@ function bothPlans(from: PortContent, to: PortContent): { change: ChangeScript; 
     runObserved(k, script, (_, when) => {
       assertConsistent(k, when);
       assertWithin(kernelTriples(k), contentTriples(from), contentTriples(to), when);
+      assertWithin(kernelTargets(k), contentTargets(from), contentTargets(to), when);
     });
     assert.is(normalised(k), normalised(converged(to)));
     script.changes = [];
@@ -677,9 +751,10 @@ function bothPlans(from: PortContent, to: PortContent): { change: ChangeScript; 
 change("a port goes: its rules leave in the transaction, its set is destroyed after it, its members with it", () => {
   const { change: c, delta: d } = bothPlans(DESIRED, ONLY_A);
   const l2 = `*nat\n${L2_B.map((r) => `-D sg6-l2 ${spec(r)}`).sort().join("\n")}\n`;
-  const nd = [...ND_B].sort().map((r) => `-D sg6-nd ${spec(r)}`);
-  assert.equal(c, { ebtablesBefore: l2, ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`, ...nd), ipsetAfter: `destroy ${SET_B}\n`, ebtablesAfter: "", changes: [] });
-  assert.equal(d, { ...c, iptables: tx(`-D sg6-port ${spec(RULE_B)}`, ...nd, `-D sg6-drop ${spec(DROP_B)}`) }, "the same scripts without reading the kernel");
+  const nd = `-D sg6-nd ${spec(ND_B)}`;
+  const chainGoes = ["-F sg6-nd-vnet4", "-X sg6-nd-vnet4"];
+  assert.equal(c, { ebtablesBefore: l2, ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`, nd, ...chainGoes), ipsetAfter: `destroy ${SET_B}\n`, ebtablesAfter: "", changes: [] });
+  assert.equal(d, { ...c, iptables: tx(`-D sg6-port ${spec(RULE_B)}`, nd, `-D sg6-drop ${spec(DROP_B)}`, ...chainGoes) }, "the same scripts without reading the kernel");
   assert.ok(planChange(read(converged()), ONLY_A, OPTIONS).changes.includes(`destroy set ${SET_B}`));
 });
 
@@ -688,19 +763,21 @@ change("a port comes: its set is created and filled before the transaction that 
   const before = `create ${CREATE_B}\n` + SRC_B.map((e) => `add ${e}\n`).join("");
   const after = "";
   const l2 = `*nat\n${L2_B.map((r) => `-I sg6-l2 1 ${spec(r)}`).sort().join("\n")}\n`;
-  const nd = [...ND_B].sort().map((r) => `-I sg6-nd 1 ${spec(r)}`);
+  const nd = `-I sg6-nd 1 ${spec(ND_B)}`;
+  const chainComes = ["-N sg6-nd-vnet4", ...NDC_B];
   // the port's IPv6 passes layer 2 only once everything behind it is in place
-  assert.equal(c, { ebtablesBefore: "", ipsetBefore: before, iptables: tx(`-I sg6-port 1 ${spec(RULE_B)}`, `-I sg6-drop 1 ${spec(DROP_B)}`, ...nd), ipsetAfter: after, ebtablesAfter: l2, changes: [] });
-  assert.equal(d, { ebtablesBefore: "", ipsetBefore: before, iptables: tx(`-I sg6-drop 1 ${spec(DROP_B)}`, ...nd, `-I sg6-port 1 ${spec(RULE_B)}`), ipsetAfter: after, ebtablesAfter: l2, changes: [] });
+  assert.equal(c, { ebtablesBefore: "", ipsetBefore: before, iptables: tx(...chainComes, `-I sg6-port 1 ${spec(RULE_B)}`, `-I sg6-drop 1 ${spec(DROP_B)}`, nd), ipsetAfter: after, ebtablesAfter: l2, changes: [] });
+  assert.equal(d, { ebtablesBefore: "", ipsetBefore: before, iptables: tx(...chainComes, `-I sg6-drop 1 ${spec(DROP_B)}`, nd, `-I sg6-port 1 ${spec(RULE_B)}`), ipsetAfter: after, ebtablesAfter: l2, changes: [] });
 });
 
-change("a VM's addresses change: its set moves (removals first) and its ND targets swap in one transaction", () => {
-  const moved = renderContent([{ ...VM_A, sources: [...VM_A.sources.filter((s) => s !== "2001:db8:1::10/128"), "2001:db8:1::11/128"] }, VM_B]);
+change("a VM's addresses change: its set moves (removals first) and its own ND chain is refilled in one transaction", () => {
+  const sources = [...VM_A.sources.filter((s) => s !== "2001:db8:1::10/128"), "2001:db8:1::11/128"];
+  const moved = renderContent([{ ...VM_A, sources }, VM_B]);
   const { change: c, delta: d } = bothPlans(DESIRED, moved);
   const expected = {
     ebtablesBefore: "",
     ipsetBefore: `del ${SET_A} 2001:db8:1::10\n`,
-    iptables: tx(`-D sg6-nd ${spec(ndRule("vnet3", "2001:db8:1::10/128"))}`, `-I sg6-nd 1 ${spec(ndRule("vnet3", "2001:db8:1::11/128"))}`),
+    iptables: tx("-F sg6-nd-vnet3", ...ndChainRules("vnet3", sources)),
     ipsetAfter: `add ${SET_A} 2001:db8:1::11\n`,
     ebtablesAfter: "",
     changes: [],
@@ -809,6 +886,26 @@ drift("the port rule, drop rule and set of a VM that is gone: the set goes after
     },
     { iptables: tx(`-D sg6-port ${spec(stalePort)}`, `-D sg6-drop ${spec(staleDrop)}`), ipsetAfter: "destroy sg6-s-vnet9\n" },
     /remove rule sg6-port/,
+  );
+});
+
+drift("a flushed per-port ND chain (its NAs would fall through to FORWARD): refilled", () => {
+  repairs((k) => (k.filter.get("sg6-nd-vnet3")!.length = 0), { iptables: tx("-F sg6-nd-vnet3", ...NDC_A) }, /refill chain sg6-nd-vnet3/);
+});
+
+drift("a per-port ND chain accepting every target: refilled", () => {
+  repairs((k) => k.filter.get("sg6-nd-vnet4")!.unshift("-A sg6-nd-vnet4 -j RETURN"), { iptables: tx("-F sg6-nd-vnet4", ...NDC_B) }, /refill chain sg6-nd-vnet4/);
+});
+
+drift("the ND chain and dispatch of a VM that is gone: the dispatch goes first, then the chain", () => {
+  const stale = ndChainRules("vnet9", ["2001:db8:1::99/128"]);
+  repairs(
+    (k) => {
+      k.filter.set("sg6-nd-vnet9", [...stale]);
+      k.filter.get(CHAIN_ND)!.unshift(ndDispatch("vnet9"));
+    },
+    { iptables: tx(`-D sg6-nd ${spec(ndDispatch("vnet9"))}`, "-F sg6-nd-vnet9", "-X sg6-nd-vnet9") },
+    /remove chain sg6-nd-vnet9/,
   );
 });
 
@@ -1065,7 +1162,10 @@ const bindingsArb = fc.uniqueArray(bindingArb, { selector: (b) => b.device, maxL
 function assertTransition(k: Kernel, script: ChangeScript, from: PortContent, to: PortContent): void {
   const oldTriples = contentTriples(from);
   const newTriples = contentTriples(to);
+  const oldTargets = contentTargets(from);
+  const newTargets = contentTargets(to);
   assert.equal(kernelTriples(k), oldTriples, "the kernel holding A accepts what A accepts");
+  assert.equal(kernelTargets(k), oldTargets, "and lets its ports announce the targets A lets them");
   // before the transaction: create sets, fill only sets created right here (no rule names them yet), remove sources
   const created = new Set<string>();
   for (const line of script.ipsetBefore.split("\n").filter(Boolean)) {
@@ -1081,20 +1181,23 @@ function assertTransition(k: Kernel, script: ChangeScript, from: PortContent, to
   runObserved(k, script, (phase, when) => {
     assertConsistent(k, when);
     assertWithin(kernelTriples(k), oldTriples, newTriples, when);
+    assertWithin(kernelTargets(k), oldTargets, newTargets, when);
     if (phase === "iptables") rules = JSON.stringify([...k.filter]);
     else assert.is(JSON.stringify([...k.filter]), rules, `${when}: rules change only in the transaction`);
   });
   assert.equal(kernelTriples(k), newTriples, "the kernel then accepts what B accepts");
+  assert.equal(kernelTargets(k), newTargets, "and lets its ports announce what B lets them");
 }
 
-const sameRules = (a: PortContent, b: PortContent) =>
-  JSON.stringify([[...a.portRules].sort(), [...a.dropRules].sort(), [...a.ndRules].sort()]) === JSON.stringify([[...b.portRules].sort(), [...b.dropRules].sort(), [...b.ndRules].sort()]);
+const rulesOf = (c: PortContent) => JSON.stringify([[...c.portRules].sort(), [...c.dropRules].sort(), [...c.ndRules].sort(), [...c.ndChains].sort()]);
+const sameRules = (a: PortContent, b: PortContent) => rulesOf(a) === rulesOf(b);
 
-props("planDelta A→B on a kernel holding A: B, and never more than A or B accepts on the way", () => {
+for (const match of ["bpf", "xt"] as const) {
+props(`planDelta A→B on a kernel holding A: B, and never more than A or B accepts on the way (ND match ${match})`, () => {
   fc.assert(
     fc.property(bindingsArb, bindingsArb, (a, b) => {
-      const from = renderContent(a);
-      const to = renderContent(b);
+      const from = renderContent(a, match);
+      const to = renderContent(b, match);
       const k = converged(from);
       const script = planDelta(from, to);
       assert.is(script.iptables === "", sameRules(from, to), "ip6tables is touched only when a port comes, goes, changes MAC or owns other addresses (ND targets)");
@@ -1103,15 +1206,15 @@ props("planDelta A→B on a kernel holding A: B, and never more than A or B acce
       assert.equal(planChange(read(k), to, OPTIONS), NOTHING);
       assert.equal(planDelta(to, to), NOTHING);
     }),
-    { numRuns: 500 },
+    { numRuns: 150 },
   );
 });
 
-props("planChange from a kernel holding A converges to B, never more than A or B accepts on the way, and then rests", () => {
+props(`planChange from a kernel holding A converges to B, never more than A or B accepts on the way, and then rests (ND match ${match})`, () => {
   fc.assert(
     fc.property(bindingsArb, bindingsArb, (a, b) => {
-      const from = renderContent(a);
-      const to = renderContent(b);
+      const from = renderContent(a, match);
+      const to = renderContent(b, match);
       const k = converged(from);
       assert.equal(contentOf(read(k)), from);
       const script = planChange(read(k), to, OPTIONS);
@@ -1120,8 +1223,9 @@ props("planChange from a kernel holding A converges to B, never more than A or B
       assert.is(normalised(k), normalised(converged(to)), "the same kernel as building B from nothing");
       assert.equal(planChange(read(k), to, OPTIONS), NOTHING);
     }),
-    { numRuns: 300 },
+    { numRuns: 150 },
   );
 });
+}
 
 props.run();
