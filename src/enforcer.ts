@@ -35,6 +35,7 @@ export class Enforcer {
   /** the one tracker of which NIC holds which port (the binding rule lives in core/bindings.ts) */
   private readonly ports = new BindingTracker();
   private queue: Promise<unknown> = Promise.resolve();
+  private tidyQueued = false;
 
   constructor(
     readonly config: Config,
@@ -161,6 +162,26 @@ export class Enforcer {
       this.ports.commit(plan);
       await this.dataplane.reconcile(this.bindings());
     }
+    this.tidyLater();
+  }
+
+  /**
+   * Queue the dataplane's deferred work (rules of released ports, already cut off) behind what is
+   * queued now: the change that released them does not wait for it, later changes do.
+   */
+  private tidyLater(): void {
+    if (this.tidyQueued || !this.dataplane.untidy?.()) return;
+    this.tidyQueued = true;
+    void this.serial(async () => {
+      this.tidyQueued = false;
+      try {
+        const ports = (await this.dataplane.tidy?.()) ?? [];
+        if (ports.length) this.log.debug({ ports }, "removed the rules of released ports");
+      } catch (error) {
+        this.log.warn({ err: (error as Error).message }, "removing the rules of released ports failed; reconciling the whole host");
+        await this.dataplane.reconcile(this.bindings()).catch((e: Error) => this.log.error({ err: e.message }, "reconcile failed"));
+      }
+    });
   }
 
 }

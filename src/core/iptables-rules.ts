@@ -259,6 +259,24 @@ export function advanceContent(known: PortContent, before: PortContent, after: P
   for (const [name, rules] of after.ndChains) known.ndChains.set(name, rules);
 }
 
+/** Two contents of different ports as one. */
+export function mergedContent(a: PortContent, b: PortContent): PortContent {
+  const merged = emptyContent();
+  advanceContent(merged, emptyContent(), a);
+  advanceContent(merged, emptyContent(), b);
+  return merged;
+}
+
+/** The content of ports whose sets were flushed (released at once, their rules not yet removed). */
+export function withoutSources(content: PortContent): PortContent {
+  return { ...content, srcEntries: new Set() };
+}
+
+/** `ipset restore` lines that empty the ports' sets: the port rule then matches no source at all. */
+export function flushSets(devices: readonly string[]): string {
+  return devices.map((device) => `flush ${portSetName(device)}\n`).join("");
+}
+
 export interface ContentDelta {
   delRules: string[];
   addRules: string[];

@@ -14,6 +14,13 @@ export interface Dataplane {
    * falls back to reconcile().
    */
   applyChange(from: PortBinding[], to: PortBinding[]): Promise<void>;
+  /**
+   * Work an applyChange left for later (the iptables backend cuts a released port off at once by
+   * emptying its set and removes its rules here, in one batch); optional. Returns the ports tidied.
+   */
+  tidy?(): Promise<string[]>;
+  /** Whether tidy() has work. */
+  untidy?(): boolean;
   /** Dropped packets per guarded port. */
   dropCounters(): Promise<Map<string, number>>;
   /** Kernel settings the backend depends on, as they are now (for `sg6 status`); optional. */

@@ -4,6 +4,10 @@ import { readFile, writeFile } from "node:fs/promises";
 import { parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import {
   advanceContent,
+  emptyContent,
+  flushSets,
+  mergedContent,
+  withoutSources,
   parseIpsetSave,
   parseIptablesSave,
   planChange,
@@ -110,6 +114,8 @@ export class IptablesBackend implements Dataplane {
 
   /** what the kernel holds after our last successful apply; undefined until read */
   private known: PortContent | undefined;
+  /** released ports whose sets are empty and whose rules tidy() removes, by device */
+  private readonly leftovers = new Map<string, PortBinding>();
   private purgeOtherPending = false;
   /** sizes of the last desired state reconciled (also dry), for limits() */
   private lastDesired = { ports: 0, ndRules: 0 };
@@ -174,6 +180,7 @@ export class IptablesBackend implements Dataplane {
       this.known = undefined;
       await this.run(script);
       this.known = desired;
+      this.leftovers.clear(); // whatever released ports left is gone with the rest of the drift
       if (this.purgeOtherPending && this.switchOver) {
         script.changes.push(...(await this.switchOver.purge()));
         this.purgeOtherPending = false;
@@ -182,16 +189,54 @@ export class IptablesBackend implements Dataplane {
     return [...switches, ...script.changes];
   }
 
-  /** Apply the change of some ports from `from` to `to`, trusting that the kernel holds what we last left. */
+  /**
+   * Apply the change of some ports from `from` to `to`, trusting that the kernel holds what we last
+   * left. A port that `to` no longer binds is cut off at once by emptying its set (no ip6tables
+   * transaction, whose cost grows with the table); its rules wait for tidy().
+   */
   async applyChange(from: PortBinding[], to: PortBinding[]): Promise<void> {
     const known = this.known;
     if (!known) throw new BackendError("kernel state unknown: reconcile first");
-    const before = renderContent(from, this.ndMatch);
+    const kept = new Set(to.map((b) => b.device));
+    const released = from.filter((b) => !kept.has(b.device));
+    // a port bound again before tidy() ran starts from its leftovers (rules in place, set empty)
+    const reclaimed = to.flatMap((b) => this.takeLeftover(b.device));
+    const before = mergedContent(renderContent(from.filter((b) => kept.has(b.device)), this.ndMatch), withoutSources(renderContent(reclaimed, this.ndMatch)));
     const after = renderContent(to, this.ndMatch);
     this.known = undefined; // unknown until the scripts succeed
+    if (released.length) {
+      await exec("ipset", ["-exist", "restore"], { input: flushSets(released.map((b) => b.device)) });
+      const flushed = renderContent(released, this.ndMatch);
+      advanceContent(known, flushed, withoutSources(flushed));
+      for (const binding of released) this.leftovers.set(binding.device, binding);
+    }
     await this.run(planDelta(before, after));
     advanceContent(known, before, after);
     this.known = known;
+  }
+
+  /** Remove what released ports left (rules, ND chain, layer-2 rule, set) in one batch. */
+  async tidy(): Promise<string[]> {
+    const known = this.known;
+    if (!known || !this.leftovers.size) return [];
+    const devices = [...this.leftovers.keys()];
+    const gone = withoutSources(renderContent([...this.leftovers.values()], this.ndMatch));
+    this.known = undefined;
+    this.leftovers.clear();
+    await this.run(planDelta(gone, emptyContent()));
+    advanceContent(known, gone, emptyContent());
+    this.known = known;
+    return devices;
+  }
+
+  untidy(): boolean {
+    return this.leftovers.size > 0;
+  }
+
+  private takeLeftover(device: string): PortBinding[] {
+    const leftover = this.leftovers.get(device);
+    this.leftovers.delete(device);
+    return leftover ? [leftover] : [];
   }
 
   async prepare(): Promise<string[]> {

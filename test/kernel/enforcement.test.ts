@@ -349,6 +349,37 @@ function enforcementSuite(variant: Variant) {
     }
   });
 
+  check("an incremental release cuts the VM off at once (its set emptied); its rules go in the next tidy, and a VM bound again before it passes", async (lab) => {
+    const { vm3, base } = lab;
+    const without = base.filter((b) => b.device !== "vnet3");
+    const iptables = lab.variant !== "nftables";
+    try {
+      await lab.driver.change(base, without);
+      if (iptables) {
+        const held = await lab.driver.save();
+        assert.match(held.iptables, /-A sg6-port -m physdev --physdev-in vnet3 /, "the port rule waits for tidy");
+        assert.match(held.ipset, /^create sg6-s-vnet3 /m);
+        assert.not.match(held.ipset, /^add sg6-s-vnet3 /m, "the set is empty: not even :: passes");
+      }
+      await expectDrop(lab, undefined, toRouter(lab, vm3, vm3.slaac), "vm3's SLAAC right after release");
+      await expectDrop(lab, undefined, toRouter(lab, vm3, "2001:db8:ff00:30::1"), "vm3's /60 right after release");
+      await expectDrop(lab, undefined, { ...frame(vm3, { src: "::", dst: "auto", target: vm3.slaac, kind: "ns" }), to: lab.router.at }, "vm3's DAD right after release");
+      await expectPass(toRouter(lab, lab.vm2, lab.vm2.slaac), "vm2 is not affected");
+      // allocated again before the tidy: it starts from what the release left
+      await lab.driver.change(without, base);
+      await expectPass(toRouter(lab, vm3, vm3.slaac), "vm3 bound again before the tidy");
+      assert.equal(await lab.driver.tidy(), [], "nothing left to tidy");
+      await lab.driver.change(base, without);
+      assert.equal(await lab.driver.tidy(), iptables ? ["vnet3"] : []);
+      const tidied = await lab.driver.save();
+      if (iptables) assert.not.ok(/vnet3/.test(tidied.iptables) || /sg6-s-vnet3/.test(tidied.ipset), "tidy removed every object of vnet3");
+      await expectDrop(lab, undefined, toRouter(lab, vm3, vm3.slaac), "vm3's SLAAC after the tidy");
+      assert.equal(await lab.driver.reconcile(without), [], "the kernel is exactly the desired state");
+    } finally {
+      await lab.driver.reconcile(base);
+    }
+  });
+
   check("replacing the delegated prefix drops the old one and passes the new one (reconcile and incremental)", async (lab) => {
     const { vm2, base } = lab;
     const moved = bindingOf(vm2, { delegated: "2001:db8:ff00:120::/60" });

@@ -7,6 +7,7 @@
 //   {"op":"reconcile","bindings":[…]}          -> {"ok":true,"changes":[…]}
 //   {"op":"change","from":[…],"to":[…]}        -> {"ok":true}            (applyChange: no read-back)
 //   {"op":"sequence","states":[[…],[…],…]}     -> {"ok":true,"ms":N}     (applyChange state[i] -> state[i+1], back to back)
+//   {"op":"tidy"}                             -> {"ok":true,"ports":[…]}    (tidy: rules of released ports)
 //   {"op":"drops"}                            -> {"ok":true,"drops":{"vnet1":N,…}}
 //   {"op":"save"}                             -> {"ok":true,"iptables":"…","ipset":"…"}
 //   {"op":"purge"}                            -> {"ok":true,"removed":[…]}
@@ -27,6 +28,7 @@ type Request =
   | { op: "reconcile"; bindings: PortBinding[] }
   | { op: "change"; from: PortBinding[]; to: PortBinding[] }
   | { op: "sequence"; states: PortBinding[][] }
+  | { op: "tidy" }
   | { op: "drops" }
   | { op: "save" }
   | { op: "purge" };
@@ -53,6 +55,8 @@ async function serve(variant: DriverBackend, bridges: string[], portPrefix: stri
         for (let i = 1; i < request.states.length; i++) await backend.applyChange(request.states[i - 1]!, request.states[i]!);
         return { ok: true, ms: performance.now() - started, changes: request.states.length - 1 };
       }
+      case "tidy":
+        return { ok: true, ports: (await backend.tidy?.()) ?? [] };
       case "drops":
         return { ok: true, drops: Object.fromEntries(await backend.dropCounters()) };
       case "save":
@@ -147,6 +151,11 @@ export class DataplaneDriver {
   /** applyChange from each state to the next, back to back; returns the milliseconds it took */
   async sequence(states: PortBinding[][]): Promise<number> {
     return (await this.request({ op: "sequence", states })).ms as number;
+  }
+
+  /** what the backend left for later (rules of released ports) removed; returns those ports */
+  async tidy(): Promise<string[]> {
+    return (await this.request({ op: "tidy" })).ports as string[];
   }
 
   async drops(): Promise<Record<string, number>> {
