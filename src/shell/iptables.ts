@@ -117,8 +117,8 @@ export class IptablesBackend implements Dataplane {
   /** released ports whose sets are empty and whose rules tidy() removes, by device */
   private readonly leftovers = new Map<string, PortBinding>();
   private purgeOtherPending = false;
-  /** sizes of the last desired state reconciled (also dry), for limits() */
-  private lastDesired = { ports: 0, ndRules: 0 };
+  /** size of the last desired state reconciled (also dry), for limits() */
+  private lastDesired = { ports: 0 };
 
   constructor(
     readonly variant: Variant,
@@ -138,10 +138,10 @@ export class IptablesBackend implements Dataplane {
 
   /** What this backend does not do well on this host (for `sg6 status`). */
   limits(): string[] {
-    const { ports, ndRules } = this.lastDesired;
-    if (ports < 1000) return [];
+    const { ports } = this.lastDesired;
+    if (this.variant !== "legacy" || ports < 1000) return [];
     return [
-      `the ND target guard is one string or u32 rule per owned address (${ndRules} rules for ${ports} ports): every change rewrites them with ip6tables-${this.variant}, ~0.35-0.45 s per change at 5,000 ports (bench/RESULTS.md); the nftables backend does it with set lookups`,
+      `ip6tables-legacy replaces the whole table on every change: with ${ports} ports each change other than a release takes about ${Math.round(ports / 12.5)} ms of kernel time (0.4 s at 5,000 ports, bench/RESULTS.md); ip6tables-nft or the nftables backend change only what changed`,
     ];
   }
 
@@ -171,7 +171,7 @@ export class IptablesBackend implements Dataplane {
    */
   async reconcile(bindings: PortBinding[], dryRun = false): Promise<string[]> {
     const desired = renderContent(bindings, this.ndMatch);
-    this.lastDesired = { ports: desired.portRules.size, ndRules: desired.ndRules.size };
+    this.lastDesired = { ports: desired.portRules.size };
     // the switches first: rules are worth nothing while bridged IPv6 bypasses them
     const switches = await ensureSwitches(dryRun);
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);

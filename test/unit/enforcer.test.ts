@@ -173,6 +173,48 @@ txn("a batch of only rejects is journaled (decided once) without touching the ke
   assert.equal(dataplane.calls, ["apply"]);
 });
 
+/** A dataplane that, like the iptables backend, leaves a released port's rules for tidy(). */
+class TidyingDataplane extends FakeDataplane {
+  leftovers: string[] = [];
+  failTidy = false;
+  override async applyChange(from: PortBinding[], to: PortBinding[]): Promise<void> {
+    await super.applyChange(from, to);
+    const kept = new Set(to.map((b) => b.device));
+    this.leftovers.push(...from.filter((b) => !kept.has(b.device)).map((b) => b.device));
+  }
+  untidy(): boolean {
+    return this.leftovers.length > 0;
+  }
+  async tidy(): Promise<string[]> {
+    this.calls.push("tidy");
+    if (this.failTidy) throw new Error("fake: ip6tables-restore failed");
+    return this.leftovers.splice(0);
+  }
+}
+
+txn("a release's deferred work runs after the batch, behind what was queued before it; a failing tidy reconciles", async () => {
+  const dataplane = new TidyingDataplane();
+  const enforcer = new Enforcer(CONFIG, dataplane, pino({ level: "silent" }), undefined, new FakeJournal().write);
+  enforcer.setPorts(PORTS);
+  await enforcer.serial(() => enforcer.applyBatch([alloc("vm-a", 1, [{ mac: MAC_A, network: "2001:db8:1::/64" }])]));
+  assert.equal(dataplane.calls, ["apply"], "nothing to tidy after an allocation");
+  const released = enforcer.serial(() => enforcer.applyBatch([release("vm-a", 2)]));
+  const next = enforcer.serial(async () => dataplane.calls.join(","));
+  await released;
+  assert.equal(dataplane.calls, ["apply", "apply"], "the release's batch resolves before its tidy runs");
+  assert.is(await next, "apply,apply", "what was queued before the release ran before its tidy");
+  await enforcer.serial(async () => undefined);
+  assert.equal(dataplane.calls, ["apply", "apply", "tidy"]);
+  assert.not.ok(dataplane.untidy());
+  // a failing tidy: the whole host is reconciled instead
+  await enforcer.serial(() => enforcer.applyBatch([alloc("vm-a", 3, [{ mac: MAC_A, network: "2001:db8:1::/64" }])]));
+  dataplane.failTidy = true;
+  await enforcer.serial(() => enforcer.applyBatch([release("vm-a", 4)]));
+  await enforcer.serial(async () => undefined);
+  assert.equal(dataplane.calls.slice(-3), ["apply", "tidy", "reconcile"]);
+  assert.equal(devices(dataplane), [], "the kernel holds the desired state");
+});
+
 txn.run();
 
 const binding = suite("Enforcer: one deterministic binding rule");
