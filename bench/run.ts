@@ -47,7 +47,7 @@ function plan(tmp: string, cli: string[], nftables: boolean): Step[] {
         reconcileRuns: QUICK ? 3 : 7,
         tmp,
       },
-      timeoutMs: 300_000,
+      timeoutMs: 600_000,
     });
   }
   for (const variant of VARIANTS) {
@@ -56,20 +56,20 @@ function plan(tmp: string, cli: string[], nftables: boolean): Step[] {
         label: `one change, N=${n}, ip6tables-${variant}`,
         scenario: "change",
         options: { backend: "iptables", variant, n, warmup: 20, events: QUICK ? 40 : 240, tmp },
-        timeoutMs: 180_000,
+        timeoutMs: 360_000,
       });
     }
     steps.push({
       label: `burst of 1,000, ip6tables-${variant}`,
       scenario: "burst",
       options: { backend: "iptables", variant, events: 1000, runs: QUICK ? 1 : 5, tmp },
-      timeoutMs: 180_000,
+      timeoutMs: 360_000,
     });
     steps.push({
       label: `sg6 agent process start + memory, ip6tables-${variant}`,
       scenario: "agentproc",
       options: { cli, variant, sizes: QUICK ? [0, 1000] : [0, 100, 1000, 5000], probeSizes: QUICK ? [1000] : [0, 5000], runs: QUICK ? 1 : 3, tmp },
-      timeoutMs: 300_000,
+      timeoutMs: 600_000,
     });
   }
   // The nftables backend (src/shell/nftables.ts, selected by backend = "nftables"): measured when it
@@ -91,14 +91,14 @@ function plan(tmp: string, cli: string[], nftables: boolean): Step[] {
         reconcileRuns: QUICK ? 3 : 7,
         tmp,
       },
-      timeoutMs: 300_000,
+      timeoutMs: 600_000,
     });
     for (const n of QUICK ? [0, 1000] : [0, 1000, 5000]) {
       steps.push({
         label: `one change, N=${n}, nftables backend`,
         scenario: "change",
         options: { backend: "nftables", variant: "nft", n, warmup: 20, events: QUICK ? 40 : 240, tmp },
-        timeoutMs: 180_000,
+        timeoutMs: 360_000,
       });
     }
   }
