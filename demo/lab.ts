@@ -34,6 +34,7 @@ export interface Lab {
 
 /** Make the namespaces and wire them: the bridge, the router on it, every VM's tap on it. */
 export async function bringUpTopology(run: DemoRun, plan: readonly VmPlan[]): Promise<Lab> {
+  for (const vm of plan) checkNicMac(vm);
   const lab = await createNamespaces(run, plan);
   await setUpBridge(lab.hv);
   await connectRouter(lab.hv, lab.router);
@@ -42,6 +43,16 @@ export async function bringUpTopology(run: DemoRun, plan: readonly VmPlan[]): Pr
     `namespaces: ${lab.router.name}, ${lab.hv.name} (${BRIDGE}: rtr0 ${lab.vms.map((vm) => vm.tap).join(" ")}), ${lab.vms.map((vm) => vm.ns.name).join(", ")}`,
   );
   return lab;
+}
+
+/**
+ * A NIC MAC that starts with fe is refused, as libvirt refuses it: the tap (fe + the NIC's MAC from
+ * the second octet on) would have the NIC's own MAC, which the bridge keeps as a local FDB entry of
+ * the port (unicast frames to the VM end at the bridge), and the tap's link-local, the same EUI-64,
+ * fails the VM's DAD.
+ */
+function checkNicMac(vm: VmPlan): void {
+  if (tapMacFor(vm.mac) === vm.mac.toLowerCase()) throw new Error(`${vm.name}: MAC ${vm.mac} starts with fe, the tap's own MAC would be the same (libvirt refuses it)`);
 }
 
 /**

@@ -69,7 +69,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     const { agent, config } = await startAgent(run, lab.hv, natsPort, backend, options.agentEnv);
     const sg6 = new Sg6Cli(lab.hv, config, options.agentEnv);
     const enforced = await publishAllocations(run, sg6, lab.vms, agent);
-    const booted = await bootVms(run, lab.vms);
+    const booted = await bootVms(run, lab.hv, lab.vms);
     const vms = await checkEveryVm(run, lab, enforced, booted);
     const release = await releaseVm(run, sg6, lab, booted, released.name);
 

@@ -26,10 +26,10 @@ export interface BootedVm {
 }
 
 /** Boot every VM at once; in the order of `vms`. */
-export async function bootVms(run: DemoRun, vms: readonly LabVm[]): Promise<BootedVm[]> {
+export async function bootVms(run: DemoRun, hv: DemoNs, vms: readonly LabVm[]): Promise<BootedVm[]> {
   const dhcpConf = run.path("dhclient.conf");
   writeFileSync(dhcpConf, dhclientConfig(DHCP_TIMEOUT_S));
-  const booted = await Promise.all(vms.map((vm) => bootVm(run, vm, dhcpConf)));
+  const booted = await Promise.all(vms.map((vm) => bootVm(run, hv, vm, dhcpConf)));
   run.step(
     `VMs up: SLAAC /128s from the RA; dhclient -6 -P: ${booted.filter((b) => b.keaPrefix).length}/${booted.length} got a /${PD_LENGTH} from Kea; ` +
       `on their loopbacks: ${booted.map((b) => b.loopbackAddress).join(", ")}`,
@@ -37,16 +37,33 @@ export async function bootVms(run: DemoRun, vms: readonly LabVm[]): Promise<Boot
   return booted;
 }
 
-async function bootVm(run: DemoRun, vm: LabVm, dhcpConf: string): Promise<BootedVm> {
+async function bootVm(run: DemoRun, hv: DemoNs, vm: LabVm, dhcpConf: string): Promise<BootedVm> {
   await vm.ns.run("ip", ["link", "set", "eth0", "up"]);
+  // the tap had no carrier until now; the bridge forwards on it once linkwatch has seen the carrier
+  await waitForForwarding(hv, vm);
   // dhclient binds to the link-local address: wait for its DAD
-  const kernelLinkLocal = await waitForLinkLocal(vm);
+  const kernelLinkLocal = await waitForLinkLocal(vm).catch(async (error: Error) => {
+    throw new Error(`${error.message}\n${await linkDiagnostics(hv, vm)}`);
+  });
   const slaac = waitForSlaac(vm);
   const { keaPrefix, keaProblem } = await requestDelegatedPrefix(run, vm, dhcpConf);
   if (keaProblem) run.step(`${vm.name}: ${keaProblem}`);
   const loopbackAddress = firstHostAddress(keaPrefix || vm.prefix);
   await vm.ns.run("ip", ["-6", "addr", "add", `${loopbackAddress}/128`, "dev", "lo"]);
   return { kernelSlaac: await slaac, kernelLinkLocal, keaPrefix, keaProblem, loopbackAddress };
+}
+
+/** the VM's tap forwards on the bridge (frames sent before that, e.g. its first DAD probe or RS, the bridge drops) */
+function waitForForwarding(hv: DemoNs, vm: LabVm): Promise<true> {
+  return waitFor(
+    `${vm.tap} forwarding on the bridge`,
+    async () => {
+      const [port] = JSON.parse(await hv.run("bridge", ["-j", "link", "show", "dev", vm.tap])) as { state?: string }[];
+      return port?.state === "forwarding";
+    },
+    10_000,
+    20,
+  );
 }
 
 /** the VM's link-local address on eth0, once its DAD is done */
@@ -62,6 +79,23 @@ function waitForLinkLocal(vm: LabVm): Promise<string> {
     10_000,
     50,
   );
+}
+
+/** what the kernel says about a VM's link, both ends, and sg6's table: why a DAD did not finish */
+async function linkDiagnostics(hv: DemoNs, vm: LabVm): Promise<string> {
+  const ask = async (ns: DemoNs, command: string, args: string[]) => {
+    const r = await ns.try(command, args);
+    return `${ns.name}$ ${command} ${args.join(" ")}\n${(r.stdout + r.stderr).trim()}`;
+  };
+  const parts = await Promise.all([
+    ask(vm.ns, "ip", ["-6", "addr", "show", "dev", "eth0"]),
+    ask(vm.ns, "ip", ["-s", "-d", "link", "show", "dev", "eth0"]),
+    ask(vm.ns, "grep", ["-H", ".", ...["accept_dad", "dad_transmits", "addr_gen_mode", "disable_ipv6", "enhanced_dad"].map((key) => `/proc/sys/net/ipv6/conf/eth0/${key}`)]),
+    ask(hv, "bridge", ["link", "show"]),
+    ask(hv, "ip", ["-s", "link", "show", "dev", vm.tap]),
+    ask(hv, "nft", ["list", "ruleset"]),
+  ]);
+  return parts.join("\n");
 }
 
 /** the /128 the VM's kernel built in NETWORK from the RA, once its DAD is done */

@@ -34,13 +34,15 @@ function note(text: string): void {
 /** A harness plus a router on the unguarded port rtr0; everything is removed afterwards, also on failure. */
 async function withLab(body: (lab: Lab) => Promise<void>): Promise<void> {
   const h = await AgentHarness.create({ variant: VARIANT });
+  const routerMac = randomMac();
   try {
-    const handle = await h.hv.addVm(h.cleanup, "rtr0", randomMac(), { dad: false });
+    const handle = await h.hv.addVm(h.cleanup, "rtr0", routerMac, { dad: false });
     await handle.ns.run("ip", ["-6", "addr", "add", `${ROUTER_IP}/64`, "dev", "eth0", "nodad"]);
     await body({ h, router: node(handle) });
   } catch (error) {
     console.error(`\n--- last agent log lines ---\n${h.logs.slice(-40).join("\n")}`);
     console.error(await kernelDump(h));
+    console.error(await bridgeDump(h, routerMac));
     throw error;
   } finally {
     await h.destroy();
@@ -52,6 +54,18 @@ async function kernelDump(h: AgentHarness): Promise<string> {
   const ipt = await h.hv.ns.try(`ip6tables-${h.variant}-save`, ["-c", "-t", "filter"]);
   const ipset = await h.hv.ns.try("ipset", ["save"]);
   return `--- ip6tables-${h.variant}-save -c ---\n${ipt.stdout}${ipt.stderr}--- ipset save ---\n${ipset.stdout}${ipset.stderr}`;
+}
+
+/**
+ * Where the hypervisor's bridge sends frames to the router's MAC (its FDB entries for it: it must
+ * be learned on rtr0 and not be a local entry) and each port's state, for failure reports: unicast
+ * frames to the router lost while the broadcast barrier arrives point at the FDB.
+ */
+async function bridgeDump(h: AgentHarness, routerMac: string): Promise<string> {
+  const fdb = await h.hv.ns.try("bridge", ["fdb", "show", "br", h.hv.bridge]);
+  const lines = fdb.stdout.split("\n").filter((line) => line.toLowerCase().startsWith(routerMac.toLowerCase()));
+  const ports = await h.hv.ns.try("bridge", ["link", "show"]);
+  return `--- bridge fdb show br ${h.hv.bridge}, entries for the router's MAC ${routerMac} ---\n${lines.join("\n") || "(none)"}${fdb.stderr}\n--- bridge link show ---\n${ports.stdout}${ports.stderr}`;
 }
 
 /** Send FRAMES udp frames from `vm` with source `src` to the router; how many arrived there. */

@@ -95,6 +95,7 @@ export class Hypervisor {
 
   /** Add a VM namespace behind tap `tap` with NIC MAC `mac` (tap MAC = fe + mac[1:]). */
   async addVm(cleanup: Cleanup, tap: string, mac: string, options: { dad?: boolean; bridge?: string } = {}): Promise<VmHandle> {
+    const tapAddress = tapMac(mac); // before anything is made: a MAC the tap would share is refused
     const vm = await Netns.create("vm");
     cleanup.add(() => vm.destroy());
     const peer = `p${runId()}`;
@@ -105,7 +106,7 @@ export class Hypervisor {
     await vm.sysctl("net.ipv6.conf.eth0.accept_dad", options.dad === false ? "0" : "1");
     await vm.sysctl("net.ipv6.conf.eth0.addr_gen_mode", "0");
     await vm.sysctl("net.ipv6.conf.eth0.use_tempaddr", "0");
-    await this.ns.run("ip", ["link", "set", tap, "address", tapMac(mac)]);
+    await this.ns.run("ip", ["link", "set", tap, "address", tapAddress]);
     await this.ns.run("ip", ["link", "set", tap, "master", options.bridge ?? this.bridge]);
     await this.ns.run("ip", ["link", "set", tap, "up"]);
     await vm.run("ip", ["link", "set", "eth0", "up"]);
@@ -122,13 +123,23 @@ export class Hypervisor {
   }
 }
 
+/**
+ * The tap's MAC for a NIC's MAC: fe as the first octet, like libvirt's. Throws for a NIC MAC that
+ * starts with fe (libvirt refuses those): the tap's MAC would be the NIC's own, which the bridge
+ * keeps as its port's local FDB entry, so every unicast frame to the NIC is taken by the bridge
+ * itself (broadcasts still pass), and the tap's link-local (same EUI-64) fails the NIC's DAD.
+ */
 export function tapMac(mac: string): string {
-  return `fe${mac.slice(2)}`;
+  const tap = `fe${mac.slice(2)}`.toLowerCase();
+  if (tap === mac.toLowerCase()) throw new Error(`NIC MAC ${mac} starts with fe: its tap would have the same MAC (libvirt refuses it)`);
+  return tap;
 }
 
+/** A random unicast, locally administered NIC MAC; its first octet is never fe (see tapMac). */
 export function randomMac(): string {
   const bytes = randomBytes(6);
-  bytes[0] = (bytes[0]! & 0xfc) | 0x02; // unicast, locally administered
+  // x2, x6, xa, xe with the low bits 10, but not fe: 63 first octets, 0x02..0xfa
+  bytes[0] = ((bytes[0]! % 63) << 2) | 0x02;
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
 }
 
