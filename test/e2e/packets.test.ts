@@ -95,8 +95,14 @@ async function startAndWait(h: AgentHarness): Promise<number> {
 }
 
 /** Sources and port rules the kernel holds, as one comparable text. */
+/**
+ * What the kernel lets through: the set members and the port rules that can match one. A port
+ * rule whose set is empty passes nothing (a released port before its rules are tidied away).
+ */
 async function kernelRules(h: AgentHarness): Promise<string> {
-  return JSON.stringify({ sets: await h.ipsetEntries(), rules: (await h.portRules()).sort() });
+  const sets = await h.ipsetEntries();
+  const rules = (await h.portRules()).filter((rule) => sets.some((entry) => rule.includes(`--physdev-in ${entry.slice(entry.indexOf("physdev:") + 8)} `)));
+  return JSON.stringify({ sets, rules: rules.sort() });
 }
 
 interface StatusDoc {
