@@ -12,6 +12,7 @@ import { StateLock, StateStore } from "./shell/state-store.js";
 import { SdNotify } from "./shell/sd-notify.js";
 import { PortInventory } from "./shell/taps.js";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { StreamMessage } from "./core/stream-message.js";
 import { jetstreamManager } from "@nats-io/jetstream";
 
 export class Agent {
@@ -174,26 +175,35 @@ export class Agent {
    */
   async resyncFromStream(): Promise<void> {
     if (!this.nc) return;
-    const messages = await readLatest(this.nc, this.config.nats.stream, this.config.host);
+    const read = await readLatest(this.nc, this.config.nats.stream, this.config.host);
+    const counts = { messages: read.length, pending: 0 };
     await this.enforcer.serial(async () => {
-      const { pending, lost, batch: result } = await this.enforcer.catchUp(messages);
-      if (lost) {
-        this.log.error(
-          { vms: this.enforcer.state.activeCount() },
-          "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)",
-        );
-      }
-      for (const [i, d] of (result?.decisions ?? []).entries()) {
-        const m = pending[i]!;
-        if (d.outcome === "reject") this.log.warn({ vm: d.vm, seq: m.seq, subject: m.subject, reason: d.reason }, "rejected during resync");
-        else if (d.outcome === "apply") this.log.info({ vm: d.vm, seq: m.seq, generation: d.record.generation }, "applied during resync");
-      }
-      if (result?.recorded) await this.store.save(() => this.enforcer.state.toJSON());
+      // the messages (one per VM) are done with before the whole-host reconcile below, so that
+      // reconcile's megabytes of rule text never sit on top of them
+      counts.pending = await this.catchUp(read.splice(0));
       const changes = await this.enforcer.reconcile();
       this.countRepairs(changes);
-      this.log.info({ messages: messages.length, pending: pending.length, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
+      this.log.info({ ...counts, vms: this.enforcer.state.vms.size, changes }, "resynced from the stream");
     });
     this.updateGauges();
+  }
+
+  /** The messages the state has not decided yet, through the live path; returns how many there were. */
+  private async catchUp(messages: StreamMessage[]): Promise<number> {
+    const { pending, lost, batch: result } = await this.enforcer.catchUp(messages);
+    if (lost) {
+      this.log.error(
+        { vms: this.enforcer.state.activeCount() },
+        "the stream has no messages for this host; keeping the current state (republish or run sg6 reconcile to change it)",
+      );
+    }
+    for (const [i, d] of (result?.decisions ?? []).entries()) {
+      const m = pending[i]!;
+      if (d.outcome === "reject") this.log.warn({ vm: d.vm, seq: m.seq, subject: m.subject, reason: d.reason }, "rejected during resync");
+      else if (d.outcome === "apply") this.log.info({ vm: d.vm, seq: m.seq, generation: d.record.generation }, "applied during resync");
+    }
+    if (result?.recorded) await this.store.save(() => this.enforcer.state.toJSON());
+    return pending.length;
   }
 
   /** Timer: compare the kernel with the desired state and repair what an operator or crash changed. */
