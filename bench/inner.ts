@@ -143,6 +143,8 @@ export interface BurstRecord {
 
 export interface AgentProcRecord {
   kind: "agentproc";
+  /** absent in older records: the iptables backend */
+  backend?: BackendName;
   variant: Variant;
   n: number;
   /** spawn -> "saved state re-asserted" log line, ms per run */
@@ -153,7 +155,15 @@ export interface AgentProcRecord {
   consuming: number[];
   /** kB, of the agent process after "consuming events" and 1 s of quiet */
   rssKb?: number;
+  /** kB, the agent's peak RSS up to that moment (the start-up transient) */
   hwmKb?: number;
+  /** CPU time (user + system) the agent used up to that moment, ms: what the node flags cost */
+  cpuMs?: number;
+  /** the node flags it ran with (those of systemd/sg6.service's ExecStart unless the run overrode them) */
+  nodeFlags?: string[];
+  /** kB, RSS once more after `laterMs` more of quiet (when the run asked for it) */
+  rssLaterKb?: number;
+  laterMs?: number;
   /** one extra run with bench/memprobe.mjs loaded: RSS before/after a forced full GC and the V8 heap (MB) */
   probe?: { rssMb: number; rssAfterGcMb: number; beforeGc: Record<string, number>; afterGc: Record<string, number>; heapSpacesUsedMb: Record<string, number> };
   launcher: string;
@@ -1176,29 +1186,57 @@ interface AgentProcOptions {
   probeSizes: number[];
   /** argv that starts the sg6 CLI, e.g. [node, build/dist/cli.js] */
   cli: string[];
+  /** node flags for the agent; default: those systemd/sg6.service starts it with */
+  nodeFlags?: string[];
+  /** default iptables */
+  backend?: BackendName;
+  /** also read the RSS this much later (ms; default: not) */
+  laterMs?: number;
   variant: Variant;
   sizes: number[];
   runs: number;
   tmp: string;
 }
 
+/**
+ * The node flags systemd/sg6.service starts the agent with (between the node binary and cli.js on
+ * its ExecStart line), so the benchmark measures the agent as it is shipped.
+ */
+export function unitNodeFlags(unit = readFileSync(join(ROOT, "systemd/sg6.service"), "utf8")): string[] {
+  const words = /^ExecStart=(.*)$/m.exec(unit)?.[1]?.trim().split(/\s+/) ?? [];
+  const script = words.findIndex((w) => w.endsWith("/cli.js"));
+  if (!words[0]?.endsWith("/node") || script < 0) throw new Error(`systemd/sg6.service: ExecStart does not run node …/cli.js: ${words.join(" ")}`);
+  return words.slice(1, script);
+}
+
+/** utime + stime of a process so far, ms (fields 14 and 15 of /proc/<pid>/stat, in clock ticks of 10 ms). */
+function cpuMsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 async function agentProc(o: AgentProcOptions): Promise<void> {
-  const dir = mkdtempSync(join(o.tmp, `agentproc-${o.variant}-`));
+  const backend = o.backend ?? "iptables";
+  const dir = mkdtempSync(join(o.tmp, `agentproc-${backend}-${o.variant}-`));
   const side = await natsUp(dir);
+  const nodeFlags = o.nodeFlags ?? unitNodeFlags();
+  const cli = [o.cli[0]!, ...nodeFlags, ...o.cli.slice(1)];
   try {
     for (const n of o.sizes) {
       say(`sg6 agent process, N=${n}`);
       const host = `proc${n}`;
       const stateDir = join(dir, `state-${n}`);
       const configPath = join(dir, `agent-${n}.toml`);
-      writeFileSync(configPath, benchConfigToml(host, stateDir, side.nats.url));
-      const config = benchConfig(host, stateDir, side.nats.url);
+      writeFileSync(configPath, benchConfigToml(host, stateDir, side.nats.url, backend));
+      const config = benchConfig(host, stateDir, side.nats.url, backend);
       await publishMany(side.js, Array.from({ length: n }, (_, i) => allocation(host, i, 1)));
       await new StateStore(stateDir).save(desiredState(config, n));
-      const record: AgentProcRecord = { kind: "agentproc", variant: o.variant, n, reasserted: [], reassertedFromStarting: [], consuming: [], launcher: o.cli.map((a) => (a === process.execPath ? "node" : a.replace(/^.*\/build\/dist\//, "dist/").replace(ROOT + "/", ""))).join(" ") };
+      const launcher = cli.map((a) => (a === process.execPath ? "node" : a.replace(/^.*\/build\/dist\//, "dist/").replace(ROOT + "/", ""))).join(" ");
+      const record: AgentProcRecord = { kind: "agentproc", backend, variant: o.variant, n, reasserted: [], reassertedFromStarting: [], consuming: [], launcher, nodeFlags };
       for (let r = 0; r < o.runs; r++) {
-        await purge("iptables", o.variant);
-        const run = await startAgentProcess(o.cli, configPath, o.variant);
+        await purge(backend, o.variant);
+        const run = await startAgentProcess(cli, configPath, o.variant);
         try {
           record.reasserted.push(run.seen.get("saved state re-asserted")!);
           record.reassertedFromStarting.push(run.seen.get("fromStarting")!);
@@ -1208,6 +1246,12 @@ async function agentProc(o: AgentProcOptions): Promise<void> {
             const status = readFileSync(`/proc/${run.child.pid}/status`, "utf8");
             record.rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
             record.hwmKb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1]);
+            record.cpuMs = cpuMsOf(run.child.pid!);
+            if (o.laterMs) {
+              await sleep(o.laterMs);
+              record.laterMs = o.laterMs;
+              record.rssLaterKb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${run.child.pid}/status`, "utf8"))?.[1]);
+            }
           }
         } finally {
           await run.stop();
@@ -1215,10 +1259,10 @@ async function agentProc(o: AgentProcOptions): Promise<void> {
       }
       if (o.probeSizes.includes(n)) {
         // one instrumented run: what the RSS is made of
-        await purge("iptables", o.variant);
+        await purge(backend, o.variant);
         const out = join(dir, `memprobe-${n}.json`);
         const probe = join(ROOT, "bench/memprobe.mjs");
-        const run = await startAgentProcess([o.cli[0]!, "--expose-gc", "--import", pathToFileURL(probe).href, ...o.cli.slice(1)], configPath, o.variant, { SG6_BENCH_MEMPROBE: out });
+        const run = await startAgentProcess([cli[0]!, ...nodeFlags, "--expose-gc", "--import", pathToFileURL(probe).href, ...o.cli.slice(1)], configPath, o.variant, { SG6_BENCH_MEMPROBE: out });
         try {
           await sleep(1000);
           const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${run.child.pid}/status`, "utf8"))?.[1]) / 1024;
@@ -1243,7 +1287,7 @@ async function agentProc(o: AgentProcOptions): Promise<void> {
       }
       emit(record);
     }
-    await purge("iptables", o.variant);
+    await purge(backend, o.variant);
   } finally {
     await natsDown(side);
   }

@@ -69,6 +69,8 @@ export interface Summary {
     consuming: Spread;
     rssMb?: number;
     hwmMb?: number;
+    /** CPU time the agent used up to the RSS reading, s */
+    cpuS?: number;
     launcher: string;
     probe?: AgentProcRecord["probe"];
   }[];
@@ -119,13 +121,14 @@ export function summarize(records: InnerRecord[]): Summary {
   const agentStart = records
     .filter((r): r is AgentProcRecord => r.kind === "agentproc")
     .map((r) => ({
-      dataplane: `ip6tables-${r.variant}`,
+      dataplane: dataplaneOf({ backend: r.backend ?? "iptables", variant: r.variant }),
       n: r.n,
       reasserted: spread(r.reasserted),
       reassertedFromStarting: spread(r.reassertedFromStarting),
       consuming: spread(r.consuming),
       rssMb: mb(r.rssKb),
       hwmMb: mb(r.hwmKb),
+      cpuS: r.cpuMs === undefined ? undefined : r.cpuMs / 1000,
       launcher: r.launcher,
       probe: r.probe,
     }));
@@ -301,12 +304,13 @@ export function renderTables(s: Summary): string {
   out.push("");
   out.push(
     table(
-      ["dataplane", "N", "RSS (MB)", "peak VmHWM (MB)", "instrumented run: RSS → after full GC (MB)", "V8 heap used / heap total / external after GC (MB)", "started as"],
+      ["dataplane", "N", "RSS (MB)", "peak VmHWM (MB)", "CPU by then (s)", "instrumented run: RSS → after full GC (MB)", "V8 heap used / heap total / external after GC (MB)", "started as"],
       s.agentStart.map((a) => [
         a.dataplane,
         a.n.toLocaleString("en-US"),
         f(a.rssMb),
         f(a.hwmMb),
+        f(a.cpuS),
         a.probe ? `${f(a.probe.rssMb)} → ${f(a.probe.rssAfterGcMb)}` : "–",
         a.probe ? `${f(a.probe.afterGc.heapUsed)} / ${f(a.probe.afterGc.heapTotal)} / ${f(a.probe.afterGc.external)}` : "–",
         `\`${a.launcher}\``,
@@ -353,5 +357,5 @@ export const METHOD = `How it is measured (\`npm run bench\`, as root; everythin
 - **one change**: the real \`Agent\` (NATS intake, Enforcer, state.json writes, pino logging to a file at info) runs in the measuring process, N NICs already enforced (from state.json and the stream). Events are published one at a time; latency is from just before \`js.publish\` to when the agent's batch handler (what the Intake awaits before it acks; it resolves only after the kernel tools exited 0) resolved, observed by wrapping that handler. The mix repeats: new VM (new port), prefix change of a random VM (sets only), prefix change, release of a VM added during the run. The first 20 events warm up and are not counted. Afterwards the kernel is compared with what the agent says it enforces (iptables backend). "bare tools" are the kernel tools alone for one such change on the same loaded host, spawned from node as sg6 spawns them: one \`ipset restore\` with the del and add of a prefix change; one \`ip6tables-restore --noflush\` inserting, or deleting, a port's two rules.
 - **burst**: 1,000 \`vm.allocated\` events for new VMs published without waiting (N = 0 before), until the handler resolved for the last of them.
 - **reconcile**: \`Enforcer.reconcile()\` on a host sg6 enforces (what the drift timer and \`sg6 reconcile\` do): without drift, and after deleting one set entry behind sg6's back (one change expected).
-- **memory / agent start**: the real \`sg6 agent\` program (this tree compiled with tsc into a temporary directory) started in the namespace with the state in state.json and the stream; RSS (VmRSS) read from /proc after "consuming events" and 1 s of quiet. One extra run with \`bench/memprobe.mjs\` preloaded (and --expose-gc) shows what that RSS is made of.
+- **memory / agent start**: the real \`sg6 agent\` program (this tree compiled with tsc into a temporary directory) started in the namespace with the state in state.json and the stream; RSS (VmRSS), its peak so far (VmHWM: the start-up transient) and the CPU time used so far read from /proc after "consuming events" and 1 s of quiet. The agent runs with the node flags of \`systemd/sg6.service\`'s ExecStart (read from the unit, so it is measured as shipped; "started as" shows them). One extra run with \`bench/memprobe.mjs\` preloaded (and --expose-gc) shows what that RSS is made of.
 - Times are wall clock on a shared machine: the load average above says how busy it was.`;

@@ -366,55 +366,98 @@ export interface KernelSnapshot {
   l2?: L2Snapshot;
 }
 
-/** Parse the filter table of ip6tables-save, keeping the hooked chains and every sg6 chain. */
-export function parseIptablesSave(text: string): Pick<KernelSnapshot, "hooks" | "chains"> {
+/**
+ * A line sink that builds what parseIptablesSave returns: fed ip6tables-save output one line at a
+ * time (as the shell reads it from the pipe), so the whole document, its line array and sg6's
+ * part never exist at the same time.
+ */
+export interface SaveParser<T> {
+  line(raw: string): void;
+  result(): T;
+}
+
+/** Parse the filter table of ip6tables-save line by line, keeping the hooked chains and every sg6 chain. */
+export function iptablesSaveParser(): SaveParser<Pick<KernelSnapshot, "hooks" | "chains">> {
   const hooks: Record<Hook, string[]> = { FORWARD: [], INPUT: [] };
   const chains = new Map<string, string[]>();
   let inFilter = false;
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (line.startsWith("*")) {
-      inFilter = line === "*filter";
-      continue;
-    }
-    if (!inFilter || line === "" || line.startsWith("#")) continue;
-    if (line.startsWith(":")) {
-      const name = line.slice(1).split(" ")[0]!;
-      if (name.startsWith("sg6")) chains.set(name, []);
-      continue;
-    }
-    if (!line.startsWith("-A ")) continue;
-    const chain = line.split(" ")[1]!;
-    if (chain === "FORWARD" || chain === "INPUT") hooks[chain].push(line);
-    else if (chain.startsWith("sg6")) {
-      if (!chains.has(chain)) chains.set(chain, []);
-      chains.get(chain)!.push(line);
-    }
-  }
-  return { hooks, chains };
+  return {
+    line(raw) {
+      const line = raw.trim();
+      if (line.startsWith("*")) {
+        inFilter = line === "*filter";
+        return;
+      }
+      if (!inFilter || line === "" || line.startsWith("#")) return;
+      if (line.startsWith(":")) {
+        const end = line.indexOf(" ");
+        const name = end < 0 ? line.slice(1) : line.slice(1, end);
+        if (name.startsWith("sg6")) chains.set(name, []);
+        return;
+      }
+      if (!line.startsWith("-A ")) return;
+      // the chain name is the second word; only lines we keep are copied
+      const end = line.indexOf(" ", 3);
+      const chain = end < 0 ? line.slice(3) : line.slice(3, end);
+      if (chain === "FORWARD" || chain === "INPUT") hooks[chain].push(line);
+      else if (chain.startsWith("sg6")) {
+        const rules = chains.get(chain);
+        if (rules) rules.push(line);
+        else chains.set(chain, [line]);
+      }
+    },
+    result: () => ({ hooks, chains }),
+  };
+}
+
+/** Parse the filter table of ip6tables-save, keeping the hooked chains and every sg6 chain. */
+export function parseIptablesSave(text: string): Pick<KernelSnapshot, "hooks" | "chains"> {
+  return feedLines(iptablesSaveParser(), text);
+}
+
+/** Parse `ipset save` output line by line, keeping sg6 sets; drops counters and the kernel's hash seed. */
+export function ipsetSaveParser(): SaveParser<KernelSnapshot["sets"]> {
+  const sets: KernelSnapshot["sets"] = new Map();
+  return {
+    line(raw) {
+      const line = raw.trim();
+      if (line.startsWith("create sg6")) {
+        const words = line.slice("create ".length).split(" ");
+        const kept: string[] = [];
+        for (let i = 0; i < words.length; i++) {
+          const word = words[i]!;
+          // the kernel picks these (hashsize grows as the set fills): not part of what sg6 asks for
+          if (word === "bucketsize" || word === "initval" || word === "hashsize") i++;
+          else kept.push(word);
+        }
+        sets.set(words[0]!, { create: kept.join(" "), entries: new Set() });
+      } else if (line.startsWith("add sg6")) {
+        // "add <set> <entry>[ <options>]": no word array per member (there are ~3 per port)
+        const nameEnd = line.indexOf(" ", 4);
+        if (nameEnd < 0) return;
+        const entryEnd = line.indexOf(" ", nameEnd + 1);
+        const entry = entryEnd < 0 ? line.slice(nameEnd + 1) : line.slice(nameEnd + 1, entryEnd);
+        sets.get(line.slice(4, nameEnd))?.entries.add(entry);
+      }
+    },
+    result: () => sets,
+  };
 }
 
 /** Parse `ipset save` output, keeping sg6 sets; drops counters and the kernel's hash seed. */
 export function parseIpsetSave(text: string): KernelSnapshot["sets"] {
-  const sets: KernelSnapshot["sets"] = new Map();
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (line.startsWith("create sg6")) {
-      const words = line.slice("create ".length).split(" ");
-      const kept: string[] = [];
-      for (let i = 0; i < words.length; i++) {
-        const word = words[i]!;
-        // the kernel picks these (hashsize grows as the set fills): not part of what sg6 asks for
-        if (word === "bucketsize" || word === "initval" || word === "hashsize") i++;
-        else kept.push(word);
-      }
-      sets.set(words[0]!, { create: kept.join(" "), entries: new Set() });
-    } else if (line.startsWith("add sg6")) {
-      const [, name, entry] = line.split(" ");
-      sets.get(name!)?.entries.add(entry!);
-    }
+  return feedLines(ipsetSaveParser(), text);
+}
+
+/** Feed a whole text to a line parser (without building an array of its lines). */
+function feedLines<T>(parser: SaveParser<T>, text: string): T {
+  let from = 0;
+  for (let nl = text.indexOf("\n"); nl >= 0; nl = text.indexOf("\n", from)) {
+    parser.line(text.slice(from, nl));
+    from = nl + 1;
   }
-  return sets;
+  if (from < text.length) parser.line(text.slice(from));
+  return parser.result();
 }
 
 /** Read the per-port content back out of a snapshot (per-port rules other than the defaults, port sets). */

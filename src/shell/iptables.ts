@@ -6,6 +6,8 @@ import {
   advanceContent,
   emptyContent,
   flushSets,
+  ipsetSaveParser,
+  iptablesSaveParser,
   mergedContent,
   withoutSources,
   parseIpsetSave,
@@ -24,7 +26,7 @@ import {
 import { IPTABLES_SWITCHES, switchDrift, sysctlPath } from "../core/kernel-switches.js";
 import type { PortBinding } from "../core/model.js";
 import type { Dataplane, SwitchOver } from "./dataplane.js";
-import { exec, execRaw } from "./exec.js";
+import { exec, ExecError, execLines, execRaw } from "./exec.js";
 import { listLinks } from "./taps.js";
 
 /**
@@ -66,6 +68,26 @@ async function ipsetSave(): Promise<string> {
   const result = await execRaw("ipset", ["save"]);
   if (result.code !== 0) throw new BackendError(`ipset save failed: ${result.stderr.trim()}`);
   return result.stdout;
+}
+
+/**
+ * The snapshot's rules and sets, parsed line by line as the tools print them: at thousands of
+ * ports the listings are megabytes, and only sg6's part is kept (never the whole text as well).
+ */
+async function readTable(variant: Variant): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
+  const parser = iptablesSaveParser();
+  const command = `ip6tables-${variant}-save`;
+  const args = ["-t", "filter"];
+  const result = await execLines(command, args, (line) => parser.line(line));
+  if (result.code !== 0) throw new ExecError(command, args, result);
+  return parser.result();
+}
+
+async function readSets(): Promise<KernelSnapshot["sets"]> {
+  const parser = ipsetSaveParser();
+  const result = await execLines("ipset", ["save"], (line) => parser.line(line));
+  if (result.code !== 0) throw new BackendError(`ipset save failed: ${result.stderr.trim()}`);
+  return parser.result();
 }
 
 async function ebtablesSave(): Promise<L2Snapshot> {
@@ -161,8 +183,8 @@ export class IptablesBackend implements Dataplane {
   }
 
   async snapshot(): Promise<KernelSnapshot> {
-    const [table, sets, l2] = await Promise.all([saveTable(this.variant), ipsetSave(), ebtablesSave()]);
-    return { ...parseIptablesSave(table), sets: parseIpsetSave(sets), l2 };
+    const [table, sets, l2] = await Promise.all([readTable(this.variant), readSets(), ebtablesSave()]);
+    return { ...table, sets, l2 };
   }
 
   /**
