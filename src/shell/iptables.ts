@@ -3,7 +3,6 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import {
-  advanceContent,
   emptyContent,
   flushSets,
   ipsetSaveParser,
@@ -134,8 +133,11 @@ export class IptablesBackend implements Dataplane {
     return ndMatchFor(this.variant);
   }
 
-  /** what the kernel holds after our last successful apply; undefined until read */
-  private known: PortContent | undefined;
+  /**
+   * whether the kernel holds what we last applied (false until a reconcile, and while a change runs):
+   * applyChange() trusts it instead of reading back; what it holds is the caller's bindings
+   */
+  private inSync = false;
   /** released ports whose sets are empty and whose rules tidy() removes, by device */
   private readonly leftovers = new Map<string, PortBinding>();
   private purgeOtherPending = false;
@@ -199,9 +201,9 @@ export class IptablesBackend implements Dataplane {
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);
     const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options));
     if (!dryRun) {
-      this.known = undefined;
+      this.inSync = false;
       await this.run(script);
-      this.known = desired;
+      this.inSync = true;
       this.leftovers.clear(); // whatever released ports left is gone with the rest of the drift
       if (this.purgeOtherPending && this.switchOver) {
         script.changes.push(...(await this.switchOver.purge()));
@@ -217,37 +219,31 @@ export class IptablesBackend implements Dataplane {
    * transaction, whose cost grows with the table); its rules wait for tidy().
    */
   async applyChange(from: PortBinding[], to: PortBinding[]): Promise<void> {
-    const known = this.known;
-    if (!known) throw new BackendError("kernel state unknown: reconcile first");
+    if (!this.inSync) throw new BackendError("kernel state unknown: reconcile first");
     const kept = new Set(to.map((b) => b.device));
     const released = from.filter((b) => !kept.has(b.device));
     // a port bound again before tidy() ran starts from its leftovers (rules in place, set empty)
     const reclaimed = to.flatMap((b) => this.takeLeftover(b.device));
     const before = mergedContent(renderContent(from.filter((b) => kept.has(b.device)), this.ndMatch), withoutSources(renderContent(reclaimed, this.ndMatch)));
     const after = renderContent(to, this.ndMatch);
-    this.known = undefined; // unknown until the scripts succeed
+    this.inSync = false; // unknown until the scripts succeed
     if (released.length) {
       await exec("ipset", ["-exist", "restore"], { input: flushSets(released.map((b) => b.device)) });
-      const flushed = renderContent(released, this.ndMatch);
-      advanceContent(known, flushed, withoutSources(flushed));
       for (const binding of released) this.leftovers.set(binding.device, binding);
     }
     await this.run(planDelta(before, after));
-    advanceContent(known, before, after);
-    this.known = known;
+    this.inSync = true;
   }
 
   /** Remove what released ports left (rules, ND chain, layer-2 rule, set) in one batch. */
   async tidy(): Promise<string[]> {
-    const known = this.known;
-    if (!known || !this.leftovers.size) return [];
+    if (!this.inSync || !this.leftovers.size) return [];
     const devices = [...this.leftovers.keys()];
     const gone = withoutSources(renderContent([...this.leftovers.values()], this.ndMatch));
-    this.known = undefined;
+    this.inSync = false;
     this.leftovers.clear();
     await this.run(planDelta(gone, emptyContent()));
-    advanceContent(known, gone, emptyContent());
-    this.known = known;
+    this.inSync = true;
     return devices;
   }
 

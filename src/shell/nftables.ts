@@ -77,8 +77,8 @@ export class NftBackend implements Dataplane {
   private readonly watchLinks: boolean;
   private readonly switchOver: SwitchOver | undefined;
 
-  /** what the kernel holds after our last successful apply; undefined until read */
-  private known: NftContent | undefined;
+  /** whether the kernel holds what we last applied (false until a reconcile, and while a change runs) */
+  private inSync = false;
   /** the prefix lengths the table has sets for, as of the last reconcile */
   private lengths: number[] = [];
   /** the other backend's objects are removed once this backend enforces (prepare() or the first reconcile) */
@@ -135,9 +135,9 @@ export class NftBackend implements Dataplane {
       const lengths = wantedLengths(bindings, snapshot);
       const plan = planReconcile(snapshot, lengths, desired, foreign, links, this.options);
       if (dryRun) return plan.changes;
-      this.known = undefined;
+      this.inSync = false;
       await nftScript(plan.script);
-      this.known = desired;
+      this.inSync = true;
       this.lengths = lengths;
       this.lastForeign = foreign.join(",");
       const changes = [...plan.changes];
@@ -150,20 +150,13 @@ export class NftBackend implements Dataplane {
     const before = renderContent(from);
     const after = renderContent(to);
     await this.serial(async () => {
-      const known = this.known;
-      if (!known) throw new NftBackendError("kernel state unknown: reconcile first");
+      if (!this.inSync) throw new NftBackendError("kernel state unknown: reconcile first");
       const plan = planDelta(before, after, this.lengths); // throws for a prefix length without sets
-      this.known = undefined; // unknown until the transaction succeeds
+      this.inSync = false; // unknown until the transaction succeeds
       // a delete of an element that is not there fails the whole transaction: the kernel was not
       // as we left it, and the caller falls back to reconcile()
       await nftScript(plan.script);
-      for (const [set, items] of before) for (const item of items) if (!after.get(set)?.has(item)) known.get(set)?.delete(item);
-      for (const [set, items] of after) {
-        const mine = known.get(set) ?? new Set<string>();
-        for (const item of items) mine.add(item);
-        known.set(set, mine);
-      }
-      this.known = known;
+      this.inSync = true;
     });
   }
 
@@ -179,7 +172,7 @@ export class NftBackend implements Dataplane {
       const foreign = foreignPorts(await listLinks(), this.options);
       const text = foreign.join(",");
       if (text === this.lastForeign) return [];
-      if (!this.known) return []; // nothing to keep current before a reconcile has built the table
+      if (!this.inSync) return []; // nothing to keep current before a reconcile has built the table
       await nftScript(foreignScript(foreign));
       this.lastForeign = text;
       return [`foreign ports now ${text || "none"}`];
