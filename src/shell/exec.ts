@@ -28,32 +28,49 @@ export class ExecError extends Error {
   }
 }
 
-/** Run a program and collect its output; never throws for a non-zero exit. */
-export function execRaw(command: string, args: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
+/**
+ * Spawn `command` with an argument array, write `input` to its stdin, collect stderr and hand its
+ * stdout on as decoded text as it arrives (`stop` kills the child). Resolves with the exit code.
+ */
+function runTool(
+  command: string,
+  args: readonly string[],
+  options: ExecOptions,
+  onStdout: (text: string, stop: () => void) => void,
+): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       stdio: ["pipe", "pipe", "pipe"],
       env: options.env ?? process.env,
     });
-    // decoded as it arrives: no list of chunks plus a concatenated copy of them at the end
-    let stdout = "";
+    const stop = () => child.kill("SIGKILL");
+    const decoder = new StringDecoder("utf8");
     let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+    child.stdout.on("data", (chunk: Buffer) => onStdout(decoder.write(chunk), stop));
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
+    const timer = setTimeout(stop, options.timeoutMs ?? 60_000);
     child.on("error", (error) => {
       clearTimeout(timer);
       reject(error);
     });
     child.on("close", (code, signal) => {
       clearTimeout(timer);
-      resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
+      onStdout(decoder.end(), stop);
+      resolve({ code: code ?? (signal ? 128 : 1), stderr });
     });
     child.stdin.on("error", () => {
       /* the child may exit before reading all input; its exit code tells */
     });
     child.stdin.end(options.input ?? "");
   });
+}
+
+/** Run a program and collect its output; never throws for a non-zero exit. */
+export async function execRaw(command: string, args: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
+  // decoded as it arrives: no list of chunks plus a concatenated copy of them at the end
+  let stdout = "";
+  const result = await runTool(command, args, options, (text) => (stdout += text));
+  return { ...result, stdout };
 }
 
 /** Run a program; throw ExecError unless it exits 0. */
@@ -66,59 +83,31 @@ export async function exec(command: string, args: readonly string[], options: Ex
 /**
  * Run a program and hand its stdout to `onLine` one line at a time (without the newline) as it
  * arrives, so a large listing (ip6tables-save at thousands of ports is megabytes) is never held
- * whole. Never throws for a non-zero exit; the result's stdout is empty.
+ * whole. Never throws for a non-zero exit; the result's stdout is empty. A throwing `onLine` ends
+ * the reading (the child is killed, not left writing into a full pipe) and its error is thrown.
  */
-export function execLines(command: string, args: readonly string[], onLine: (line: string) => void, options: ExecOptions = {}): Promise<ExecResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: options.env ?? process.env,
-    });
-    const decoder = new StringDecoder("utf8");
-    let rest = "";
-    let failed: Error | undefined;
-    const feed = (text: string) => {
-      if (failed) return;
-      let from = 0;
-      try {
-        for (let nl = text.indexOf("\n"); nl >= 0; nl = text.indexOf("\n", from)) {
-          // a line split across chunks is joined once; a whole one is a slice of its chunk
-          onLine(from === 0 && rest ? rest + text.slice(0, nl) : text.slice(from, nl));
-          if (from === 0) rest = "";
-          from = nl + 1;
-        }
-      } catch (error) {
-        // a parser that throws ends the reading; the child is not left writing into a full pipe
-        failed = error as Error;
-        child.kill("SIGKILL");
-        return;
+export async function execLines(command: string, args: readonly string[], onLine: (line: string) => void, options: ExecOptions = {}): Promise<ExecResult> {
+  let rest = "";
+  let failed: Error | undefined;
+  const feed = (text: string, stop: () => void) => {
+    if (failed) return;
+    let from = 0;
+    try {
+      for (let nl = text.indexOf("\n"); nl >= 0; nl = text.indexOf("\n", from)) {
+        // a line split across chunks is joined once; a whole one is a slice of its chunk
+        onLine(from === 0 && rest ? rest + text.slice(0, nl) : text.slice(from, nl));
+        if (from === 0) rest = "";
+        from = nl + 1;
       }
-      rest = from === 0 ? rest + text : text.slice(from);
-    };
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => feed(decoder.write(chunk)));
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
-    child.on("error", (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      feed(decoder.end());
-      if (!failed && rest) {
-        try {
-          onLine(rest);
-        } catch (error) {
-          failed = error as Error;
-        }
-      }
-      if (failed) reject(failed);
-      else resolve({ code: code ?? (signal ? 128 : 1), stdout: "", stderr });
-    });
-    child.stdin.on("error", () => {
-      /* the child may exit before reading all input; its exit code tells */
-    });
-    child.stdin.end(options.input ?? "");
-  });
+    } catch (error) {
+      failed = error as Error;
+      stop();
+      return;
+    }
+    rest = from === 0 ? rest + text : text.slice(from);
+  };
+  const result = await runTool(command, args, options, feed);
+  if (!failed && rest) onLine(rest);
+  if (failed) throw failed;
+  return { ...result, stdout: "" };
 }
