@@ -1,11 +1,13 @@
-// What the iptables backend's ND target guard (a bpf rule per port, in a chain per port) costs per change: the kernel
+// What the iptables backend's ND target guard (a chain per port: bpf on nft, string/u32 on legacy) costs per change: the kernel
 // tools alone, one change on a host with N ports already enforced, with and without the ND rules
-// (bench/RESULTS.md, "What the ND target guard costs on xtables"). Makes and deletes its own
+// (bench/RESULTS.md, "What the ND target guard costs on xtables"), and a release as the agent runs it
+// (the set emptied, then the tidy). Makes and deletes its own
 // network namespace. Usage (root): npx tsx bench/nd-cost.ts legacy|nft N nd|none
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import { planChange, planDelta, renderContent, emptyContent, type PortContent } from "../src/core/iptables-rules.js";
+import { flushSets, ndMatchFor, planChange, planDelta, renderContent as render, emptyContent, withoutSources, type PortContent } from "../src/core/iptables-rules.js";
+import type { PortBinding } from "../src/core/model.js";
 if (!process.env.SG6_ND_COST_NS) {
   const ns = `sg6b-nd-${randomBytes(3).toString("hex")}`;
   execFileSync("ip", ["netns", "add", ns]);
@@ -19,6 +21,7 @@ if (!process.env.SG6_ND_COST_NS) {
 const variant = process.argv[2] as "legacy" | "nft";
 const n = Number(process.argv[3]);
 const withNd = process.argv[4] === "nd";
+const renderContent = (bindings: PortBinding[]) => render(bindings, ndMatchFor(variant));
 const mac = (i: number) => `52:54:01:${((i >> 16) & 255).toString(16).padStart(2, "0")}:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`;
 const b = (i: number, pd = i) => ({ vm: `vm${i}`, device: `vnet${i}`, mac: mac(i), sources: [`fe80::${i.toString(16)}/128`, `2001:db8:1::${i.toString(16)}/128`, `2001:db8:${(0x1000 + (pd >> 12)).toString(16)}:${((pd & 0xfff) << 4).toString(16)}::/60`] });
 const strip = (c: PortContent): PortContent => (withNd ? c : { ...c, ndRules: new Set(), ndChains: new Map() });
@@ -27,7 +30,7 @@ const s = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), set
 const run = (cmd: string, args: string[], input: string) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "inherit"] });
 run("ipset", ["-exist", "restore"], s.ipsetBefore + s.ipsetAfter);
 run(`ip6tables-${variant}-restore`, ["--noflush"], s.iptables);
-const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [] };
+const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [] };
 const extra = b(n + 1);
 for (let r = 0; r < 6; r++) {
   const [x, y] = r % 2 ? [b(0, 900000), b(0)] : [b(0), b(0, 900000)];
@@ -47,6 +50,18 @@ for (let r = 0; r < 6; r++) {
   run(`ip6tables-${variant}-restore`, ["--noflush"], del.iptables);
   run("ipset", ["-exist", "restore"], del.ipsetAfter);
   times.portDel!.push(performance.now() - t);
+  // the release as the agent runs it: the set emptied at once, the rules in a later tidy
+  const again = planDelta(emptyContent(), strip(renderContent([extra])));
+  run("ipset", ["-exist", "restore"], again.ipsetBefore);
+  run(`ip6tables-${variant}-restore`, ["--noflush"], again.iptables);
+  t = performance.now();
+  run("ipset", ["-exist", "restore"], flushSets([extra.device]));
+  times.release!.push(performance.now() - t);
+  const tidy = planDelta(withoutSources(strip(renderContent([extra]))), emptyContent());
+  t = performance.now();
+  run(`ip6tables-${variant}-restore`, ["--noflush"], tidy.iptables);
+  run("ipset", ["-exist", "restore"], tidy.ipsetAfter);
+  times.tidy!.push(performance.now() - t);
 }
 const med = (a: number[]) => a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1);
-console.log(JSON.stringify({ variant, n, nd: withNd, prefix: med(times.prefix!), portAdd: med(times.portAdd!), portDel: med(times.portDel!) }));
+console.log(JSON.stringify({ variant, n, nd: withNd, ...Object.fromEntries(Object.entries(times).map(([k, v]) => [k, med(v)])) }));
