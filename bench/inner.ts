@@ -771,8 +771,8 @@ async function natsDown(side: NatsSide): Promise<void> {
 
 /** The kernel holds exactly what the enforcer says it enforces (compared in the core's own terms). */
 async function verifyKernel(agent: Agent, variant: Variant): Promise<boolean> {
-  // a release's rules go in the tidy queued behind it: compare once the queue is empty
-  await agent.enforcer.serial(async () => undefined);
+  // a release's rules go in a tidy once the agent is idle: run it now and compare after it
+  await agent.enforcer.settle();
   const want = renderContent(agent.enforcer.bindings(), ndMatchFor(variant));
   const [table, sets, l2] = await Promise.all([saveTable(variant), exec("ipset", ["save"]), exec("ebtables-nft-save", ["-t", "nat"])]);
   const have = contentOf({ ...parseIptablesSave(table), sets: parseIpsetSave(sets), l2: parseEbtablesSave(l2) });

@@ -263,6 +263,7 @@ export class Agent {
     if (this.timer) clearInterval(this.timer);
     await this.intake?.stop();
     await this.enforcer?.serial(async () => undefined);
+    this.enforcer?.close();
     await this.store.flush();
     await this.lock?.release();
     this.inventory?.close();

@@ -35,7 +35,16 @@ export class Enforcer {
   /** the one tracker of which NIC holds which port (the binding rule lives in core/bindings.ts) */
   private readonly ports = new BindingTracker();
   private queue: Promise<unknown> = Promise.resolve();
+  /** tasks queued or running in serial() */
+  private inFlight = 0;
+  private tidyTimer: NodeJS.Timeout | undefined;
   private tidyQueued = false;
+  /**
+   * When the dataplane's deferred work (rules of released ports, already cut off) runs: once the
+   * apply queue has been idle for `idleMs`, or at once when `maxPorts` ports wait, so a steady
+   * stream of events neither pays for it event by event nor lets it pile up.
+   */
+  tidyPolicy = { idleMs: 1000, maxPorts: 64 };
 
   constructor(
     readonly config: Config,
@@ -50,8 +59,12 @@ export class Enforcer {
 
   /** Run `task` after every task queued before it: batches, resyncs and port changes never interleave. */
   serial<T>(task: () => Promise<T>): Promise<T> {
+    this.inFlight++;
     const run = this.queue.then(task, task);
-    this.queue = run.catch(() => undefined);
+    this.queue = run.then(
+      () => void this.inFlight--,
+      () => void this.inFlight--,
+    );
     return run;
   }
 
@@ -165,12 +178,27 @@ export class Enforcer {
     this.tidyLater();
   }
 
-  /**
-   * Queue the dataplane's deferred work (rules of released ports, already cut off) behind what is
-   * queued now: the change that released them does not wait for it, later changes do.
-   */
+  /** Arrange for the dataplane's deferred work to run (see tidyPolicy). */
   private tidyLater(): void {
-    if (this.tidyQueued || !this.dataplane.untidy?.()) return;
+    const waiting = this.dataplane.untidy?.() ?? 0;
+    if (!waiting || this.tidyQueued) return;
+    if (waiting >= this.tidyPolicy.maxPorts) {
+      this.queueTidy();
+      return;
+    }
+    if (this.tidyTimer) return;
+    const check = () => {
+      this.tidyTimer = undefined;
+      // busy: look again once it has been idle that long (the next change re-arms it too)
+      if (this.inFlight > 0) this.tidyTimer = setTimeout(check, this.tidyPolicy.idleMs).unref();
+      else this.queueTidy();
+    };
+    this.tidyTimer = setTimeout(check, this.tidyPolicy.idleMs).unref();
+  }
+
+  private queueTidy(): void {
+    clearTimeout(this.tidyTimer);
+    this.tidyTimer = undefined;
     this.tidyQueued = true;
     void this.serial(async () => {
       this.tidyQueued = false;
@@ -184,6 +212,17 @@ export class Enforcer {
     });
   }
 
+  /** Run the deferred work now, if any, and wait for the queue (tools that compare the kernel). */
+  async settle(): Promise<void> {
+    if ((this.dataplane.untidy?.() ?? 0) && !this.tidyQueued) this.queueTidy();
+    await this.serial(async () => undefined);
+  }
+
+  /** Stop waiting to tidy (shutdown); what is left is removed by the next start's reconcile. */
+  close(): void {
+    clearTimeout(this.tidyTimer);
+    this.tidyTimer = undefined;
+  }
 }
 
 function asRecord(changes: Map<string, VmRecord | null>): Record<string, VmRecord | null> {

@@ -19,8 +19,8 @@ export interface Dataplane {
    * emptying its set and removes its rules here, in one batch); optional. Returns the ports tidied.
    */
   tidy?(): Promise<string[]>;
-  /** Whether tidy() has work. */
-  untidy?(): boolean;
+  /** How many ports tidy() has work for. */
+  untidy?(): number;
   /** Dropped packets per guarded port. */
   dropCounters(): Promise<Map<string, number>>;
   /** Kernel settings the backend depends on, as they are now (for `sg6 status`); optional. */

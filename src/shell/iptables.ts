@@ -247,8 +247,8 @@ export class IptablesBackend implements Dataplane {
     return devices;
   }
 
-  untidy(): boolean {
-    return this.leftovers.size > 0;
+  untidy(): number {
+    return this.leftovers.size;
   }
 
   private takeLeftover(device: string): PortBinding[] {

@@ -182,8 +182,8 @@ class TidyingDataplane extends FakeDataplane {
     const kept = new Set(to.map((b) => b.device));
     this.leftovers.push(...from.filter((b) => !kept.has(b.device)).map((b) => b.device));
   }
-  untidy(): boolean {
-    return this.leftovers.length > 0;
+  untidy(): number {
+    return this.leftovers.length;
   }
   async tidy(): Promise<string[]> {
     this.calls.push("tidy");
@@ -192,28 +192,65 @@ class TidyingDataplane extends FakeDataplane {
   }
 }
 
-txn("a release's deferred work runs after the batch, behind what was queued before it; a failing tidy reconciles", async () => {
+function tidySetup(policy: { idleMs: number; maxPorts: number }) {
   const dataplane = new TidyingDataplane();
   const enforcer = new Enforcer(CONFIG, dataplane, pino({ level: "silent" }), undefined, new FakeJournal().write);
   enforcer.setPorts(PORTS);
-  await enforcer.serial(() => enforcer.applyBatch([alloc("vm-a", 1, [{ mac: MAC_A, network: "2001:db8:1::/64" }])]));
+  enforcer.tidyPolicy = policy;
+  const batch = (items: Parameters<Enforcer["applyBatch"]>[0]) => enforcer.serial(() => enforcer.applyBatch(items));
+  return { dataplane, enforcer, batch };
+}
+
+txn("a release's deferred work waits until the apply queue is idle, then runs as one; a failing tidy reconciles", async () => {
+  const { dataplane, enforcer, batch } = tidySetup({ idleMs: 1, maxPorts: 64 });
+  const nic = (device: string, mac: string) => ({ mac, network: "2001:db8:1::/64", device });
+  await batch([alloc("vm-a", 1, [nic("vnet1", "52:54:00:00:00:0a")]), alloc("vm-b", 1, [nic("vnet2", "52:54:00:00:00:0b")])]);
   assert.equal(dataplane.calls, ["apply"], "nothing to tidy after an allocation");
-  const released = enforcer.serial(() => enforcer.applyBatch([release("vm-a", 2)]));
-  const next = enforcer.serial(async () => dataplane.calls.join(","));
+  // a release, then a queue kept busy (each task queues the next and takes a while, many times
+  // the idle time): the tidy must not slip in between
+  const released = batch([release("vm-a", 2)]);
+  const seen: string[] = [];
+  const busy = (left: number): Promise<void> =>
+    enforcer.serial(async () => {
+      if (left === 2) void batch([release("vm-b", 2)]);
+      if (left > 0) void busy(left - 1);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      seen.push(dataplane.calls.join(","));
+    });
+  void busy(6);
   await released;
-  assert.equal(dataplane.calls, ["apply", "apply"], "the release's batch resolves before its tidy runs");
-  assert.is(await next, "apply,apply", "what was queued before the release ran before its tidy");
-  await enforcer.serial(async () => undefined);
-  assert.equal(dataplane.calls, ["apply", "apply", "tidy"]);
-  assert.not.ok(dataplane.untidy());
+  assert.equal(dataplane.calls, ["apply", "apply"], "the release's batch resolves without its tidy");
+  await waitFor(() => dataplane.calls.includes("tidy"));
+  assert.ok(seen.length === 7 && seen.every((calls) => !calls.includes("tidy")), `nothing was tidied while the queue was busy: ${JSON.stringify(seen)}`);
+  assert.equal(dataplane.calls, ["apply", "apply", "apply", "tidy"], "both releases tidied in one go, once idle");
+  assert.is(dataplane.untidy(), 0);
   // a failing tidy: the whole host is reconciled instead
-  await enforcer.serial(() => enforcer.applyBatch([alloc("vm-a", 3, [{ mac: MAC_A, network: "2001:db8:1::/64" }])]));
+  await batch([alloc("vm-a", 3, [nic("vnet1", "52:54:00:00:00:0a")])]);
   dataplane.failTidy = true;
-  await enforcer.serial(() => enforcer.applyBatch([release("vm-a", 4)]));
-  await enforcer.serial(async () => undefined);
+  await batch([release("vm-a", 4)]);
+  await waitFor(() => dataplane.calls.includes("reconcile"));
   assert.equal(dataplane.calls.slice(-3), ["apply", "tidy", "reconcile"]);
   assert.equal(devices(dataplane), [], "the kernel holds the desired state");
+  enforcer.close();
 });
+
+txn("once maxPorts released ports wait, they are tidied right behind the change, idle or not", async () => {
+  const { dataplane, enforcer, batch } = tidySetup({ idleMs: 3_600_000, maxPorts: 2 });
+  const nic = (device: string, mac: string) => ({ mac, network: "2001:db8:1::/64", device });
+  await batch([alloc("vm-a", 1, [nic("vnet1", "52:54:00:00:00:0a")]), alloc("vm-b", 1, [nic("vnet2", "52:54:00:00:00:0b")])]);
+  await batch([release("vm-a", 2)]);
+  await enforcer.serial(async () => undefined);
+  assert.not.ok(dataplane.calls.includes("tidy"), "one waiting port: left for an idle moment (an hour here)");
+  await batch([release("vm-b", 2)]);
+  await enforcer.serial(async () => undefined);
+  assert.equal(dataplane.calls, ["apply", "apply", "apply", "tidy"]);
+  enforcer.close();
+});
+
+/** Wait for a condition on the event loop (the tidy timer is real). */
+async function waitFor(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 5));
+}
 
 txn.run();
 
