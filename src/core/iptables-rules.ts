@@ -246,25 +246,18 @@ export function renderContent(bindings: Iterable<PortBinding>, ndMatch: NdMatch 
   return content;
 }
 
-/**
- * What the kernel holds once a change from `before` to `after` (the content of the ports it
- * touched) ran on a kernel that held `known`: `known` is updated in place.
- */
-export function advanceContent(known: PortContent, before: PortContent, after: PortContent): void {
-  for (const key of ["portRules", "dropRules", "ndRules", "l2Rules", "portSets", "srcEntries"] as const) {
-    for (const item of before[key]) if (!after[key].has(item)) known[key].delete(item);
-    for (const item of after[key]) known[key].add(item);
-  }
-  for (const name of before.ndChains.keys()) if (!after.ndChains.has(name)) known.ndChains.delete(name);
-  for (const [name, rules] of after.ndChains) known.ndChains.set(name, rules);
-}
-
 /** Two contents of different ports as one. */
 export function mergedContent(a: PortContent, b: PortContent): PortContent {
-  const merged = emptyContent();
-  advanceContent(merged, emptyContent(), a);
-  advanceContent(merged, emptyContent(), b);
-  return merged;
+  const union = (x: Set<string>, y: Set<string>) => new Set([...x, ...y]);
+  return {
+    portRules: union(a.portRules, b.portRules),
+    dropRules: union(a.dropRules, b.dropRules),
+    ndRules: union(a.ndRules, b.ndRules),
+    ndChains: new Map([...a.ndChains, ...b.ndChains]),
+    portSets: union(a.portSets, b.portSets),
+    srcEntries: union(a.srcEntries, b.srcEntries),
+    l2Rules: union(a.l2Rules, b.l2Rules),
+  };
 }
 
 /** The content of ports whose sets were flushed (released at once, their rules not yet removed). */

@@ -9,7 +9,6 @@ import {
   iptablesSaveParser,
   mergedContent,
   withoutSources,
-  parseIpsetSave,
   parseIptablesSave,
   planChange,
   planDelta,
@@ -61,12 +60,6 @@ async function legacyTablesExist(): Promise<boolean> {
 
 export async function saveTable(variant: Variant): Promise<string> {
   return exec(`ip6tables-${variant}-save`, ["-t", "filter"]);
-}
-
-async function ipsetSave(): Promise<string> {
-  const result = await execRaw("ipset", ["save"]);
-  if (result.code !== 0) throw new BackendError(`ipset save failed: ${result.stderr.trim()}`);
-  return result.stdout;
 }
 
 /**
@@ -141,8 +134,8 @@ export class IptablesBackend implements Dataplane {
   /** released ports whose sets are empty and whose rules tidy() removes, by device */
   private readonly leftovers = new Map<string, PortBinding>();
   private purgeOtherPending = false;
-  /** size of the last desired state reconciled (also dry), for limits() */
-  private lastDesired = { ports: 0 };
+  /** ports of the last desired state reconciled (also dry), for limits() */
+  private lastDesiredPorts = 0;
 
   constructor(
     readonly variant: Variant,
@@ -162,7 +155,7 @@ export class IptablesBackend implements Dataplane {
 
   /** What this backend does not do well on this host (for `sg6 status`). */
   limits(): string[] {
-    const { ports } = this.lastDesired;
+    const ports = this.lastDesiredPorts;
     if (this.variant !== "legacy" || ports < 1000) return [];
     return [
       `ip6tables-legacy replaces the whole table on every change: with ${ports} ports each change other than a release takes about ${Math.round(ports / 12.5)} ms of kernel time (0.4 s at 5,000 ports, bench/RESULTS.md); ip6tables-nft or the nftables backend change only what changed`,
@@ -195,7 +188,7 @@ export class IptablesBackend implements Dataplane {
    */
   async reconcile(bindings: PortBinding[], dryRun = false): Promise<string[]> {
     const desired = renderContent(bindings, this.ndMatch);
-    this.lastDesired = { ports: desired.portRules.size };
+    this.lastDesiredPorts = desired.portRules.size;
     // the switches first: rules are worth nothing while bridged IPv6 bypasses them
     const switches = await ensureSwitches(dryRun);
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);
@@ -317,8 +310,7 @@ export class IptablesBackend implements Dataplane {
       await exec(`ip6tables-${variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*filter\n${lines.join("\n")}\nCOMMIT\n` });
       removed.push(...jumps.map((rule) => `ip6tables-${variant}: ${rule.split(" ")[1]} jump`), ...[...chains.keys()].map((c) => `ip6tables-${variant}: chain ${c}`));
     }
-    const sets = parseIpsetSave(await ipsetSave());
-    for (const name of sets.keys()) {
+    for (const name of (await readSets()).keys()) {
       await exec("ipset", ["destroy", name]);
       removed.push(`ipset ${name}`);
     }
