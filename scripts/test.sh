@@ -10,6 +10,8 @@ npm run --silent lint || { echo "scripts/test.sh: npm run lint failed" >&2; exit
 npm run --silent typecheck:tests || { echo "scripts/test.sh: the tests do not type-check" >&2; exit 1; }
 
 passed=0; failed=0; status=0
+# what failed, kept for the end: CI shows only the tail of a long log
+failures=$(mktemp); trap 'rm -f "$failures"' EXIT
 # suite: <dir> <file pattern> [VAR=value ...]
 run_suite() {
   local dir=$1 pattern=$2; shift 2
@@ -23,7 +25,14 @@ run_suite() {
   p=$(awk '/^  Passed:/ {print $2}' <<<"$clean" | tail -1); t=$(awk '/^  Total:/ {print $2}' <<<"$clean" | tail -1)
   p=${p:-0}; t=${t:-0}
   passed=$((passed + p)); failed=$((failed + t - p))
-  if [ "$rc" != 0 ]; then status=1; [ "$t" = "$p" ] && failed=$((failed + 1)); fi
+  if [ "$rc" != 0 ]; then
+    status=1; [ "$t" = "$p" ] && failed=$((failed + 1))
+    { echo "-- test/$dir $pattern $*"
+      # uvu's report of each failed test: from its FAIL line to the stack, the whole block capped
+      awk '/FAIL/ {on=1} on && /^  Total:/ {on=0} on' <<<"$clean" | head -60
+      [ "$t" = "$p" ] && tail -20 <<<"$clean"
+    } >>"$failures"
+  fi
   rm -f "$log"
 }
 
@@ -54,4 +63,5 @@ run_suite e2e '^demo\.test\.ts$' SG6_DEMO_BACKEND=nftables
 
 echo
 echo "tests: $passed passed, $failed failed"
+if [ -s "$failures" ]; then echo "what failed:"; cat "$failures"; fi
 exit $status
