@@ -399,8 +399,8 @@ export function recordingHandler(
     /** a reason to reject the event, or undefined to apply it */
     reject?: (ev: IncomingEvent, body: unknown) => string | undefined;
     delayMs?: number;
-    /** called when a batch starts (before any failure/delay) */
-    onBatch?: (events: IncomingEvent[]) => void;
+    /** called when a batch starts (before any failure/delay); the batch waits for what it returns */
+    onBatch?: (events: IncomingEvent[]) => void | Promise<void>;
   } = {},
 ): RecordingHandler {
   const applied = new Map<string, Applied>();
@@ -410,7 +410,7 @@ export function recordingHandler(
   const handle: BatchHandler = async (events) => {
     calls++;
     batches.push(events);
-    opts.onBatch?.(events);
+    await opts.onBatch?.(events);
     if (opts.delayMs) await sleep(opts.delayMs);
     if (calls <= (opts.failFirst ?? 0)) throw new Error(`simulated kernel failure #${calls}`);
     return events.map((ev): Verdict => {
