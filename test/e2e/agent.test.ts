@@ -3,7 +3,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { slaacAddress, linkLocalAddress } from "../../src/core/addressing.js";
 import { AgentHarness, NETWORK } from "../support/agent-harness.js";
-import { randomMac, sleep, waitFor } from "../support/netns.js";
+import { randomMac, waitFor } from "../support/netns.js";
 
 const VARIANT = (process.env.SG6_TEST_VARIANT as "legacy" | "nft" | undefined) ?? "nft";
 
@@ -282,8 +282,8 @@ test("an invalid config stops the agent before it touches anything", async () =>
     await h.startAgent(false);
     const code = await new Promise<number | null>((ok) => h.agent!.on("exit", ok));
     assert.is(code, 1);
-    await sleep(50);
-    assert.match(h.logs.join("\n"), /config: pd_length: must be an integer/);
+    // its output may still be in the pipe when "exit" fires: wait for the line itself
+    assert.match(await h.waitForLog("config: pd_length: must be an integer"), /config: pd_length: must be an integer/);
     const saved = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
     assert.not.match(saved, /sg6/, "no sg6 object was created");
   });
