@@ -18,7 +18,6 @@ import {
   type KernelSnapshot,
   ndMatchFor,
   type NdMatch,
-  type PortContent,
   type ScaffoldOptions,
 } from "../core/iptables-rules.js";
 import { IPTABLES_SWITCHES, switchDrift, sysctlPath } from "../core/kernel-switches.js";

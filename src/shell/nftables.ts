@@ -13,7 +13,6 @@ import {
   planReconcile,
   renderContent,
   wantedLengths,
-  type NftContent,
   type NftOptions,
   type NftSnapshot,
 } from "../core/nft-rules.js";
