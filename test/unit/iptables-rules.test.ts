@@ -34,6 +34,7 @@ import {
   normalisedCreate,
   parseIpsetSave,
   parseIptablesSave,
+  parsePortDrops,
   planChange,
   planDelta,
   PORT_DEFAULT,
@@ -629,6 +630,24 @@ render("the acceptance model: a converged kernel accepts exactly each port's MAC
   const crossed = clone(k);
   crossed.filter.get(CHAIN_PORT)![0] = RULE_A.replace(`--match-set ${SET_A}`, `--match-set ${SET_B}`);
   assert.ok(kernelTriples(crossed).has("vnet3 52:54:00:12:34:56 2001:db8:1:0:5054:ff:feab:cdef"));
+});
+
+render("drop counters are read from `ip6tables -S sg6-drop -v`: the port rules' packet counts, nothing else", () => {
+  // as ip6tables 1.8.9 (both variants) prints the chain: the comment quoted, counters before the target
+  const listing = [
+    "-N sg6-drop",
+    '-A sg6-drop -m physdev --physdev-in vnet3 -m comment --comment "sg6:DDN4Z7yyklSm6w0A" -c 105 8400 -j DROP',
+    '-A sg6-drop -m physdev --physdev-in vnet4 -m comment --comment "sg6:1kiXzpw3vfL4g8ix" -c 0 0 -j DROP',
+    '-A sg6-drop -m physdev --physdev-in vnet3 -m comment --comment "sg6:foreign-twin" -c 2 160 -j DROP',
+    '-A sg6-drop -m comment --comment "sg6:tail" -c 7 560 -j DROP',
+    '-A sg6-port -m physdev --physdev-in vnet5 -c 9 720 -j DROP',
+    "",
+  ].join("\n");
+  assert.equal(Object.fromEntries(parsePortDrops(listing)), { vnet3: 107, vnet4: 0 });
+  assert.equal(parsePortDrops("").size, 0);
+  // the rule sg6 renders is the one the parser reads back
+  const rendered = dropRule("vnet9").replace(" -j DROP", " -c 3 240 -j DROP");
+  assert.equal(Object.fromEntries(parsePortDrops(rendered)), { vnet9: 3 });
 });
 
 render.run();
