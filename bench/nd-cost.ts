@@ -1,7 +1,7 @@
 // What the iptables backend's ND target guard (a chain per port: bpf on nft, string/u32 on legacy) costs per change: the kernel
 // tools alone, one change on a host with N ports already enforced, with and without the ND rules
-// (bench/RESULTS.md, "What the ND target guard costs on xtables"), and a release as the agent runs it
-// (the set emptied, then the tidy). Makes and deletes its own
+// (bench/RESULTS.md, "What the ND target guard costs on xtables"), a release as the agent runs it
+// (the set emptied, then the tidy), and reading the drop counters (whole-table save against the one chain). Makes and deletes its own
 // network namespace. Usage (root): npx tsx bench/nd-cost.ts legacy|nft N nd|none
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -30,7 +30,10 @@ const s = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), set
 const run = (cmd: string, args: string[], input: string) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "inherit"] });
 run("ipset", ["-exist", "restore"], s.ipsetBefore + s.ipsetAfter);
 run(`ip6tables-${variant}-restore`, ["--noflush"], s.iptables);
-const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [] };
+// layer 2 as the agent has it (ebtables-nft, two rules per port in sg6-l2): timed apart as portAddL2/portDelL2
+const ebtables = (script: string) => script && run("ebtables-nft-restore", ["--noflush"], script);
+ebtables(s.ebtablesBefore + s.ebtablesAfter);
+const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [], countersSave: [], countersChain: [], portAddL2: [], portDelL2: [], ip6tablesNoop: [] };
 const extra = b(n + 1);
 for (let r = 0; r < 6; r++) {
   const [x, y] = r % 2 ? [b(0, 900000), b(0)] : [b(0), b(0, 900000)];
@@ -45,11 +48,21 @@ for (let r = 0; r < 6; r++) {
   run("ipset", ["-exist", "restore"], add.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], add.iptables);
   times.portAdd!.push(performance.now() - t);
+  t = performance.now();
+  ebtables(add.ebtablesBefore + add.ebtablesAfter);
+  times.portAddL2!.push(performance.now() - t);
   const del = planDelta(strip(renderContent([extra])), emptyContent());
   t = performance.now();
   run(`ip6tables-${variant}-restore`, ["--noflush"], del.iptables);
   run("ipset", ["-exist", "restore"], del.ipsetAfter);
   times.portDel!.push(performance.now() - t);
+  t = performance.now();
+  ebtables(del.ebtablesBefore + del.ebtablesAfter);
+  times.portDelL2!.push(performance.now() - t);
+  // what any ip6tables transaction costs at this size before it does anything
+  t = performance.now();
+  run(`ip6tables-${variant}-restore`, ["--noflush"], "*filter\nCOMMIT\n");
+  times.ip6tablesNoop!.push(performance.now() - t);
   // the release as the agent runs it: the set emptied at once, the rules in a later tidy
   const again = planDelta(emptyContent(), strip(renderContent([extra])));
   run("ipset", ["-exist", "restore"], again.ipsetBefore);
@@ -62,6 +75,14 @@ for (let r = 0; r < 6; r++) {
   run(`ip6tables-${variant}-restore`, ["--noflush"], tidy.iptables);
   run("ipset", ["-exist", "restore"], tidy.ipsetAfter);
   times.tidy!.push(performance.now() - t);
+  // the drop counters (watchdog probe, metrics scrape): the whole table's save against the one chain sg6 reads
+  const read = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ["ignore", "ignore", "inherit"], maxBuffer: 1 << 30 });
+  t = performance.now();
+  read(`ip6tables-${variant}-save`, ["-c", "-t", "filter"]);
+  times.countersSave!.push(performance.now() - t);
+  t = performance.now();
+  read(`ip6tables-${variant}`, ["-w", "-t", "filter", "-S", "sg6-drop", "-v"]);
+  times.countersChain!.push(performance.now() - t);
 }
 const med = (a: number[]) => a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1);
 console.log(JSON.stringify({ variant, n, nd: withNd, ...Object.fromEntries(Object.entries(times).map(([k, v]) => [k, med(v)])) }));
