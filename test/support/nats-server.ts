@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { createAccount, createOperator, createUser, type KeyPair } from "@nats-io/nkeys";
 import { pino, type Logger } from "pino";
 import type { BatchHandler, IncomingEvent, Verdict } from "../../src/nats/intake.js";
@@ -243,10 +243,38 @@ export async function startCluster(n = 3, config?: string, connOpts: object = {}
     const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
     await waitForJetStream(cluster.urls, 20_000, connOpts);
+    await waitForPlacement(cluster.urls, n, 20_000, connOpts);
     return cluster;
   } catch (err) {
     await cluster.stop();
     throw err;
+  }
+}
+
+/**
+ * A meta leader can answer before it knows every peer: an R`n` stream created then fails with "no
+ * suitable peers for placement" (seen on a busy machine). Wait until a probe stream with one replica
+ * per node can be placed, then remove it. A user not allowed to create it skips the probe.
+ */
+async function waitForPlacement(servers: string[], n: number, timeoutMs: number, connOpts: object): Promise<void> {
+  const nc = await connect({ servers, ...connOpts });
+  const probe = "SG6_TEST_PLACEMENT_PROBE";
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 5000 });
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await jsm.streams.add({ name: probe, subjects: ["sg6-test.placement-probe"], storage: StorageType.Memory, num_replicas: n });
+        await jsm.streams.delete(probe);
+        return;
+      } catch (err) {
+        if (/permission/i.test(String(err))) return;
+        if (Date.now() > deadline) throw new Error(`a stream with ${n} replicas could not be placed: ${String(err)}`);
+        await sleep(100);
+      }
+    }
+  } finally {
+    await nc.close();
   }
 }
 
