@@ -359,3 +359,19 @@ export const METHOD = `How it is measured (\`npm run bench\`, as root; everythin
 - **reconcile**: \`Enforcer.reconcile()\` on a host sg6 enforces (what the drift timer and \`sg6 reconcile\` do): without drift, and after deleting one set entry behind sg6's back (one change expected).
 - **memory / agent start**: the real \`sg6 agent\` program (this tree compiled with tsc into a temporary directory) started in the namespace with the state in state.json and the stream; RSS (VmRSS), its peak so far (VmHWM: the start-up transient) and the CPU time used so far read from /proc after "consuming events" and 1 s of quiet. The agent runs with the node flags of \`systemd/sg6.service\`'s ExecStart (read from the unit, so it is measured as shipped; "started as" shows them). One extra run with \`bench/memprobe.mjs\` preloaded (and --expose-gc) shows what that RSS is made of.
 - Times are wall clock on a shared machine: the load average above says how busy it was.`;
+
+/**
+ * The hand-written sections of an earlier RESULTS.md (every "## " section but the generated
+ * "## Method"), so a new run replaces the tables and keeps the analysis written below them.
+ */
+export function keptSections(previous: string): string {
+  const sections: string[][] = [];
+  for (const line of previous.split("\n")) {
+    if (line.startsWith("## ")) sections.push([line]);
+    else sections.at(-1)?.push(line);
+  }
+  return sections
+    .filter((lines) => lines[0] !== "## Method")
+    .map((lines) => lines.join("\n").trim())
+    .join("\n\n");
+}

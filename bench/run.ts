@@ -13,7 +13,7 @@ import { join, resolve } from "node:path";
 import { execRaw } from "../src/shell/exec.js";
 import { Cleanup, Netns } from "../test/support/netns.js";
 import type { InnerRecord } from "./inner.js";
-import { METHOD, renderMachine, renderTables, summarize, type Machine } from "./report.js";
+import { keptSections, METHOD, renderMachine, renderTables, summarize, type Machine } from "./report.js";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const QUICK = process.env.SG6_BENCH_QUICK === "1";
@@ -280,6 +280,8 @@ async function main(): Promise<number> {
   const durationS = Math.round((Date.now() - started) / 1000);
   const results = { generatedBy: "npm run bench", quick: QUICK, durationS, machine: info, targets: summary.targets, summary, records };
   writeFileSync(join(ROOT, "bench/results.json"), JSON.stringify(results, null, 2) + "\n");
+  const resultsMd = join(ROOT, "bench/RESULTS.md");
+  const kept = existsSync(resultsMd) ? keptSections(readFileSync(resultsMd, "utf8")) : "";
   const md = [
     "# sg6 benchmark results",
     "",
@@ -289,12 +291,13 @@ async function main(): Promise<number> {
     "",
     tables,
     "",
+    ...(kept ? [kept, ""] : []),
     "## Method",
     "",
     METHOD,
     "",
   ].join("\n");
-  writeFileSync(join(ROOT, "bench/RESULTS.md"), md);
+  writeFileSync(resultsMd, md);
 
   process.stdout.write(`\n${renderMachine(info)}\n\n${tables}\n\nwritten: bench/results.json, bench/RESULTS.md (${durationS} s)\n`);
   if (failures.length) {
