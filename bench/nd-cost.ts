@@ -28,6 +28,7 @@ const strip = (c: PortContent): PortContent => (withNd ? c : { ...c, ndRules: ne
 const all = Array.from({ length: n }, (_, i) => b(i));
 const s = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, strip(renderContent(all)), { bridges: ["cloudbr0"], portPrefix: "vnet" });
 const run = (cmd: string, args: string[], input: string) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "inherit"] });
+const read = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ["ignore", "ignore", "inherit"] });
 run("ipset", ["-exist", "restore"], s.ipsetBefore + s.ipsetAfter);
 run(`ip6tables-${variant}-restore`, ["--noflush"], s.iptables);
 // layer 2 as the agent has it (ebtables-nft, two rules per port in sg6-l2): timed apart as portAddL2/portDelL2
@@ -76,7 +77,6 @@ for (let r = 0; r < 6; r++) {
   run("ipset", ["-exist", "restore"], tidy.ipsetAfter);
   times.tidy!.push(performance.now() - t);
   // the drop counters (watchdog probe, metrics scrape): the whole table's save against the one chain sg6 reads
-  const read = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ["ignore", "ignore", "inherit"], maxBuffer: 1 << 30 });
   t = performance.now();
   read(`ip6tables-${variant}-save`, ["-c", "-t", "filter"]);
   times.countersSave!.push(performance.now() - t);

@@ -257,39 +257,38 @@ export async function startCluster(n = 3, config?: string, connOpts: object = {}
  * per node can be placed, then remove it. A user not allowed to create it skips the probe.
  */
 async function waitForPlacement(servers: string[], n: number, timeoutMs: number, connOpts: object): Promise<void> {
-  const nc = await connect({ servers, ...connOpts });
   const probe = "SG6_TEST_PLACEMENT_PROBE";
-  try {
+  await pollJetStream(servers, connOpts, timeoutMs, `a stream with ${n} replicas could not be placed`, async (nc) => {
     const jsm = await jetstreamManager(nc, { timeout: 5000 });
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        await jsm.streams.add({ name: probe, subjects: ["sg6-test.placement-probe"], storage: StorageType.Memory, num_replicas: n });
-        await jsm.streams.delete(probe);
-        return;
-      } catch (err) {
-        if (/permission/i.test(String(err))) return;
-        if (Date.now() > deadline) throw new Error(`a stream with ${n} replicas could not be placed: ${String(err)}`);
-        await sleep(100);
-      }
+    try {
+      await jsm.streams.add({ name: probe, subjects: ["sg6-test.placement-probe"], storage: StorageType.Memory, num_replicas: n });
+    } catch (err) {
+      if (/permission/i.test(String(err))) return;
+      throw err;
     }
-  } finally {
-    await nc.close();
-  }
+    await jsm.streams.delete(probe);
+  });
 }
 
 /** poll $JS.API.INFO until JetStream answers (in a cluster: until a meta leader exists) */
 export async function waitForJetStream(servers: string[], timeoutMs = 20_000, connOpts: object = {}): Promise<void> {
+  await pollJetStream(servers, connOpts, timeoutMs, "JetStream not ready", async (nc) => {
+    const jsm = await jetstreamManager(nc, { timeout: 1000 });
+    await jsm.getAccountInfo();
+  });
+}
+
+/** Retry `attempt` on one connection until it resolves; past `timeoutMs` its last error is thrown, prefixed with `failure`. */
+async function pollJetStream(servers: string[], connOpts: object, timeoutMs: number, failure: string, attempt: (nc: NatsConnection) => Promise<void>): Promise<void> {
   const nc = await connect({ servers, ...connOpts });
   try {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
-        const jsm = await jetstreamManager(nc, { timeout: 1000 });
-        await jsm.getAccountInfo();
+        await attempt(nc);
         return;
       } catch (err) {
-        if (Date.now() > deadline) throw new Error(`JetStream not ready: ${String(err)}`);
+        if (Date.now() > deadline) throw new Error(`${failure}: ${String(err)}`);
         await sleep(100);
       }
     }

@@ -7,6 +7,7 @@ import { Enforcer } from "../../src/enforcer.js";
 import type { BridgePort, PortBinding, VmRecord } from "../../src/core/model.js";
 import type { Dataplane } from "../../src/shell/dataplane.js";
 import { testConfig } from "../support/fixtures.js";
+import { waitFor } from "../support/netns.js";
 
 const CONFIG = testConfig();
 
@@ -192,6 +193,8 @@ class TidyingDataplane extends FakeDataplane {
   }
 }
 
+const nic = (device: string, mac: string) => ({ mac, network: "2001:db8:1::/64", device });
+
 function tidySetup(policy: { idleMs: number; maxPorts: number }) {
   const dataplane = new TidyingDataplane();
   const enforcer = new Enforcer(CONFIG, dataplane, pino({ level: "silent" }), undefined, new FakeJournal().write);
@@ -203,7 +206,6 @@ function tidySetup(policy: { idleMs: number; maxPorts: number }) {
 
 txn("a release's deferred work waits until the apply queue is idle, then runs as one; a failing tidy reconciles", async () => {
   const { dataplane, enforcer, batch } = tidySetup({ idleMs: 1, maxPorts: 64 });
-  const nic = (device: string, mac: string) => ({ mac, network: "2001:db8:1::/64", device });
   await batch([alloc("vm-a", 1, [nic("vnet1", "52:54:00:00:00:0a")]), alloc("vm-b", 1, [nic("vnet2", "52:54:00:00:00:0b")])]);
   assert.equal(dataplane.calls, ["apply"], "nothing to tidy after an allocation");
   // a release, then a queue kept busy (each task queues the next and takes a while, many times
@@ -220,7 +222,7 @@ txn("a release's deferred work waits until the apply queue is idle, then runs as
   void busy(6);
   await released;
   assert.equal(dataplane.calls, ["apply", "apply"], "the release's batch resolves without its tidy");
-  await waitFor(() => dataplane.calls.includes("tidy"));
+  await waitFor("the tidy", async () => dataplane.calls.includes("tidy"), 10_000, 5);
   assert.ok(seen.length === 7 && seen.every((calls) => !calls.includes("tidy")), `nothing was tidied while the queue was busy: ${JSON.stringify(seen)}`);
   assert.equal(dataplane.calls, ["apply", "apply", "apply", "tidy"], "both releases tidied in one go, once idle");
   assert.is(dataplane.untidy(), 0);
@@ -228,7 +230,7 @@ txn("a release's deferred work waits until the apply queue is idle, then runs as
   await batch([alloc("vm-a", 3, [nic("vnet1", "52:54:00:00:00:0a")])]);
   dataplane.failTidy = true;
   await batch([release("vm-a", 4)]);
-  await waitFor(() => dataplane.calls.includes("reconcile"));
+  await waitFor("the reconcile after a failing tidy", async () => dataplane.calls.includes("reconcile"), 10_000, 5);
   assert.equal(dataplane.calls.slice(-3), ["apply", "tidy", "reconcile"]);
   assert.equal(devices(dataplane), [], "the kernel holds the desired state");
   enforcer.close();
@@ -236,7 +238,6 @@ txn("a release's deferred work waits until the apply queue is idle, then runs as
 
 txn("once maxPorts released ports wait, they are tidied right behind the change, idle or not", async () => {
   const { dataplane, enforcer, batch } = tidySetup({ idleMs: 3_600_000, maxPorts: 2 });
-  const nic = (device: string, mac: string) => ({ mac, network: "2001:db8:1::/64", device });
   await batch([alloc("vm-a", 1, [nic("vnet1", "52:54:00:00:00:0a")]), alloc("vm-b", 1, [nic("vnet2", "52:54:00:00:00:0b")])]);
   await batch([release("vm-a", 2)]);
   await enforcer.serial(async () => undefined);
@@ -246,11 +247,6 @@ txn("once maxPorts released ports wait, they are tidied right behind the change,
   assert.equal(dataplane.calls, ["apply", "apply", "apply", "tidy"]);
   enforcer.close();
 });
-
-/** Wait for a condition on the event loop (the tidy timer is real). */
-async function waitFor(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 5));
-}
 
 txn.run();
 
