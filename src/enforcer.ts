@@ -40,9 +40,10 @@ export class Enforcer {
   private tidyTimer: NodeJS.Timeout | undefined;
   private tidyQueued = false;
   /**
-   * When the dataplane's deferred work (rules of released ports, already cut off) runs: once the
-   * apply queue has been idle for `idleMs`, or at once when `maxPorts` ports wait, so a steady
-   * stream of events neither pays for it event by event nor lets it pile up.
+   * When the dataplane's deferred work (rules of released ports, already cut off) runs: at the
+   * first look, every `idleMs` from the release that left work, that finds the apply queue empty;
+   * or at once when `maxPorts` ports wait. A steady stream of events neither pays for it event by
+   * event nor lets it pile up.
    */
   tidyPolicy = { idleMs: 1000, maxPorts: 64 };
 
@@ -189,7 +190,7 @@ export class Enforcer {
     if (this.tidyTimer) return;
     const check = () => {
       this.tidyTimer = undefined;
-      // busy: look again once it has been idle that long (the next change re-arms it too)
+      // busy: look again `idleMs` later (a change meanwhile does not move this timer)
       if (this.inFlight > 0) this.tidyTimer = setTimeout(check, this.tidyPolicy.idleMs).unref();
       else this.queueTidy();
     };

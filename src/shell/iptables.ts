@@ -275,15 +275,14 @@ export class IptablesBackend implements Dataplane {
 
   /** Dropped packets per bound port: its rule in sg6-drop (ip6tables) plus its wrong-MAC rule in sg6-l2 (ebtables). */
   async dropCounters(): Promise<Map<string, number>> {
-    const [listing, l2] = await Promise.all([
-      execRaw(`ip6tables-${this.variant}`, ["-w", LOCK_WAIT_S, "-t", "filter", "-S", CHAIN_DROP, "-v"]),
-      exec(EBTABLES_SAVE, ["-c", "-t", "nat"]),
-    ]);
+    const listCommand = `ip6tables-${this.variant}`;
+    const listArgs = ["-w", LOCK_WAIT_S, "-t", "filter", "-S", CHAIN_DROP, "-v"];
+    const [listing, l2] = await Promise.all([execRaw(listCommand, listArgs), exec(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
     // no drop chain (nothing applied yet, or removed by hand: drift repair sees to that) means no
     // layer-3 counters; ip6tables-nft 1.8.9 words a missing chain as "incompatible". Anything else
     // is an error: the watchdog probes the dataplane through this read.
     const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr);
-    if (listing.code !== 0 && !missing) throw new ExecError(`ip6tables-${this.variant}`, ["-S", CHAIN_DROP, "-v"], listing);
+    if (listing.code !== 0 && !missing) throw new ExecError(listCommand, listArgs, listing);
     const drops = parseL2Drops(l2);
     const l3 = listing.code === 0 ? parsePortDrops(listing.stdout) : new Map<string, number>();
     for (const [device, count] of l3) drops.set(device, (drops.get(device) ?? 0) + count);
