@@ -3,6 +3,8 @@
 import { parseArgs } from "node:util";
 import { addrCommand } from "./commands/addr.js";
 import { loadConfig, oneLine, processIo, UsageError } from "./commands/common.js";
+import { dropsCommand } from "./commands/drops.js";
+import { explainCommand } from "./commands/explain.js";
 import { purgeCommand, reconcileCommand, statusCommand } from "./commands/operate.js";
 import { publishCommand } from "./commands/publish.js";
 import { DEFAULT_CONFIG_PATH } from "./core/config.js";
@@ -18,6 +20,12 @@ commands:
                                  takes the state_dir lock (stop the agent first), --dry-run does not
                                  exit 0 in sync, 3 drift found with --dry-run, 1 error
   status [--json]                VMs and NICs enforced here: device, addresses, prefix, drops
+  explain (--vm V | --device T) [--src A] [--dst A] [--icmpv6-type N [--target A] | --udp-dport N | --udp-sport N]
+          [--mac M] [--vlan N] [--fragment] [--json]
+                                 the verdict the port gives such a frame, the row of the contract that
+                                 decides it, checked against the kernel; exit 0 accept, 2 drop, 1 error
+  drops [--follow] [--vm V] [--json]
+                                 recent dropped frames of guarded ports (the kernel's drop log, group 6)
   addr --network P/64 --mac M    print the SLAAC and link-local address of a NIC
   publish allocate --host H --vm V --mac M --network P [--delegated D] [--secondary A]... [--device T] [--generation G]
   publish release --host H --vm V [--generation G]
@@ -44,6 +52,15 @@ const OPTIONS = {
   secondary: { type: "string", multiple: true },
   device: { type: "string" },
   generation: { type: "string" },
+  src: { type: "string" },
+  dst: { type: "string" },
+  "icmpv6-type": { type: "string" },
+  "udp-dport": { type: "string" },
+  "udp-sport": { type: "string" },
+  vlan: { type: "string" },
+  target: { type: "string" },
+  fragment: { type: "boolean", default: false },
+  follow: { type: "boolean", default: false },
 } as const;
 
 async function main(argv: string[]): Promise<number> {
@@ -77,6 +94,27 @@ async function main(argv: string[]): Promise<number> {
         return await reconcileCommand(await loadConfig(values.config), { dryRun: values["dry-run"], json: values.json, offline: values.offline }, io);
       case "status":
         return await statusCommand(await loadConfig(values.config), { json: values.json }, io);
+      case "explain":
+        return await explainCommand(
+          await loadConfig(values.config),
+          {
+            vm: values.vm,
+            device: values.device,
+            src: values.src,
+            dst: values.dst,
+            icmpv6Type: values["icmpv6-type"],
+            udpDport: values["udp-dport"],
+            udpSport: values["udp-sport"],
+            mac: values.mac,
+            vlan: values.vlan,
+            target: values.target,
+            fragment: values.fragment,
+            json: values.json,
+          },
+          io,
+        );
+      case "drops":
+        return await dropsCommand(await loadConfig(values.config), { follow: values.follow, vm: values.vm, json: values.json }, io);
       case "purge":
         // the lock lives in state_dir; without a readable config purge still works, unlocked
         return await purgeCommand(io, await loadConfig(values.config).catch(() => undefined));
