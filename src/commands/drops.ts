@@ -89,7 +89,7 @@ export async function dropsCommand(config: Config, opts: DropsOptions, io: Io, v
   const byDevice = await vmsByDevice(config);
   const log = await DropLog.start({ vmOf: (device) => byDevice.get(device), capacity: 1 });
   const stop = signal ?? stopOnSignals();
-  if (!opts.json) io.err("sg6 drops: following the drop log (no agent: drops from now on); Ctrl-C ends\n");
+  io.err("sg6 drops: following the drop log (no agent: drops from now on); Ctrl-C ends\n");
   try {
     await follow(log, vm, opts.json, io, stop);
   } finally {

@@ -12,6 +12,7 @@ import { isDropReason, type DropReason } from "./drop-reasons.js";
 export const LINKTYPE_NFLOG = 239;
 
 const NFULA_PACKET_HDR = 1;
+const NFULA_TIMESTAMP = 3;
 const NFULA_IFINDEX_INDEV = 4;
 const NFULA_IFINDEX_PHYSINDEV = 6;
 const NFULA_HWADDR = 8;
@@ -137,6 +138,11 @@ export function decodeNflog(data: Uint8Array, timeMs: number, littleEndian: bool
     switch (type) {
       case NFULA_PACKET_HDR:
         if (value.length >= 2) record.protocol = (value[0]! << 8) | value[1]!;
+        break;
+      case NFULA_TIMESTAMP:
+        // the frame's own time (seconds, microseconds; 64 bits each), when the kernel stamped it:
+        // the pcap time is when the batch reached the reader, up to a second later
+        if (value.length >= 16) record.timeMs = Number(view.getBigUint64(at + 4, false)) * 1000 + Math.floor(Number(view.getBigUint64(at + 12, false)) / 1000);
         break;
       case NFULA_IFINDEX_INDEV:
         if (value.length >= 4) indev = view.getUint32(at + 4, false);

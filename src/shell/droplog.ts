@@ -11,8 +11,12 @@ import { type DropEntry, dropEntry, type NflogRecord, PcapNflogParser, Ring } fr
 import { listLinks } from "./taps.js";
 
 export const DROP_LOG_GROUP = 6;
-/** bytes of each frame the kernel copies to the log: headers enough for MAC, addresses and ICMPv6 type */
-const SNAPLEN = 512;
+/**
+ * libpcap reads the netlink log into a buffer of the snap length, and the kernel batches several
+ * logged frames into one netlink message: a small snap length (512) cut batches, losing frames
+ * and garbling the last one's payload. The kernel log is rate-limited, so whole frames cost little.
+ */
+const SNAPLEN = 65535;
 /** records held while the ifindex of their port is being looked up; more are counted as lost */
 const MAX_UNNAMED = 256;
 

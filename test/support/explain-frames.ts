@@ -9,7 +9,7 @@ const bytesOfMac = (mac: string) => Buffer.from(mac.replaceAll(":", ""), "hex");
 
 function bytesOfAddress(address: string): Buffer {
   const out = Buffer.alloc(16);
-  prefixBits(address).groups.forEach((g, i) => out.writeUInt16BE(g, 2 * i));
+  for (const [i, g] of prefixBits(address).groups.entries()) out.writeUInt16BE(g, 2 * i);
   return out;
 }
 

@@ -38,7 +38,7 @@ const u32be = (n: number) => {
 /** One NFLOG record as the kernel and libpcap lay it out. */
 function nflogRecord(opts: { prefix: string; indev?: number; physindev?: number; mac?: string; payload: Buffer; le?: boolean }): Buffer {
   const le = opts.le ?? true;
-  const parts = [Buffer.from([10, 0, 0, 6])]; // AF_INET6, version 0, group 6
+  const parts: Buffer[] = [Buffer.from([10, 0, 0, 6])]; // AF_INET6, version 0, group 6
   parts.push(tlv(1, Buffer.from([0x86, 0xdd, 0, 0]), le));
   if (opts.indev !== undefined) parts.push(tlv(4, u32be(opts.indev), le));
   if (opts.physindev !== undefined) parts.push(tlv(6, u32be(opts.physindev), le));
@@ -61,7 +61,7 @@ function pcap(records: Buffer[], le = true, seconds = 1_700_000_000): Buffer {
   }
   w(header, 65535, 16);
   w(header, LINKTYPE_NFLOG, 20);
-  const out = [header];
+  const out: Buffer[] = [header];
   for (const [i, record] of records.entries()) {
     const h = Buffer.alloc(16);
     w(h, seconds + i, 0);
