@@ -64,6 +64,11 @@ chmod 0644 "$doc/changelog.gz" "$pkg/usr/share/man/man1/sg6.1.gz"
 install -d "$pkg/usr/share/lintian/overrides"
 install -m 0644 debian/lintian-overrides "$pkg/usr/share/lintian/overrides/sg6"
 
+# monitoring: Prometheus alert rules and a Grafana dashboard (deploy/), for the operator to pick up
+install -d "$pkg/usr/share/sg6/prometheus" "$pkg/usr/share/sg6/grafana"
+install -m 0644 deploy/prometheus/sg6.rules.yml "$pkg/usr/share/sg6/prometheus/sg6.rules.yml"
+install -m 0644 deploy/grafana/sg6-dashboard.json "$pkg/usr/share/sg6/grafana/sg6-dashboard.json"
+
 # control
 install -d "$pkg/DEBIAN"
 install -m 0755 debian/postinst debian/prerm debian/postrm "$pkg/DEBIAN/"

