@@ -32,7 +32,7 @@ async function exported(): Promise<Set<string>> {
   const names = new Set<string>(["up"]);
   for (const m of await metrics.registry.getMetricsAsJSON()) {
     names.add(m.name);
-    if (m.type === "histogram" || m.type === "summary") for (const suffix of ["_bucket", "_sum", "_count"]) names.add(`${m.name}${suffix}`);
+    if (["histogram", "summary"].includes(String(m.type))) for (const suffix of ["_bucket", "_sum", "_count"]) names.add(`${m.name}${suffix}`);
   }
   return names;
 }
