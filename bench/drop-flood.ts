@@ -135,7 +135,7 @@ async function measure(backend: DriverBackend): Promise<string[]> {
         const { sent, seconds } = await flooding.done;
         rate = sent ? `${Math.round(sent / seconds / 1000)}k/s` : "?";
       }
-      const drops = (await driver.drops())["vnet1"] ?? 0;
+      const drops = (await driver.drops()).vnet1 ?? 0;
       rows.push(`| ${backend} | ${label} | ${rate} | ${percentile(times, 50).toFixed(1)} | ${percentile(times, 95).toFixed(1)} | ${Math.max(...times).toFixed(1)} | ${log ? logged : "-"} | ${drops} |`);
       await withLog(false);
     }
