@@ -54,14 +54,18 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
   const ipt = kernel.backend === "iptables";
   const f = e.frame;
   switch (e.row) {
-    case "unallocated":
-      return ipt
-        ? evidence(`no port rule for ${dev} in sg6-port, whose last rule drops`, grep(kernel.rules, /^-A sg6-port /, "-j sg6-drop").filter(() => grep(kernel.rules, `--physdev-in ${dev} `, /^-A sg6-port /).length === 0))
-        : evidence(`no element for ${dev} in set macs, whose miss is discarded`, grep(kernel.rules, "@macs", "discard").filter(() => grep(kernel.rules, `"${dev}" . `).length === 0));
-    case "mac":
-      return ipt
-        ? evidence(`ebtables sg6-l2 drop of ${dev}'s frames from another MAC than ${binding?.mac}`, grep(kernel.l2, /^-A sg6-l2 /, `-i ${dev} `, "-j DROP", `! ${binding?.mac}`))
-        : evidence(`the port/MAC check and element "${dev}" . ${binding?.mac} of set macs`, [...grep(kernel.rules, "ether saddr != @macs"), ...grep(kernel.rules, `"${dev}" . ${binding?.mac}`)].filter((_, __, all) => all.length >= 2));
+    case "unallocated": {
+      // nothing of the port's own, and the catch-all that drops what no port rule took
+      const own = ipt ? grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `) : grep(kernel.rules, `"${dev}" . `);
+      const catchAll = ipt ? grep(kernel.rules, /^-A sg6-port /, /-j sg6-drop$/) : grep(kernel.rules, "@macs", "discard");
+      return evidence(ipt ? `no port rule for ${dev} in sg6-port, whose last rule drops` : `no element for ${dev} in set macs, whose miss is discarded`, own.length ? [] : catchAll);
+    }
+    case "mac": {
+      if (ipt) return evidence(`ebtables sg6-l2 drop of ${dev}'s frames from another MAC than ${binding?.mac}`, grep(kernel.l2, /^-A sg6-l2 /, `-i ${dev} `, "-j DROP", `! ${binding?.mac}`));
+      const check = grep(kernel.rules, "ether saddr != @macs");
+      const element = grep(kernel.rules, `"${dev}" . ${binding?.mac}`);
+      return evidence(`the port/MAC check and element "${dev}" . ${binding?.mac} of set macs`, check.length && element.length ? [...check, ...element] : []);
+    }
     case "tagged":
       return ipt ? evidence("ebtables sg6-l2 drop of 802.1Q frames", grep(kernel.l2, /^-A sg6-l2 /, "802_1Q", "-j DROP")) : evidence("the tagged-frame rule", grep(kernel.rules, "8021q"));
     case "nd-target":
@@ -85,6 +89,12 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
     case "owned-source":
     case "source": {
       if (!binding) return evidence("a binding", []);
+      if (e.row === "source" && f.src === "::") {
+        // :: is nobody's source: the MLD/DAD exceptions do not cover this frame
+        return ipt
+          ? evidence(`the port rule of ${dev} and the guard's drop of anything else from ::`, grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `, binding.mac).length ? grep(kernel.rules, /^-A sg6-guard -s ::\/128 /, /-g sg6-drop$/).filter((l) => !l.includes("icmpv6")) : [])
+          : evidence(`the source check of bound port ${dev}`, grep(kernel.rules, `"${dev}" . ${binding.mac}`).length ? grep(kernel.rules, "source not allowed") : []);
+      }
       const held = f.src === "::" ? "::/128" : holdingSource(binding, f.src);
       if (ipt) {
         const portRule = grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `, binding.mac, `sg6-s-${dev}`);
@@ -96,7 +106,9 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
       const element = held && held !== "::/128" ? `"${dev}" . ${binding.mac} . ${prefixBits(held).address}` : undefined;
       if (!element) {
         if (held === "::/128") return evidence(`the rule for ${f.icmpv6Type === 135 ? "DAD probes" : "MLD reports"} from ::`, grep(kernel.rules, "ip6 saddr ::", f.icmpv6Type === 135 ? "nd-neighbor-solicit" : "mld"));
-        return evidence(`the source check, with no element of ${dev} holding ${f.src}`, grep(kernel.rules, "source not allowed"));
+        // the port is bound (its MAC element), its frames meet the source check, and no element holds the source
+        const bound = grep(kernel.rules, `"${dev}" . ${binding.mac}`);
+        return evidence(`the source check of bound port ${dev}, no element holding ${f.src}`, bound.length ? grep(kernel.rules, "source not allowed") : []);
       }
       return evidence(`element ${element} of a sources set`, grep(kernel.rules, element));
     }
