@@ -21,9 +21,10 @@ commands:
                                  exit 0 in sync, 3 drift found with --dry-run, 1 error
   status [--json]                VMs and NICs enforced here: device, addresses, prefix, drops
   explain (--vm V | --device T) [--src A] [--dst A] [--icmpv6-type N [--target A] | --udp-dport N | --udp-sport N]
-          [--mac M] [--vlan N] [--fragment] [--json]
+          [--mac M] [--vlan N] [--fragment] [--trace SECONDS] [--json]
                                  the verdict the port gives such a frame, the row of the contract that
-                                 decides it, checked against the kernel; exit 0 accept, 2 drop, 1 error
+                                 decides it, checked against the kernel (--trace: and against the VM's next
+                                 such frame, traced; nftables backend); exit 0 accept, 2 drop, 1 error
   drops [--follow] [--vm V] [--json]
                                  recent dropped frames of guarded ports (the kernel's drop log, group 6)
   addr --network P/64 --mac M    print the SLAAC and link-local address of a NIC
@@ -60,6 +61,7 @@ const OPTIONS = {
   vlan: { type: "string" },
   target: { type: "string" },
   fragment: { type: "boolean", default: false },
+  trace: { type: "string" },
   follow: { type: "boolean", default: false },
 } as const;
 
@@ -109,6 +111,7 @@ async function main(argv: string[]): Promise<number> {
             vlan: values.vlan,
             target: values.target,
             fragment: values.fragment,
+            trace: values.trace,
             json: values.json,
           },
           io,

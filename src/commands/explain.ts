@@ -2,18 +2,22 @@
 // decides it (src/core/explain.ts, from the desired state), then checked against the kernel: the
 // kernel holds the desired state (a dry-run reconcile finds no difference for the port or the
 // constant rules) and the rule that decides the frame is in the read-back (src/core/explain-kernel.ts).
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
 import type { Config } from "../core/config.js";
 import { InputError, quote } from "../core/errors.js";
 import { explain, explanationText, type ExplainPort, type Explanation, type FrameSpec } from "../core/explain.js";
 import { type Evidence, findEvidence, type KernelText } from "../core/explain-kernel.js";
 import { HostState } from "../core/host-state.js";
+import { readTrace, TRACE_TABLE, traceTable, type TraceResult } from "../core/nft-trace.js";
 import type { BridgePort, PortBinding } from "../core/model.js";
 import { checkToken, IFNAME_RE } from "../core/names.js";
 import { isGuardedPort } from "../core/ports.js";
 import { Enforcer } from "../enforcer.js";
 import { createLogger } from "../log.js";
 import { openDataplane } from "../shell/backend.js";
-import { execRaw } from "../shell/exec.js";
+import { exec, execRaw } from "../shell/exec.js";
+import { NftBackend } from "../shell/nftables.js";
 import { IptablesBackend, saveTable } from "../shell/iptables.js";
 import { StateStore } from "../shell/state-store.js";
 import { PortInventory } from "../shell/taps.js";
@@ -34,6 +38,8 @@ export interface ExplainOptions {
   vlan?: string;
   target?: string;
   fragment?: boolean;
+  /** seconds to wait for such a frame from the VM and trace it through the kernel (nftables backend) */
+  trace?: string;
   json: boolean;
 }
 
@@ -44,6 +50,8 @@ export interface KernelCheck {
   /** the differences a reconcile would fix that concern this port or every port */
   drift: string[];
   evidence: Evidence;
+  /** --trace: what the kernel did with the next such frame (null: none came in time) */
+  trace?: (TraceResult & { seconds: number }) | null;
   /** the kernel does what explain says */
   agrees: boolean;
 }
@@ -140,10 +148,56 @@ async function judge(ctx: ExplainContext, opts: ExplainOptions): Promise<{ expla
   const { drift, text } = await ctx.readKernel(port.device);
   const relevant = driftOf(drift, port.device, ctx.ports.map((p) => p.name));
   const evidence = findEvidence(explanation, binding, text);
-  return {
-    explanation,
-    kernel: { backend: ctx.enforcer.dataplane.description, inSync: relevant.length === 0, drift: relevant, evidence, agrees: relevant.length === 0 && evidence.found },
-  };
+  const kernel: KernelCheck = { backend: ctx.enforcer.dataplane.description, inSync: relevant.length === 0, drift: relevant, evidence, agrees: relevant.length === 0 && evidence.found };
+  const seconds = traceSeconds(opts.trace);
+  if (seconds !== undefined) {
+    if (!(ctx.enforcer.dataplane instanceof NftBackend)) throw new InputError("--trace needs the nftables backend (the iptables backend has no trace sg6 reads)");
+    const traced = await traceNext(port.device, explanation.frame, seconds);
+    kernel.trace = traced ? { ...traced, seconds } : null;
+    if (traced && traced.verdict !== explanation.verdict) kernel.agrees = false;
+  }
+  return { explanation, kernel };
+}
+
+function traceSeconds(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^[0-9]{1,3}$/.test(value) || Number(value) < 1 || Number(value) > 600) throw new InputError(`--trace ${quote(value)} is not a number of seconds from 1 to 600`);
+  return Number(value);
+}
+
+/**
+ * Wait up to `seconds` for the VM to send a frame like `frame` and trace it through the kernel
+ * (nft monitor trace; the frames are marked in a table of their own, removed afterwards). Passive:
+ * sg6 cannot send from inside the VM, so the VM's own next such frame is the probe.
+ */
+async function traceNext(device: string, frame: Explanation["frame"], seconds: number): Promise<TraceResult | undefined> {
+  if (!IFNAME_RE.test(device)) throw new InputError(`device ${quote(device)} is not an interface name`);
+  const monitor = spawn("nft", ["monitor", "trace"], { stdio: ["ignore", "pipe", "pipe"] });
+  const lines: string[] = [];
+  try {
+    return await new Promise<TraceResult | undefined>((resolve, reject) => {
+      const timer = setTimeout(() => resolve(undefined), seconds * 1000);
+      monitor.once("error", (error) => reject(new Error(`nft monitor trace: ${error.message}`)));
+      createInterface({ input: monitor.stdout }).on("line", (line) => {
+        lines.push(line);
+        const result = readTrace(lines);
+        if (result) {
+          clearTimeout(timer);
+          resolve(result);
+        }
+      });
+      // the monitor listens once it has started; a frame before the table exists is not marked anyway
+      setTimeout(() => {
+        exec("nft", ["-f", "-"], { input: `table bridge ${TRACE_TABLE}\ndelete table bridge ${TRACE_TABLE}\n${traceTable(device, frame)}` }).catch((error: Error) => {
+          clearTimeout(timer);
+          reject(error);
+        });
+      }, 200);
+    });
+  } finally {
+    monitor.kill("SIGTERM");
+    await execRaw("nft", ["delete", "table", "bridge", TRACE_TABLE]);
+  }
 }
 
 /** explain without an agent: the saved desired state, the ports and the kernel as they are now. */
@@ -176,7 +230,7 @@ export function explainOptionsFrom(args: Record<string, unknown>): ExplainOption
     return value;
   };
   const opts: ExplainOptions = { json: args.json === true, fragment: args.fragment === true };
-  for (const key of ["vm", "device", "src", "dst", "icmpv6Type", "udpDport", "udpSport", "mac", "vlan", "target"] as const) {
+  for (const key of ["vm", "device", "src", "dst", "icmpv6Type", "udpDport", "udpSport", "mac", "vlan", "target", "trace"] as const) {
     const value = text(key);
     if (value !== undefined) opts[key] = value;
   }
@@ -224,9 +278,15 @@ function printExplanation({ explanation, kernel }: { explanation: Explanation; k
     for (const line of kernel.drift.slice(0, 5)) io.out(`    drift: ${line}\n`);
     io.out(`  deciding rule (${kernel.evidence.looked}): ${kernel.evidence.found ? "present" : "NOT FOUND"}\n`);
     for (const line of kernel.evidence.lines) io.out(`    ${line.length > 200 ? `${line.slice(0, 200)}…` : line}\n`);
+    if (kernel.trace === null) io.out("  trace: no such frame from the VM in the time given\n");
+    else if (kernel.trace) {
+      io.out(`  trace: the kernel ${kernel.trace.verdict === "drop" ? "DROPPED" : "let on"} the VM's next such frame${kernel.trace.verdict === explanation.verdict ? "" : " — NOT what the desired state says"}\n`);
+      for (const rule of kernel.trace.rules.slice(-3)) io.out(`    ${rule}\n`);
+    }
   }
   if (!kernel.agrees) {
-    io.err(`sg6 explain: the kernel does not hold what decides this frame (${kernel.inSync ? `${kernel.evidence.looked} not found` : "drift"}): run sg6 reconcile\n`);
+    const why = !kernel.inSync ? "drift" : !kernel.evidence.found ? `${kernel.evidence.looked} not found` : `the traced frame was ${kernel.trace?.verdict === "drop" ? "dropped" : "let on"}`;
+    io.err(`sg6 explain: the kernel does not do what the desired state says for this frame (${why}): run sg6 reconcile\n`);
     return EXIT_ERROR;
   }
   return explanation.verdict === "accept" ? EXIT_ACCEPT : EXIT_DROP;

@@ -19,7 +19,7 @@ import { CLI, ROOT } from "../support/agent-harness.js";
 import { type ExplainCase, explainCases } from "../support/explain-cases.js";
 import { frameBytes, SEND_RAW } from "../support/explain-frames.js";
 import { POLICY } from "../support/fixtures.js";
-import { Cleanup, Hypervisor, type Netns, randomMac } from "../support/netns.js";
+import { Cleanup, Hypervisor, type Netns, randomMac, type VmHandle } from "../support/netns.js";
 import { newMarker, settle, startSniffer } from "../support/packets.js";
 
 type Backend = "nft" | "legacy" | "nftables";
@@ -54,6 +54,58 @@ function cliArgs(c: ExplainCase, dst: string): string[] {
   return args;
 }
 
+async function lab(cleanup: Cleanup, dir: string, backend: Backend) {
+  const hv = await Hypervisor.create(cleanup);
+  const a = await hv.addVm(cleanup, "vnet1", randomMac(), { dad: false });
+  const b = await hv.addVm(cleanup, "vnet2", randomMac(), { dad: false });
+  const c = await hv.addVm(cleanup, "vnet3", randomMac(), { dad: false });
+  const nicA = nicOf("vm-a", { mac: a.mac, delegated: "2001:db8:ff00:120::/60", secondary: ["2001:db8:1::77"] });
+  const nicB = nicOf("vm-b", { mac: b.mac });
+  const state = { version: 1, epoch: 0, state: { vms: { "vm-a": { generation: 1, released: false, nics: [nicA] }, "vm-b": { generation: 1, released: false, nics: [nicB] } } } };
+  writeFileSync(join(dir, "state.json"), JSON.stringify(state));
+  const config = join(dir, "agent.toml");
+  writeFileSync(
+    config,
+    [
+      `host = "${POLICY.host}"`,
+      `networks = ["${NETWORK}"]`,
+      `pd_pool = "${POLICY.pdPool}"`,
+      `pd_length = ${POLICY.pdLength}`,
+      `bridges = ["${hv.bridge}"]`,
+      `state_dir = "${dir}"`,
+      `backend = "${backend === "nftables" ? "nftables" : "iptables"}"`,
+      "[nats]",
+      'servers = ["nats://127.0.0.1:1"]',
+      "[metrics]",
+      'listen = ""',
+    ].join("\n") + "\n",
+  );
+  const env = backend === "nftables" ? {} : { SG6_IPTABLES: backend };
+  const reconciled = await sg6(hv.ns, ["reconcile", "--offline", "--config", config], env);
+  assert.is(reconciled.code, 0, `sg6 reconcile: ${reconciled.stderr}`);
+
+  return { hv, a, b, c, nicA, nicB, config, env };
+}
+
+/** `sg6 explain --trace` in the background, the VM sending the frame until explain has traced one. */
+async function traced(hv: Netns, vm: VmHandle, args: string[], frame: (e: Explanation) => Buffer, config: string) {
+  // the frame explain will judge, for the sender: the same description without --trace
+  const dry = await sg6(hv, ["explain", "--config", config, "--json", ...args], {});
+  assert.ok(dry.stdout, `sg6 explain ${args.join(" ")}: ${dry.stderr}`);
+  const e = JSON.parse(dry.stdout) as Explanation;
+  const run = sg6(hv, ["explain", "--config", config, "--json", "--trace", "20", ...args], {});
+  let done = false;
+  void run.then(() => (done = true));
+  const hex = frame(e).toString("hex");
+  for (let i = 0; i < 100 && !done; i++) {
+    await vm.ns.run("/usr/bin/python3", ["-c", SEND_RAW, vm.ifname, hex]);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const result = await run;
+  assert.ok(result.stdout, `sg6 explain --trace ${args.join(" ")}: exit ${result.code}: ${result.stderr}`);
+  return { ...result, doc: JSON.parse(result.stdout) as Explanation & { kernel: { agrees: boolean; trace: { verdict: string; rules: string[] } | null } } };
+}
+
 for (const backend of BACKENDS) {
   const test = suite(`explain vs the kernel: ${backend === "nftables" ? "nftables" : `iptables on ip6tables-${backend}`}`);
   test(`every row: a frame arrives if and only if sg6 explain says accept (${backend})`, async () => {
@@ -61,35 +113,7 @@ for (const backend of BACKENDS) {
     const dir = mkdtempSync(join(tmpdir(), "sg6-explain-"));
     cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
     try {
-      const hv = await Hypervisor.create(cleanup);
-      const a = await hv.addVm(cleanup, "vnet1", randomMac(), { dad: false });
-      const b = await hv.addVm(cleanup, "vnet2", randomMac(), { dad: false });
-      const c = await hv.addVm(cleanup, "vnet3", randomMac(), { dad: false });
-      const nicA = nicOf("vm-a", { mac: a.mac, delegated: "2001:db8:ff00:120::/60", secondary: ["2001:db8:1::77"] });
-      const nicB = nicOf("vm-b", { mac: b.mac });
-      const state = { version: 1, epoch: 0, state: { vms: { "vm-a": { generation: 1, released: false, nics: [nicA] }, "vm-b": { generation: 1, released: false, nics: [nicB] } } } };
-      writeFileSync(join(dir, "state.json"), JSON.stringify(state));
-      const config = join(dir, "agent.toml");
-      writeFileSync(
-        config,
-        [
-          `host = "${POLICY.host}"`,
-          `networks = ["${NETWORK}"]`,
-          `pd_pool = "${POLICY.pdPool}"`,
-          `pd_length = ${POLICY.pdLength}`,
-          `bridges = ["${hv.bridge}"]`,
-          `state_dir = "${dir}"`,
-          `backend = "${backend === "nftables" ? "nftables" : "iptables"}"`,
-          "[nats]",
-          'servers = ["nats://127.0.0.1:1"]',
-          "[metrics]",
-          'listen = ""',
-        ].join("\n") + "\n",
-      );
-      const env = backend === "nftables" ? {} : { SG6_IPTABLES: backend };
-      const reconciled = await sg6(hv.ns, ["reconcile", "--offline", "--config", config], env);
-      assert.is(reconciled.code, 0, `sg6 reconcile: ${reconciled.stderr}`);
-
+      const { hv, a, b, c, nicA, nicB, config, env } = await lab(cleanup, dir, backend);
       const cases: { name: string; args: string[]; from: typeof a }[] = explainCases(nicA).map((c) => ({ name: c.name, args: ["--vm", "vm-a", ...cliArgs(c, nicB.slaac)], from: a }));
       cases.push({ name: "a port with no allocation", args: ["--device", "vnet3", "--mac", c.mac, "--dst", nicB.slaac, "--udp-dport", "9"], from: c });
       const judged: { name: string; e: Explanation; code: number; marker: string; from: typeof a }[] = [];
@@ -153,5 +177,27 @@ for (const backend of BACKENDS) {
       await cleanup.run();
     }
   });
+  if (backend === "nftables") {
+    test("--trace: the VM's next such frame, traced through the kernel, agrees with explain (nftables)", async () => {
+      const cleanup = new Cleanup();
+      const dir = mkdtempSync(join(tmpdir(), "sg6-explain-"));
+      cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
+      try {
+        const { hv, a, b, nicA, nicB, config } = await lab(cleanup, dir, backend);
+        const toB = (e: Explanation) => frameBytes(e.frame, b.mac, newMarker());
+        const ra = await traced(hv.ns, a, ["--vm", "vm-a", "--icmpv6-type", "134", "--src", nicA.linkLocal, "--dst", "ff02::1"], toB, config);
+        assert.is(ra.code, 2, ra.stderr);
+        assert.is(ra.doc.kernel.trace?.verdict, "drop");
+        assert.match(ra.doc.kernel.trace!.rules.join("\n"), /RA guard|verdict drop/);
+        const udp = await traced(hv.ns, a, ["--vm", "vm-a", "--udp-dport", "9", "--dst", nicB.slaac], toB, config);
+        assert.is(udp.code, 0, udp.stderr);
+        assert.is(udp.doc.kernel.trace?.verdict, "accept");
+        // the marking table is gone again
+        assert.not.match((await hv.ns.run("nft", ["list", "tables"])), /sg6trace/);
+      } finally {
+        await cleanup.run();
+      }
+    });
+  }
   test.run();
 }
