@@ -63,7 +63,8 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
     case "mac": {
       if (ipt) return evidence(`ebtables sg6-l2 drop of ${dev}'s frames from another MAC than ${binding?.mac}`, grep(kernel.l2, /^-A sg6-l2 /, `-i ${dev} `, "-j DROP", `! ${binding?.mac}`));
       const check = grep(kernel.rules, "ether saddr != @macs");
-      const element = grep(kernel.rules, `"${dev}" . ${binding?.mac}`);
+      // the macs element alone (the sources sets' elements start the same way)
+      const element = grep(kernel.rules, new RegExp(`"${dev}" \\. ${binding?.mac}\\s*(,|\\}|$)`));
       return evidence(`the port/MAC check and element "${dev}" . ${binding?.mac} of set macs`, check.length && element.length ? [...check, ...element] : []);
     }
     case "tagged":
