@@ -128,7 +128,8 @@ async function kernelText(enforcer: Enforcer, device: string): Promise<KernelTex
 
 /** Drift lines that concern `device` or every port (those that name no port). */
 export function driftOf(drift: string[], device: string, allDevices: string[]): string[] {
-  const word = new RegExp(`(^|[^A-Za-z0-9_.-])${device.replace(/[.]/g, "\\.")}($|[^A-Za-z0-9_.-])`);
+  // the device as a word of its own, also at the end of a name built from it (sg6-s-vnet3, sg6-nd-vnet3)
+  const word = new RegExp(`(^|[^A-Za-z0-9_.])${device.replace(/[.]/g, "\\.")}($|[^A-Za-z0-9_.-])`);
   return drift.filter((line) => word.test(line) || !allDevices.some((d) => line.includes(d)));
 }
 

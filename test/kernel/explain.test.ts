@@ -142,10 +142,22 @@ for (const backend of BACKENDS) {
         if (arrived !== (j.e.verdict === "accept")) wrong.push(`${j.name}: explain says ${j.e.verdict} (${j.e.row}), the kernel ${arrived ? "let it through" : "dropped it"}`);
         else if (!kernelAgrees.agrees) wrong.push(`${j.name}: the frame went as explain says, but explain did not find ${kernelAgrees.evidence.looked} in the kernel`);
       }
-      assert.equal(wrong, [], `${wrong.length} of ${judged.length} rows disagree:\n  ${wrong.join("\n  ")}`);
       // the control: some rows accept and some drop (nothing passes or fails wholesale)
       assert.ok(judged.some((j) => j.e.verdict === "accept" && (counts[j.marker] ?? 0) > 0));
       assert.ok(judged.some((j) => j.e.verdict === "drop" && !counts[j.marker]));
+      // the kernel loses the SLAAC source behind explain's back: explain still says what the desired
+      // state wants, and that the kernel does not do it (exit 1, drift named)
+      if (backend === "nftables") await hv.ns.run("nft", ["delete", "element", "bridge", "sg6", "sources_128", `{ "vnet1" . ${nicA.mac} . ${nicA.slaac} }`]);
+      else await hv.ns.run("ipset", ["del", "sg6-s-vnet1", nicA.slaac]);
+      const drifted = await sg6(hv.ns, ["explain", "--config", config, "--json", "--vm", "vm-a"], env);
+      assert.is(drifted.code, 1, drifted.stderr);
+      const doc = JSON.parse(drifted.stdout) as Explanation & { kernel: { inSync: boolean; drift: string[] } };
+      assert.is(doc.verdict, "accept");
+      assert.is(doc.kernel.inSync, false);
+      assert.ok(doc.kernel.drift.length > 0);
+      assert.match(drifted.stderr, /^sg6 explain: the kernel does not do what the desired state says for this frame \(drift\): run sg6 reconcile\n$/);
+
+      assert.equal(wrong, [], `${wrong.length} of ${judged.length} rows disagree:\n  ${wrong.join("\n  ")}`);
     } finally {
       await cleanup.run();
     }

@@ -111,3 +111,13 @@ errors("a malformed description is one InputError that names the option", () => 
 
 rows.run();
 errors.run();
+
+const drift = suite("explain: the drift that concerns a port");
+
+drift("lines naming the port (also inside an object's name) or no port at all; not another port's", async () => {
+  const { driftOf } = await import("../../src/commands/explain.js");
+  const lines = ["add sg6-s-vnet1 2001:db8:1::10", "add rule -A sg6-port -m physdev --physdev-in vnet10 …", 'add element "vnet1" . 52:54:00:12:34:56', "hook FORWARD: jump sg6-fwd missing", "del sg6-nd-vnet2"];
+  assert.equal(driftOf(lines, "vnet1", ["vnet1", "vnet10", "vnet2"]), ["add sg6-s-vnet1 2001:db8:1::10", 'add element "vnet1" . 52:54:00:12:34:56', "hook FORWARD: jump sg6-fwd missing"]);
+});
+
+drift.run();
