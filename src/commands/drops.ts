@@ -11,7 +11,7 @@ import { DropLog, type DropLogStats } from "../shell/droplog.js";
 import { StateStore } from "../shell/state-store.js";
 import { PortInventory } from "../shell/taps.js";
 import { oneLine, type Io } from "./common.js";
-import type { AgentCall, AgentParts } from "./explain.js";
+import type { AgentCall } from "./explain.js";
 
 export interface DropsOptions {
   follow: boolean;
@@ -107,16 +107,16 @@ function stopOnSignals(): AbortSignal {
   return controller.signal;
 }
 
-/** The parts of the agent sg6 drops uses: its drop log reader, when it runs one. */
-export interface DropsAgent extends AgentParts {
+/** The part of the agent sg6 drops uses: its drop log reader, when it runs one. */
+export interface DropsAgent {
   dropLog?: DropLog;
 }
 
 /** sg6 drops inside the running agent: the ring's entries, then (--follow) new ones until the client goes. */
 export async function dropsInAgent(agent: DropsAgent, args: Record<string, unknown>, io: Io, signal: AbortSignal): Promise<number> {
   try {
-    const vm = args.vm === undefined || args.vm === null ? undefined : typeof args.vm === "string" ? checkVm(args.vm) : undefined;
-    if (args.vm !== undefined && args.vm !== null && typeof args.vm !== "string") throw new InputError(`vm ${quote(args.vm)} must be a string`);
+    if (args.vm !== undefined && args.vm !== null && typeof args.vm !== "string") throw new InputError(`--vm ${quote(args.vm)} must be a string`);
+    const vm = typeof args.vm === "string" ? checkVm(args.vm) : undefined;
     const json = args.json === true;
     const log = agent.dropLog;
     if (!log) {

@@ -8,6 +8,7 @@ import { type ChildProcessByStdio, spawn } from "node:child_process";
 import { EventEmitter } from "node:events";
 import type { Readable } from "node:stream";
 import { type DropEntry, dropEntry, type NflogRecord, PcapNflogParser, Ring } from "../core/nflog.js";
+import { exec } from "./exec.js";
 import { listLinks } from "./taps.js";
 
 export const DROP_LOG_GROUP = 6;
@@ -28,6 +29,8 @@ export interface DropLogOptions {
   vmOf?: (device: string) => string | undefined;
   /** the program (default tcpdump from PATH) */
   tcpdump?: string;
+  /** run it through this (tests: ["ip", "netns", "exec", NS]); the links are then read there too */
+  prefix?: string[];
 }
 
 export interface DropLogStats {
@@ -69,6 +72,7 @@ export class DropLog extends EventEmitter {
     private readonly parser: PcapNflogParser,
     private readonly vmOf: (device: string) => string | undefined,
     capacity: number,
+    private readonly links: () => Promise<{ ifindex: number; ifname: string }[]>,
   ) {
     super();
     this.ring = new Ring<DropEntry>(capacity);
@@ -77,10 +81,12 @@ export class DropLog extends EventEmitter {
   /** Start reading; resolves once tcpdump listens on the group (rejects with its words if it cannot). */
   static async start(options: DropLogOptions = {}): Promise<DropLog> {
     const group = options.group ?? DROP_LOG_GROUP;
-    const child = spawn(options.tcpdump ?? "tcpdump", tcpdumpArgs(group), { stdio: ["ignore", "pipe", "pipe"] });
+    const [command, ...args] = [...(options.prefix ?? []), options.tcpdump ?? "tcpdump", ...tcpdumpArgs(group)];
+    const child = spawn(command!, args, { stdio: ["ignore", "pipe", "pipe"] });
     let log: DropLog | undefined;
     const parser = new PcapNflogParser((record) => log?.take(record));
-    log = new DropLog(child, parser, options.vmOf ?? (() => undefined), options.capacity ?? 1000);
+    const links = options.prefix ? () => linksVia(options.prefix!) : listLinks;
+    log = new DropLog(child, parser, options.vmOf ?? (() => undefined), options.capacity ?? 1000, links);
     const reader = log;
     child.stdout.on("data", (chunk: Buffer) => {
       try {
@@ -127,7 +133,7 @@ export class DropLog extends EventEmitter {
       return;
     }
     this.unnamed.push(record);
-    this.naming ??= listLinks()
+    this.naming ??= this.links()
       .then((links) => {
         for (const link of links) this.names.set(link.ifindex, link.ifname);
       })
@@ -170,6 +176,12 @@ export class DropLog extends EventEmitter {
     await this.naming;
     return this.stats();
   }
+}
+
+/** The links as `ip -j link` shows them through `prefix` (another network namespace). */
+async function linksVia(prefix: string[]): Promise<{ ifindex: number; ifname: string }[]> {
+  const [command, ...args] = [...prefix, "ip", "-j", "link", "show"];
+  return (JSON.parse(await exec(command!, args)) as { ifindex: number; ifname: string }[]).map(({ ifindex, ifname }) => ({ ifindex, ifname }));
 }
 
 /**

@@ -12,7 +12,9 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
+import { dropsInAgent } from "../../src/commands/drops.js";
 import type { DropEntry } from "../../src/core/nflog.js";
+import { DropLog } from "../../src/shell/droplog.js";
 import { nicIntents } from "../../src/core/host-state.js";
 import { CLI, ROOT } from "../support/agent-harness.js";
 import { POLICY } from "../support/fixtures.js";
@@ -124,6 +126,50 @@ own("without an agent, sg6 drops (no --follow) says history needs the agent, exi
     assert.is(out.code, 0);
     assert.match(out.stderr, /history of drops is the agent's/);
     assert.equal(JSON.parse(out.stdout), { entries: [], history: false });
+  } finally {
+    await cleanup.run();
+  }
+});
+
+own("the agent's side: a ring of a fixed size, filtered by VM, followed until the client goes", async () => {
+  const cleanup = new Cleanup();
+  try {
+    const { hv, vm, peer } = await lab(cleanup, "nftables");
+    await hv.ns.run("nft", ["-f", "-"], 'table bridge sg6test {\n chain pre {\n  type filter hook prerouting priority -300; policy accept;\n  iifname "vnet1" ip6 saddr 2001:db8:1::bad limit rate 100/second burst 50 packets log group 6 prefix "sg6 source" drop\n }\n}\n');
+    const log = await DropLog.start({ prefix: ["ip", "netns", "exec", hv.ns.name], capacity: 4, vmOf: (device) => (device === "vnet1" ? "vm-a" : undefined) });
+    cleanup.add(() => log.stop());
+    const from = { ns: vm.ns, iface: vm.ifname, mac: vm.mac };
+    const dst = slaacAddress(NETWORK, peer.mac);
+    await send({ from, src: "2001:db8:1::bad", dst, dstMac: peer.mac, kind: "udp", count: 6, marker: newMarker() });
+    await waitFor("6 drops read", async () => log.stats().received >= 6, 15_000);
+    const run = async (args: Record<string, unknown>, signal = new AbortController().signal) => {
+      let out = "";
+      let err = "";
+      const code = await dropsInAgent({ dropLog: log }, args, { out: (t) => (out += t), err: (t) => (err += t) }, signal);
+      return { code, out, err };
+    };
+    const all = await run({ json: true });
+    assert.is(all.code, 0, all.err);
+    const doc = JSON.parse(all.out) as { entries: DropEntry[]; stats: { received: number; overwritten: number }; history: boolean };
+    assert.is(doc.entries.length, 4, "the ring keeps 4");
+    assert.equal({ received: doc.stats.received, overwritten: doc.stats.overwritten }, { received: 6, overwritten: 2 });
+    assert.ok(doc.entries.every((e) => e.vm === "vm-a" && e.device === "vnet1" && e.reason === "source" && e.src === "2001:db8:1::bad"));
+    assert.equal(JSON.parse((await run({ json: true, vm: "vm-b" })).out).entries, []);
+    const table = await run({});
+    assert.match(table.out, /^TIME +VM +DEVICE +REASON +SOURCE MAC +SOURCE +ICMPV6\n/);
+    assert.match(table.out, /drop log: 6 frames logged since the reader started, 2 older ones no longer kept\n$/);
+    const bad = await run({ vm: 5 });
+    assert.is(bad.code, 1);
+    assert.match(bad.err, /^sg6 drops: --vm 5 must be a string\n$/);
+    // --follow: the kept ones, then new ones, until the client goes
+    const client = new AbortController();
+    let followed = "";
+    const following = dropsInAgent({ dropLog: log }, { follow: true, json: true }, { out: (t) => (followed += t), err: () => undefined }, client.signal);
+    await send({ from, src: "2001:db8:1::bad", dst, dstMac: peer.mac, kind: "udp", count: 1, marker: newMarker() });
+    await waitFor("the new drop followed", async () => followed.split("\n").filter(Boolean).length >= 5, 15_000);
+    client.abort();
+    assert.is(await following, 0);
+    assert.ok((await log.stop()).malformed === 0);
   } finally {
     await cleanup.run();
   }
