@@ -406,7 +406,7 @@ export class Agent {
     if (this.timer) clearInterval(this.timer);
     await this.intake?.stop();
     await this.enforcer?.serial(async () => undefined);
-    this.control?.destroyConnections();
+    await this.control?.hangUp();
     this.enforcer?.close();
     await this.store.flush();
     await this.lock?.release();

@@ -51,7 +51,10 @@ export interface AgentContext {
 export type AgentCommand = (agent: AgentContext, args: Record<string, unknown>, io: Output, signal: AbortSignal) => Promise<number>;
 
 export class ControlServer {
-  private readonly connections = new Set<net.Socket>();
+  /** open connections and the abort of the command each runs */
+  private readonly connections = new Map<net.Socket, AbortController>();
+  /** commands in progress, until their exit code is sent */
+  private readonly running = new Set<Promise<void>>();
 
   private constructor(
     readonly path: string,
@@ -83,8 +86,8 @@ export class ControlServer {
   }
 
   private serve(socket: net.Socket, commands: (name: string) => AgentCommand | undefined, agent: AgentContext): void {
-    this.connections.add(socket);
     const abort = new AbortController();
+    this.connections.set(socket, abort);
     let open = true;
     const send = (message: object) => {
       if (open) socket.write(`${JSON.stringify(message)}\n`);
@@ -124,7 +127,7 @@ export class ControlServer {
       const io: Output = { out: (text) => send({ out: text }), err: (text) => send({ err: text }) };
       const log = agent.log.child({ control: request.command });
       log.info({ args: request.args }, "command from the control socket");
-      command(agent, request.args, io, abort.signal).then(
+      const done = command(agent, request.args, io, abort.signal).then(
         (code) => {
           send({ exit: code });
           socket.end();
@@ -137,18 +140,34 @@ export class ControlServer {
           log.warn({ err: error.message }, "command from the control socket failed");
         },
       );
+      this.running.add(done);
+      void done.finally(() => this.running.delete(done));
     });
   }
 
-  /** Stop listening and remove the socket; commands in progress finish (their connections stay). */
+  /**
+   * Stop listening and remove the socket; commands in progress go on (their connections stay
+   * until destroyConnections(): server.close()'s callback would wait for them, and a following
+   * command never ends by itself).
+   */
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.close();
     await unlink(this.path).catch(() => undefined);
   }
 
-  /** Hang up on every client (after the commands' work is done or abandoned). */
-  destroyConnections(): void {
-    for (const socket of this.connections) socket.destroy();
+  /**
+   * Let the commands in progress send their exit codes (up to `graceMs`: a following command
+   * never ends by itself), then hang up on every client, which aborts what still runs.
+   */
+  async hangUp(graceMs = 1000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)));
+    await Promise.race([Promise.allSettled([...this.running]), grace]);
+    clearTimeout(timer);
+    for (const [socket, abort] of this.connections) {
+      abort.abort();
+      socket.destroy();
+    }
   }
 }
 

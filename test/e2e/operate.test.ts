@@ -9,13 +9,14 @@ import * as assert from "uvu/assert";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { durableName } from "../../src/nats/subjects.js";
 import { controlSocketPath } from "../../src/shell/control-client.js";
-import { AgentHarness } from "../support/agent-harness.js";
+import { slaacAddress } from "../../src/core/addressing.js";
+import { AgentHarness, NETWORK } from "../support/agent-harness.js";
 import { randomMac, waitFor } from "../support/netns.js";
 
 const VARIANT = (process.env.SG6_TEST_VARIANT as "legacy" | "nft" | undefined) ?? "nft";
 
-async function withHarness(body: (h: AgentHarness) => Promise<void>): Promise<void> {
-  const h = await AgentHarness.create({ variant: VARIANT });
+async function withHarness(body: (h: AgentHarness) => Promise<void>, backend: "iptables" | "nftables" = "iptables"): Promise<void> {
+  const h = await AgentHarness.create({ variant: VARIANT, backend });
   try {
     await body(h);
   } catch (error) {
@@ -229,6 +230,28 @@ test("status through the agent: health, unguarded bridge members, metrics; a NIC
     assert.is(standalone.code, 0, `standalone after a dead agent (its lock is stale): ${standalone.stderr}`);
     await h.nats.restart();
   });
+});
+
+test("nftables backend: drift made by hand is found (exit 3) and repaired (exit 0) through the running agent", async () => {
+  await withHarness(async (h) => {
+    const mac = randomMac();
+    await h.hv.addVm(h.cleanup, "vnet1", mac);
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac, device: "vnet1", delegated: "2001:db8:ff00:10::/60" }));
+    await h.startAgent();
+    const table = () => h.hv.ns.run("nft", ["list", "table", "bridge", "sg6"]);
+    await waitFor("enforced", async () => (await table()).includes(slaacAddress(NETWORK, mac)));
+    const before = await table();
+    await h.hv.ns.run("nft", ["flush", "table", "bridge", "sg6"]);
+    const dry = await h.cli(["reconcile", "--dry-run"]);
+    assert.is(dry.code, 3, dry.stdout + dry.stderr);
+    assert.match(dry.stdout, /^sg6 reconcile on kvm-01 \(desired state from the stream: 1 VMs, 1 NICs bound\)\nwould change \d+:/);
+    assert.ok(h.logs.some((l) => l.includes('"control":"reconcile"')), "the agent ran it");
+    const fix = await h.cli(["reconcile"]);
+    assert.is(fix.code, 0, fix.stdout + fix.stderr);
+    assert.match(fix.stdout, /^changed \d+:$/m);
+    assert.is(await table(), before, "the table is back as it was");
+    assert.is((await h.cli(["reconcile", "--dry-run"])).code, 0);
+  }, "nftables");
 });
 
 test.run();

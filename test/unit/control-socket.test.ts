@@ -166,6 +166,38 @@ socket("a client that hangs up aborts its command in the agent", async () => {
   }
 });
 
+socket("an agent that stops: no new connections; a following command is hung up on (and aborted), the client says so", async () => {
+  const path = join(dir, "control.sock");
+  let aborted = false;
+  let started!: () => void;
+  const startedSeen = new Promise<void>((ok) => (started = ok));
+  const server = await ControlServer.listen(
+    path,
+    () => (_agent, _args, io, signal) =>
+      new Promise<number>((resolve) => {
+        io.out("following\n");
+        started();
+        signal.addEventListener("abort", () => {
+          aborted = true;
+          resolve(0);
+        });
+      }),
+    context,
+  );
+  const c = capture();
+  const following = runInAgent("/unused", "drops", { follow: true }, c.io, { env: env(path) }).then(
+    (code) => `exit ${code}`,
+    (error: Error) => error.message,
+  );
+  await startedSeen;
+  await server.close();
+  assert.not.ok(existsSync(path));
+  await server.hangUp(50);
+  assert.match(await following, /^the agent closed its control socket .* before the command ended \(did it stop\?\)$/);
+  assert.ok(aborted, "the command was aborted");
+  assert.equal(c.out, ["following\n"]);
+});
+
 socket("the socket's directory must be ours: another user's directory is refused", async () => {
   const foreign = join(dir, "foreign");
   mkdirSync(foreign, { mode: 0o700 });
