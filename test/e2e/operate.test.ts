@@ -12,6 +12,7 @@ import { controlSocketPath } from "../../src/shell/control-client.js";
 import { slaacAddress } from "../../src/core/addressing.js";
 import { AgentHarness, NETWORK } from "../support/agent-harness.js";
 import { randomMac, waitFor } from "../support/netns.js";
+import { labNode, newMarker, send } from "../support/packets.js";
 
 const VARIANT = (process.env.SG6_TEST_VARIANT as "legacy" | "nft" | undefined) ?? "nft";
 
@@ -56,9 +57,13 @@ test("reconcile and its dry run go through the running agent while events arrive
     assert.is(statSync(socket).uid, 0, "owned by root");
     await waitFor("first allocations enforced", async () => (await h.ipsetEntries()).length === vms * 3, 20_000);
 
-    // drift by hand on vnet0: its set flushed, a rogue ACCEPT first in sg6-port
+    // drift by hand on vnet0: its set flushed, a rogue ACCEPT first in sg6-port (in whichever
+    // table the backend keeps its chains)
+    const ipt = `ip6tables-${h.variant}`;
+    const table = (await h.hv.ns.try(ipt, ["-t", "raw", "-S", "sg6-port"])).code === 0 ? "raw" : "filter";
+    const rogue = async () => (await h.hv.ns.run(`${ipt}-save`, ["-t", table])).includes("-A sg6-port -j ACCEPT");
     await h.hv.ns.run("ipset", ["flush", "sg6-s-vnet0"]);
-    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
+    await h.hv.ns.run(ipt, ["-t", table, "-I", "sg6-port", "1", "-j", "ACCEPT"]);
 
     // events keep coming while the operator works: rounds of a new generation of every VM but vm0,
     // each round published once the agent has acked the one before
@@ -86,7 +91,7 @@ test("reconcile and its dry run go through the running agent while events arrive
     assert.is(dryReport.source, "stream");
     assert.ok(h.logs.some((l) => l.includes('"control":"reconcile"')), "the agent ran it");
     // a dry run changed nothing
-    assert.ok((await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])).includes("-A sg6-port -j ACCEPT"));
+    assert.ok(await rogue(), "a dry run changes nothing");
 
     const text = await h.cli(["reconcile", "--dry-run"]);
     assert.is(text.code, 3, text.stdout + text.stderr);
@@ -96,7 +101,7 @@ test("reconcile and its dry run go through the running agent while events arrive
     assert.is(fix.code, 0, `reconcile through the running agent: ${fix.stdout}${fix.stderr}`);
     const fixReport = JSON.parse(fix.stdout) as { changes: string[]; inSync: boolean };
     assert.ok(fixReport.inSync && fixReport.changes.length >= 2, fixReport.changes.join("; "));
-    assert.not.ok((await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])).includes("-A sg6-port -j ACCEPT"), "rogue rule gone");
+    assert.not.ok(await rogue(), "rogue rule gone");
 
     operatorDone = true;
     await publishing;
@@ -252,6 +257,34 @@ test("nftables backend: drift made by hand is found (exit 3) and repaired (exit 
     assert.is(await table(), before, "the table is back as it was");
     assert.is((await h.cli(["reconcile", "--dry-run"])).code, 0);
   }, "nftables");
+});
+
+test("status and metrics count drops by reason: spoofed sources under 'source', the VM's own source not at all", async () => {
+  await withHarness(async (h) => {
+    const vm = labNode(await h.hv.addVm(h.cleanup, "vnet1", randomMac()), NETWORK);
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: vm.mac, device: vm.tap }));
+    await h.startAgent();
+    await waitFor("enforced", async () => h.enforced([vm.tap]));
+    type Nic = { drops: number; dropsByReason: Record<string, number> | null };
+    const nic = async () => (JSON.parse((await h.cli(["status", "--json"])).stdout) as { vms: { nics: Nic[] }[] }).vms[0]!.nics[0]!;
+    const udp = (src: string) => send({ from: vm.from, src, dst: "ff02::1", kind: "udp", sport: 40000, dport: 9, count: 3, marker: newMarker() });
+    // control: the VM's own source passes and counts nothing
+    await udp(vm.slaac);
+    const before = await nic();
+    assert.ok(before.dropsByReason, "the backend counts drops by reason (guard-ipt / guard-nft: Dataplane.dropsByReason)");
+    assert.is(before.dropsByReason!.source ?? 0, 0);
+    await udp("2001:db8:1::dead:beef");
+    const after = await waitFor("drops counted", async () => {
+      const n = await nic();
+      return (n.dropsByReason?.source ?? 0) >= 3 ? n : undefined;
+    });
+    assert.is(after.dropsByReason!.source, 3);
+    assert.ok(after.drops >= 3, `the per-port total too: ${after.drops}`);
+    const text = (await h.cli(["status"])).stdout;
+    assert.match(text, /^vm1 +vnet1 .* \d+ \(source 3(, [^)]*)?\)$/m);
+    const metrics = (await h.hv.ns.try("curl", ["-s", "http://127.0.0.1:9636/metrics"])).stdout;
+    assert.match(metrics, /^sg6_drops_total\{vm="vm1",device="vnet1",reason="source"\} 3$/m);
+  });
 });
 
 test.run();
