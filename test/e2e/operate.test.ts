@@ -264,9 +264,9 @@ test("status and metrics count drops by reason: spoofed sources under 'source', 
     const vm = labNode(await h.hv.addVm(h.cleanup, "vnet1", randomMac()), NETWORK);
     await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: vm.mac, device: vm.tap }));
     await h.startAgent();
-    await waitFor("enforced", async () => h.enforced([vm.tap]));
-    type Nic = { drops: number; dropsByReason: Record<string, number> | null };
+    type Nic = { state: string; drops: number; dropsByReason: Record<string, number> | null };
     const nic = async () => (JSON.parse((await h.cli(["status", "--json"])).stdout) as { vms: { nics: Nic[] }[] }).vms[0]!.nics[0]!;
+    await waitFor("enforced", async () => (await nic()).state === "enforced");
     const udp = (src: string) => send({ from: vm.from, src, dst: "ff02::1", kind: "udp", sport: 40000, dport: 9, count: 3, marker: newMarker() });
     // control: the VM's own source passes and counts nothing
     await udp(vm.slaac);
