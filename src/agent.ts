@@ -234,7 +234,10 @@ export class Agent {
     for (const [i, d] of (result?.decisions ?? []).entries()) {
       const m = pending[i]!;
       if (d.outcome === "reject") this.log.warn({ vm: d.vm, seq: m.seq, subject: m.subject, reason: d.reason }, "rejected during resync");
-      else if (d.outcome === "apply") this.log.info({ vm: d.vm, seq: m.seq, generation: d.record.generation }, "applied during resync");
+      else if (d.outcome === "apply") {
+        this.log.info({ vm: d.vm, seq: m.seq, generation: d.record.generation }, "applied during resync");
+        this.lastApplied = { at: new Date().toISOString(), vm: d.vm, seq: m.seq, generation: d.record.generation };
+      }
     }
     if (result?.recorded) await this.store.save(() => this.enforcer.state.toJSON());
     const rejected = (result?.decisions ?? []).filter((d) => d.outcome === "reject").length;

@@ -19,7 +19,7 @@ export interface AgentHealth {
   consumer: { pending: number; notDelivered: number; unacked: number } | { error: string } | null;
   /** the last event the live loop decided */
   lastEvent: { at: string; vm: string; seq: number; outcome: string } | null;
-  /** the last event it applied to the kernel */
+  /** the last event it applied to the kernel (live, or catching up with the stream) */
   lastApplied: { at: string; vm: string; seq: number; generation: number } | null;
   /** the last comparison of the kernel with the desired state (timer, resync or sg6 reconcile) */
   lastDriftCheck: { at: string; by: string } | null;
@@ -68,7 +68,8 @@ export function healthLines(health: HealthOrAbsent, now: number): string[] {
   const e = health.lastEvent;
   const a = health.lastApplied;
   lines.push(e ? `last event: ${e.outcome} VM ${e.vm} (stream seq ${e.seq}) ${ago(e.at, now)}` : "last event: none since start");
-  if (a && a.seq !== e?.seq) lines.push(`last applied: VM ${a.vm} generation ${a.generation} (stream seq ${a.seq}) ${ago(a.at, now)}`);
+  if (!a) lines.push("last applied: none since start");
+  else if (a.seq !== e?.seq || e.outcome !== "applied") lines.push(`last applied: VM ${a.vm} generation ${a.generation} (stream seq ${a.seq}) ${ago(a.at, now)}`);
   const d = health.lastDriftCheck;
   lines.push(d ? `last drift check: ${ago(d.at, now)} (${d.by})` : "last drift check: none yet");
   const r = health.lastRepair;

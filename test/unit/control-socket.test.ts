@@ -268,6 +268,7 @@ status("health lines: running and connected, disconnected with the error, not ru
   const down = { ...health, nats: { connected: false, since: "2026-12-05T11:58:00.000Z", lastError: "connection refused" }, consumer: null, lastRepair: null };
   assert.equal(healthLines(down, now).slice(1, 3), ["nats: DISCONNECTED since 2026-12-05T11:58:00.000Z (2 min ago): connection refused; enforcing the last known state", "consumer: unknown (not connected)"]);
   assert.is(healthLines(down, now)[6], "last drift repair: none since start");
+  assert.ok(healthLines({ ...health, lastApplied: null }, now).includes("last applied: none since start"));
   assert.match(healthLines({ running: false, detail: "nothing answers on /run/sg6/control.sock" }, now)[0]!, /^agent: NOT RUNNING \(nothing answers/);
   assert.is(ago("2026-12-01T12:00:00Z", now), "4 d ago");
 });
