@@ -9,6 +9,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Cleanup, Hypervisor, sleep, waitFor } from "./netns.js";
 import { startNats, type NatsServer } from "./nats-server.js";
 import { ensureStream } from "../../src/nats/stream.js";
+import { controlSocketPath } from "../../src/shell/control-client.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const CLI = join(ROOT, "dist/cli.js");
@@ -203,6 +204,8 @@ export class AgentHarness {
 
   async destroy(): Promise<void> {
     if (this.agent) await this.stopAgent("SIGKILL").catch(() => undefined);
+    // a killed agent leaves its control socket in /run/sg6
+    rmSync(controlSocketPath(join(this.dir, "state")), { force: true });
     await sleep(10);
     await this.cleanup.run();
   }
