@@ -215,6 +215,7 @@ export class Agent {
     try {
       const changes = await this.enforcer.serial(() => this.enforcer.reconcile());
       this.countRepairs(changes);
+      this.metrics.driftChecks.inc();
       if (changes.length) this.log.warn({ changes }, "drift repaired");
       this.compactHeap();
       return changes;

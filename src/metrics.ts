@@ -27,6 +27,7 @@ export class Metrics {
   readonly natsConnected = new Gauge({ name: "sg6_nats_connected", help: "1 while connected to NATS", registers: [this.registry] });
   readonly lastResync = new Gauge({ name: "sg6_last_resync_timestamp_seconds", help: "When the kernel was last checked for drift", registers: [this.registry] });
   readonly driftRepairs = new Counter({ name: "sg6_drift_repairs_total", help: "Kernel changes made by drift repair", registers: [this.registry] });
+  readonly driftChecks = new Counter({ name: "sg6_drift_checks_total", help: "Drift checks the resync timer completed (with or without repairs)", registers: [this.registry] });
   readonly kernelSwitchRepairs = new Counter({
     name: "sg6_kernel_switch_repairs_total",
     help: "Kernel settings the dataplane depends on (e.g. bridge-nf-call-ip6tables) found wrong and repaired",
