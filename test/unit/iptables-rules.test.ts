@@ -1087,7 +1087,7 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
     entries: new Set([...members(SRC_A).filter((e) => e !== "::").map((e) => `${e},physdev:vnet3`)]),
   });
   k.filter.delete(CHAIN_GUARD);
-  k.filter.set("sg6-src", GUARD.map((r) => r.replace("-A sg6-guard", "-A sg6-src")).toSpliced(3, 1, "-A sg6-src -m set ! --match-set sg6-src src,src -g sg6-drop"));
+  k.filter.set("sg6-src", GUARD.map((r, i) => (i === 3 ? "-A sg6-src -m set ! --match-set sg6-src src,src -g sg6-drop" : r.replace("-A sg6-guard", "-A sg6-src"))));
   k.filter.set(CHAIN_PORT, [oldRule(RULE_A), oldRule(RULE_B), PORT_DEFAULT]);
   assertConsistent(k, "the old layout");
 
