@@ -2,12 +2,10 @@
 // Debian 12): plain JavaScript, node: modules only.
 //   recv ADDR PORT FILE        append each datagram's text (one line) to FILE, forever
 //   send SRC DST PORT TEXT     one datagram from SRC (an address of this namespace) to DST
-//   metric NAME                the value of an unlabelled metric at 127.0.0.1:9636 (-1: none)
 //   drops DEVICE               the drop counter `sg6 status --json` reports for DEVICE (-1: none)
 import { execFileSync } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { appendFileSync } from "node:fs";
-import { get } from "node:http";
 
 const [command, ...args] = process.argv.slice(2);
 if (command === "recv") {
@@ -25,16 +23,6 @@ if (command === "recv") {
       process.exitCode = 1;
     }
   }));
-} else if (command === "metric") {
-  const name = args[0];
-  get("http://127.0.0.1:9636/metrics", (response) => {
-    let body = "";
-    response.on("data", (chunk) => (body += chunk));
-    response.on("end", () => {
-      const line = body.split("\n").find((l) => l.startsWith(`${name} `));
-      console.log(line ? line.split(" ")[1] : "-1");
-    });
-  }).on("error", () => console.log("-1"));
 } else if (command === "drops") {
   const device = args[0];
   let drops = -1;
