@@ -85,7 +85,7 @@ vm ip -6 neigh replace 2001:db8:1::1 lladdr 02:00:00:00:00:01 dev vm7 nud perman
 r install apt-get install -y --no-install-recommends -o Dir::Cache::Archives=/debcache/ /stocktest/sg6_${VERSION}_amd64.deb nats-server
 { echo "debian $(cat /etc/debian_version)"; echo "node $(node --version)"; iptables --version; nft --version; echo "ipset $(ipset --version)"; nats-server --version; systemctl --version | head -1; } >/out/versions.txt 2>&1
 systemctl disable --now nats-server.service >/dev/null 2>&1
-{ dpkg -L sg6 | grep '/sg6\.service$'; systemctl show sg6.service -p UnitFileState; } >/out/unit.txt
+{ dpkg -L sg6 | grep '/sg6\\.service$'; systemctl show sg6.service -p UnitFileState; } >/out/unit.txt
 systemd-run --unit=stocktest-nats "$(command -v nats-server)" -c /stocktest/nats.conf
 wait_for 100 bash -c 'echo >/dev/tcp/127.0.0.1/4333'; echo $? >/out/nats.rc
 journalctl -u stocktest-nats -o cat >/out/nats-journal.txt
