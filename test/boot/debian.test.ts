@@ -267,6 +267,7 @@ for (const suite of SUITES) {
       for (const when of ["start", "restart"]) {
         const [checks0, checks1, repairs0, repairs1] = out(`${backend}-${when}-quiet.txt`).split(" ").map(Number);
         assert.is(out(`${backend}-${when}-quiet.rc`), "0", `${at}: drift checks advance after ${when} (${checks0} -> ${checks1})`);
+        assert.ok(checks0! >= 0 && repairs0! >= 0, `${at}: the agent's metrics read after ${when}`);
         assert.ok(checks1! >= checks0! + 3, `${at}: three drift checks after ${when}`);
         assert.is(repairs1, repairs0, `${at}: no drift repair in a quiet period after ${when}\n${journal()}`);
       }
