@@ -12,6 +12,7 @@ import {
   parseIptablesSave,
   planChange,
   planDelta,
+  unknownRules,
   renderContent,
   HOOKS,
   CHAIN_DROP,
@@ -137,6 +138,12 @@ export class IptablesBackend implements Dataplane {
   private purgeOtherPending = false;
   /** ports of the last desired state reconciled (also dry), for limits() */
   private lastDesiredPorts = 0;
+  /**
+   * lines of sg6's chains it could not identify at the last applied reconcile (reported then, and
+   * rewritten away): if the next reconcile reads the same line back, the rewrite cannot remove it,
+   * and it is not reported or repaired again (see planChange)
+   */
+  private settledUnknown: ReadonlySet<string> = new Set();
 
   constructor(
     readonly variant: Variant,
@@ -193,11 +200,12 @@ export class IptablesBackend implements Dataplane {
     // the switches first: rules are worth nothing while bridged IPv6 bypasses them
     const switches = await ensureSwitches(dryRun);
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);
-    const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options));
+    const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options), this.settledUnknown);
     if (!dryRun) {
       this.inSync = false;
       await this.run(script);
       this.inSync = true;
+      this.settledUnknown = new Set(unknownRules(snapshot));
       this.leftovers.clear(); // whatever released ports left is gone with the rest of the drift
       if (this.purgeOtherPending && this.switchOver) {
         script.changes.push(...(await this.switchOver.purge()));
