@@ -72,7 +72,7 @@ function words(text: string): string[] | undefined {
   const out: string[] = [];
   const re = /\s*(?:"((?:[^"\\]|\\.)*)"|(\S+))/g;
   let at = 0;
-  for (let m = re.exec(text); m && m[0].length; m = re.exec(text)) {
+  for (let m = re.exec(text); m?.[0].length; m = re.exec(text)) {
     out.push(m[1] !== undefined ? m[1].replace(/\\(.)/g, "$1") : m[2]!);
     at = re.lastIndex;
   }
