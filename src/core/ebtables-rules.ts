@@ -230,7 +230,8 @@ export function parseEbtablesSave(text: string): L2Snapshot {
   const snapshot: L2Snapshot = { hook: [], chains: new Map() };
   let inTable = false;
   for (const raw of text.split("\n")) {
-    const line = raw.trim();
+    // `ebtables-save -c` leads each rule with its counters: the rule is the same
+    const line = raw.trim().replace(/^\[\d+:\d+\]\s+/, "");
     if (line.startsWith("*")) {
       inTable = line === `*${TABLE_L2}`;
       continue;

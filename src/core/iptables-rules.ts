@@ -543,8 +543,8 @@ export function planChange(
   const ipt: string[] = [];
   const changes: string[] = [];
 
-  // Lines of sg6's chains without an sg6 id: reported once each, and removed (by their listed text,
-  // or with their chain when it is rewritten). One still there after that
+  // Lines of sg6's chains without an sg6 id: reported once each; the chain holding one is rewritten
+  // (flushed and refilled: removing it never depends on reading it right). One still there after that
   // (`settled`: the caller saw it reported and repaired before) is left out of the comparison, so
   // it never becomes the same repair at every drift check.
   changes.push(...unknownRules(read).filter((line) => !settled.has(line)).map(unknownRuleNote));
@@ -599,7 +599,11 @@ export function planChange(
     const keys = have.map(ruleKey);
     const body = keys.slice(0, -1);
     const lastKey = ruleKey(last);
-    const wellFormed = keys.length > 0 && keys[keys.length - 1] === lastKey && new Set(body).size === body.length && !body.includes(lastKey);
+    // a line without an sg6 id makes the chain rewritten too: deleting it by its listed text fails
+    // when the tool lists it as another rule (ip6tables-nft prints an nft-native `ip6 nexthdr 58`
+    // as `-m hl --hl-eq 58`), and a failed delete would fail every repair of the host
+    const wellFormed =
+      keys.length > 0 && keys[keys.length - 1] === lastKey && new Set(body).size === body.length && !body.includes(lastKey) && have.every((line) => idIn(line) !== undefined);
     const dels = delta.delRules.filter((line) => chainOf(line) === chain);
     const adds = delta.addRules.filter((line) => chainOf(line) === chain);
     if (wellFormed) {
