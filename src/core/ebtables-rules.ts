@@ -73,6 +73,7 @@ function words(text: string): string[] | undefined {
   const re = /\s*(?:"((?:[^"\\]|\\.)*)"|(\S+))/g;
   let at = 0;
   for (let m = re.exec(text); m?.[0].length; m = re.exec(text)) {
+    if (m[2]?.startsWith('"')) return undefined; // a quote that does not close
     out.push(m[1] !== undefined ? m[1].replace(/\\(.)/g, "$1") : m[2]!);
     at = re.lastIndex;
   }
