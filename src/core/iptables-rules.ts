@@ -664,6 +664,16 @@ export function unknownRules(snapshot: Pick<KernelSnapshot, "chains" | "l2">): s
   return [...out, ...unknownL2Rules(snapshot.l2)];
 }
 
+/**
+ * The line that stands for the rules of a chain the tool could not list (it stops at an
+ * nft-native rule it cannot translate): it has no sg6 id and no layer-2 reading, so it is an
+ * unknown rule, and its chain is rewritten (flushed), which needs no listing.
+ */
+export function unreadableRule(chain: string, tool: string, why: string): string {
+  const reason = why.trim().split("\n")[0] ?? "";
+  return `-A ${chain} (rules ${tool} cannot list: ${reason})`;
+}
+
 /** The snapshot without the given lines (in sg6's ip6tables and ebtables chains). */
 function withoutLines(snapshot: KernelSnapshot, lines: ReadonlySet<string>): KernelSnapshot {
   const chains = new Map([...snapshot.chains].map(([name, rules]) => [name, rules.filter((line) => !lines.has(line))]));

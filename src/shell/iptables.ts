@@ -1,7 +1,7 @@
 // The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore, ipset and
 // ebtables-nft-save/-restore for the core, and keeps the kernel switches it needs.
 import { readFile, writeFile } from "node:fs/promises";
-import { parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
+import { HOOK_L2, TABLE_L2, parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import {
   emptyContent,
   flushSets,
@@ -13,6 +13,7 @@ import {
   planChange,
   planDelta,
   unknownRules,
+  unreadableRule,
   renderContent,
   HOOKS,
   CHAIN_DROP,
@@ -65,6 +66,12 @@ export async function saveTable(variant: Variant): Promise<string> {
 }
 
 /**
+ * What the nf_tables variants say when a rule of the table is one they cannot list (an nft-native
+ * rule added to their chains with `nft`): the listing stops there and exits non-zero.
+ */
+const CANNOT_LIST = /Parsing nftables rule failed/;
+
+/**
  * The snapshot's rules and sets, parsed line by line as the tools print them: at thousands of
  * ports the listings are megabytes, and only sg6's part is kept (never the whole text as well).
  */
@@ -73,9 +80,36 @@ async function readTable(variant: Variant): Promise<Pick<KernelSnapshot, "hooks"
   const command = `ip6tables-${variant}-save`;
   const args = ["-t", "filter"];
   const result = await execLines(command, args, (line) => parser.line(line));
-  if (result.code !== 0) throw new ExecError(command, args, result);
-  return parser.result();
+  if (result.code === 0) return parser.result();
+  if (variant !== "nft" || !CANNOT_LIST.test(result.stderr)) throw new ExecError(command, args, result);
+  return readTableByChain(parser.result(), result.stderr);
 }
+
+/**
+ * ip6tables-nft-save stopped at a rule it cannot list: read sg6's chains (their names were listed
+ * before the rules) and the hooks one at a time. A chain of sg6's that cannot be listed holds that
+ * rule: it reads as one unreadable line, which planChange reports and removes with its chain (a
+ * flush needs no listing). sg6 cannot check its jumps in a hook that cannot be listed: that is an error.
+ */
+async function readTableByChain(partial: Pick<KernelSnapshot, "hooks" | "chains">, why: string): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
+  const hooks = { FORWARD: [], INPUT: [] } as Pick<KernelSnapshot, "hooks">["hooks"];
+  const chains = new Map<string, string[]>();
+  for (const chain of [...HOOKS, ...partial.chains.keys()]) {
+    const listed = await execRaw("ip6tables-nft", ["-w", LOCK_WAIT_S, "-t", "filter", "-S", chain]);
+    if (listed.code === 0) {
+      const rules = listed.stdout.split("\n").filter((line) => line.startsWith("-A "));
+      if (chain === "FORWARD" || chain === "INPUT") hooks[chain] = rules;
+      else chains.set(chain, rules);
+    } else if (chain === "FORWARD" || chain === "INPUT") {
+      throw new BackendError(`ip6tables-nft cannot list a rule of ${chain} (${firstLine(listed.stderr || why)}): sg6 cannot check its jump there; remove that rule (nft list chain ip6 filter ${chain})`);
+    } else {
+      chains.set(chain, [unreadableRule(chain, "ip6tables-nft", listed.stderr || why)]);
+    }
+  }
+  return { hooks, chains };
+}
+
+const firstLine = (text: string) => text.trim().split("\n")[0] ?? "";
 
 async function readSets(): Promise<KernelSnapshot["sets"]> {
   const parser = ipsetSaveParser();
@@ -85,7 +119,24 @@ async function readSets(): Promise<KernelSnapshot["sets"]> {
 }
 
 async function ebtablesSave(): Promise<L2Snapshot> {
-  return parseEbtablesSave(await exec(EBTABLES_SAVE, ["-t", "nat"]));
+  const saved = await execRaw(EBTABLES_SAVE, ["-t", "nat"]);
+  if (saved.code === 0) return parseEbtablesSave(saved.stdout);
+  if (!CANNOT_LIST.test(saved.stderr)) throw new ExecError(EBTABLES_SAVE, ["-t", "nat"], saved);
+  // as readTableByChain: the hook and sg6's chains one at a time (`-L` lists a chain's rules without `-A chain`)
+  const partial = parseEbtablesSave(saved.stdout);
+  const snapshot: L2Snapshot = { hook: [], chains: new Map() };
+  for (const chain of [HOOK_L2, ...partial.chains.keys()]) {
+    const listed = await execRaw("ebtables-nft", ["-t", TABLE_L2, "-L", chain]);
+    const rules = listed.stdout.split("\n").filter((line) => line.trim() && !line.startsWith("Bridge ")).map((line) => `-A ${chain} ${line.trim()}`);
+    if (chain === HOOK_L2) {
+      if (listed.code !== 0) throw new BackendError(`ebtables-nft cannot list a rule of ${TABLE_L2} ${HOOK_L2} (${firstLine(listed.stderr)}): sg6 cannot check its jump there; remove that rule (nft list chain bridge ${TABLE_L2} ${HOOK_L2})`);
+      snapshot.hook = rules;
+    } else {
+      const policy = partial.chains.get(chain)!.policy;
+      snapshot.chains.set(chain, { policy, rules: listed.code === 0 ? rules : [unreadableRule(chain, "ebtables-nft", listed.stderr || saved.stderr)] });
+    }
+  }
+  return snapshot;
 }
 
 /** Read the switches the backend needs (undefined: the key does not exist). */
@@ -285,11 +336,14 @@ export class IptablesBackend implements Dataplane {
   async dropCounters(): Promise<Map<string, number>> {
     const listCommand = `ip6tables-${this.variant}`;
     const listArgs = ["-w", LOCK_WAIT_S, "-t", "filter", "-S", CHAIN_DROP, "-v"];
-    const [listing, l2] = await Promise.all([execRaw(listCommand, listArgs), exec(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
+    const [listing, l2Saved] = await Promise.all([execRaw(listCommand, listArgs), execRaw(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
+    if (l2Saved.code !== 0 && !CANNOT_LIST.test(l2Saved.stderr)) throw new ExecError(EBTABLES_SAVE, ["-c", "-t", "nat"], l2Saved);
+    const l2 = l2Saved.code === 0 ? l2Saved.stdout : "";
     // no drop chain (nothing applied yet, or removed by hand: drift repair sees to that) means no
     // layer-3 counters; ip6tables-nft 1.8.9 words a missing chain as "incompatible". Anything else
     // is an error: the watchdog probes the dataplane through this read.
-    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr);
+    // a rule the tool cannot list (the next reconcile rewrites its chain) leaves no counters to read either
+    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr) || CANNOT_LIST.test(listing.stderr);
     if (listing.code !== 0 && !missing) throw new ExecError(listCommand, listArgs, listing);
     const drops = parseL2Drops(l2);
     const l3 = listing.code === 0 ? parsePortDrops(listing.stdout) : new Map<string, number>();
