@@ -43,7 +43,8 @@ export async function readTable(): Promise<NftSnapshot | undefined> {
   const result = await execRaw("nft", ["-j", "list", "table", FAMILY, TABLE]);
   if (result.code !== 0) {
     if (NO_TABLE.test(result.stderr)) return undefined;
-    throw new NftBackendError(`nft -j list table ${FAMILY} ${TABLE} failed: ${result.stderr.trim()}`);
+    // nft 1.0.6 dies of a signal (no stderr) listing sets a newer nft made: say so rather than nothing
+    throw new NftBackendError(`nft -j list table ${FAMILY} ${TABLE} failed: ${result.stderr.trim() || `exit ${result.code}${result.code >= 128 ? " (killed by a signal: an nft older than the one that made the table?)" : ""}`}`);
   }
   return parseNftJson(result.stdout);
 }
