@@ -71,6 +71,11 @@ for (const backend of BACKENDS) {
         assert.equal(await read.reconcile(FIXTURE_BINDINGS), [], `Debian ${reader}'s tools find no drift`);
         // and the drop readers agree on what is there (every port listed)
         assert.equal(Object.keys(await read.drops()).sort(), ["vnet1", "vnet2", "vnet3"]);
+        // the reader's own changes without read-back (a port released, then tidied) leave it in sync
+        const fewer = FIXTURE_BINDINGS.filter((b) => b.device !== "vnet2");
+        await read.change(FIXTURE_BINDINGS, fewer);
+        await read.tidy();
+        assert.equal(await read.reconcile(fewer), [], `Debian ${reader}'s tools: in sync after a change`);
       } finally {
         await local.run();
       }
