@@ -9,7 +9,6 @@ import {
   iptablesSaveParser,
   mergedContent,
   withoutSources,
-  parseIptablesSave,
   planChange,
   planDelta,
   unknownRules,
@@ -226,9 +225,9 @@ export class IptablesBackend implements Dataplane {
     const other: Variant = this.variant === "nft" ? "legacy" : "nft";
     // listing legacy tables instantiates them; /proc tells whether any exist without touching them
     if (other === "legacy" && !(await legacyTablesExist())) return;
-    const text = await execRaw(`ip6tables-${other}-save`, ["-t", "filter"]);
-    if (text.code !== 0) return; // that variant is not usable here, so it cannot hold anything
-    const { chains } = parseIptablesSave(text.stdout);
+    // a variant that is not usable here cannot hold anything
+    const table = await readTable(other).catch(() => undefined);
+    const chains = table?.chains ?? new Map<string, string[]>();
     if (chains.size > 0) {
       throw new BackendError(
         `sg6 chains exist in ip6tables-${other} (${[...chains.keys()].join(", ")}) while this host uses ip6tables-${this.variant}; run "sg6 purge" to clean both`,
@@ -314,7 +313,8 @@ export class IptablesBackend implements Dataplane {
     const notes: string[] = [];
     await this.checkOtherVariant();
     const ebtables = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
-    if (ebtables.code !== 0) throw new BackendError(`backend "iptables" needs ${EBTABLES_SAVE} (Debian package ebtables) for layer 2: ${ebtables.stderr.trim()}`);
+    // a rule the tool cannot list makes the listing fail, yet the tool is there (reconcile reads around it)
+    if (ebtables.code !== 0 && !CANNOT_LIST.test(ebtables.stderr)) throw new BackendError(`backend "iptables" needs ${EBTABLES_SAVE} (Debian package ebtables) for layer 2: ${ebtables.stderr.trim()}`);
     // switching backend: the nftables table goes once these rules enforce (no unguarded gap)
     this.purgeOtherPending = this.switchOver ? await this.switchOver.present().catch(() => false) : false;
     if (this.purgeOtherPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
@@ -354,9 +354,8 @@ export class IptablesBackend implements Dataplane {
   /** Remove every sg6 object from ebtables and both ip6tables variants, then the sets (no rule refers to them by then). */
   static async purge(): Promise<string[]> {
     const removed: string[] = [];
-    const l2 = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch(() => undefined);
-    if (l2 && l2.code === 0) {
-      const snapshot = parseEbtablesSave(l2.stdout);
+    const snapshot = await ebtablesSave().catch(() => undefined);
+    if (snapshot) {
       const lines = purgeL2(snapshot);
       if (lines.length) {
         await exec(EBTABLES_RESTORE, ["--noflush"], { input: l2Script(lines) });
@@ -365,9 +364,9 @@ export class IptablesBackend implements Dataplane {
     }
     for (const variant of ["legacy", "nft"] as const) {
       if (variant === "legacy" && !(await legacyTablesExist())) continue;
-      const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
-      if (saved.code !== 0) continue;
-      const { hooks, chains } = parseIptablesSave(saved.stdout);
+      const table = await readTable(variant).catch(() => undefined);
+      if (!table) continue;
+      const { hooks, chains } = table;
       const jumps = HOOKS.flatMap((hook) => hooks[hook].filter((rule) => / -[jg] sg6/.test(rule)));
       if (!jumps.length && !chains.size) continue;
       const lines = [
@@ -390,8 +389,8 @@ export class IptablesBackend implements Dataplane {
 export async function iptablesObjectsExist(): Promise<boolean> {
   for (const variant of ["legacy", "nft"] as const) {
     if (variant === "legacy" && !(await legacyTablesExist())) continue;
-    const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
-    if (saved.code === 0 && parseIptablesSave(saved.stdout).chains.size > 0) return true;
+    const table = await readTable(variant).catch(() => undefined);
+    if (table && table.chains.size > 0) return true;
   }
   return false;
 }

@@ -112,6 +112,14 @@ for (const release of ["12", "13"] as const) {
       assert.not.match(await hv.ns.run("nft", ["list", "chain", "ip6", "filter", "sg6-port"]), /flowlabel/, "gone from sg6-port");
       assert.not.match(await hv.ns.run("nft", ["list", "chain", "bridge", "nat", "sg6-l2"]), /flowlabel/, "gone from sg6-l2");
       assert.equal(Object.keys(await driver.drops()).sort(), ["vnet1", "vnet2", "vnet3"]);
+      // with such rules there again, the drop readers still answer and purge still removes everything
+      await hv.ns.run("nft", ["insert", "rule", "ip6", "filter", "sg6-port", "ip6", "flowlabel", "5", "accept"]);
+      await hv.ns.run("nft", ["insert", "rule", "bridge", "nat", "sg6-l2", "ip6", "flowlabel", "5", "accept"]);
+      assert.equal(Object.keys(await driver.drops()).sort(), ["vnet1", "vnet2", "vnet3"]);
+      const removed = await driver.purge();
+      assert.ok(removed.includes("ip6tables-nft: chain sg6-port") && removed.includes("ebtables: chain sg6-l2"), JSON.stringify(removed));
+      assert.is.not((await hv.ns.try("nft", ["list", "chain", "ip6", "filter", "sg6-port"])).code, 0, "sg6-port is gone");
+      assert.is.not((await hv.ns.try("nft", ["list", "chain", "bridge", "nat", "sg6-l2"])).code, 0, "sg6-l2 is gone");
     } finally {
       await local.run();
     }
