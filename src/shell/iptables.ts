@@ -78,22 +78,33 @@ async function readTable(variant: Variant): Promise<Pick<KernelSnapshot, "hooks"
   const parser = iptablesSaveParser();
   const command = `ip6tables-${variant}-save`;
   const args = ["-t", "filter"];
-  const result = await execLines(command, args, (line) => parser.line(line));
+  let lastChain: string | undefined;
+  const result = await execLines(command, args, (line) => {
+    parser.line(line);
+    if (line.startsWith("-A ")) {
+      const end = line.indexOf(" ", 3);
+      lastChain = end < 0 ? line.slice(3) : line.slice(3, end);
+    }
+  });
   if (result.code === 0) return parser.result();
   if (variant !== "nft" || !CANNOT_LIST.test(result.stderr)) throw new ExecError(command, args, result);
-  return readTableByChain(parser.result(), result.stderr);
+  return readTableByChain(parser.result(), lastChain, result.stderr);
 }
 
 /**
- * ip6tables-nft-save stopped at a rule it cannot list: read sg6's chains (their names were listed
- * before the rules) and the hooks one at a time. A chain of sg6's that cannot be listed holds that
- * rule: it reads as one unreadable line, which planChange reports and removes with its chain (a
- * flush needs no listing). sg6 cannot check its jumps in a hook that cannot be listed: that is an error.
+ * ip6tables-nft-save stopped at a rule it cannot list: read the rest of sg6's chains (their names
+ * were listed before the rules) and of the hooks one at a time. The listing goes chain by chain, so
+ * a chain with rules listed before the chain of the last listed rule (`lastChain`) is complete. A
+ * chain of sg6's that cannot be listed holds such a rule: it reads as one unreadable line, which
+ * planChange reports and removes with its chain (a flush needs no listing). sg6 cannot check its
+ * jumps in a hook that cannot be listed: that is an error.
  */
-async function readTableByChain(partial: Pick<KernelSnapshot, "hooks" | "chains">, why: string): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
-  const hooks = { FORWARD: [], INPUT: [] } as Pick<KernelSnapshot, "hooks">["hooks"];
-  const chains = new Map<string, string[]>();
-  for (const chain of [...HOOKS, ...partial.chains.keys()]) {
+async function readTableByChain(partial: Pick<KernelSnapshot, "hooks" | "chains">, lastChain: string | undefined, why: string): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
+  const hooks = { ...partial.hooks };
+  const chains = new Map(partial.chains);
+  const listedBefore = (chain: string, rules: readonly string[]) => rules.length > 0 && chain !== lastChain;
+  const rest = [...HOOKS.filter((hook) => !listedBefore(hook, hooks[hook])), ...[...chains].filter(([chain, rules]) => !listedBefore(chain, rules)).map(([chain]) => chain)];
+  for (const chain of rest) {
     const listed = await execRaw("ip6tables-nft", ["-w", LOCK_WAIT_S, "-t", "filter", "-S", chain]);
     if (listed.code === 0) {
       const rules = listed.stdout.split("\n").filter((line) => line.startsWith("-A "));
