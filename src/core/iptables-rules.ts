@@ -123,6 +123,29 @@ export function normalisedCreate(create: string): string {
   return create.replace(/ hashsize \d+/, "");
 }
 
+/** ipset create options valued by a word (the rest are flags) */
+const VALUED_OPTIONS = new Set(["family", "hashsize", "maxelem", "netmask", "bitmask", "timeout", "range", "markmask", "size", "bucketsize", "initval"]);
+/** flags that only add data to members (a tool or an operator may add them): no other behaviour */
+const HARMLESS_FLAGS = new Set(["counters", "comment", "skbinfo"]);
+
+/**
+ * Whether a set read back (`ipset save`'s create line, normalised) has the settings sg6 asks for:
+ * the same name, type and options in any order, whatever data-only flags it carries as well.
+ */
+export function sameSetSettings(have: string, want: string): boolean {
+  const settings = (create: string) => {
+    const [name, type, ...words] = create.split(" ").filter(Boolean);
+    const options: string[] = [];
+    for (let i = 0; i < words.length; i++) {
+      const word = words[i]!;
+      if (VALUED_OPTIONS.has(word)) options.push(`${word} ${words[++i] ?? ""}`);
+      else if (!HARMLESS_FLAGS.has(word)) options.push(word);
+    }
+    return [name, type, ...options.sort()].join("\n");
+  };
+  return settings(have) === settings(want);
+}
+
 /**
  * The one rule that lets a port's traffic on: this tap, this MAC, a source from this port's set.
  * (One shared hash:net,iface set keyed by port cannot work: the ip6tables set match looks the
@@ -552,7 +575,7 @@ export function planChange(
 
   // Port sets that exist with other settings cannot be swapped under rules that use them.
   for (const [name, set] of snapshot.sets) {
-    if (name.startsWith(PORT_SET_PREFIX) && set.create !== normalisedCreate(portSetCreate(name))) {
+    if (name.startsWith(PORT_SET_PREFIX) && !sameSetSettings(set.create, normalisedCreate(portSetCreate(name)))) {
       throw new Error(`ipset ${name} exists with other settings ("${set.create}"); run "sg6 purge" first`);
     }
   }

@@ -8,11 +8,14 @@ import { CHAIN_L2, L2_TAIL, l2Key, l2LineKey, l2PortRules, parseEbtablesSave, pa
 import {
   type KernelSnapshot,
   ndMatchFor,
+  normalisedCreate,
   parseIpsetSave,
   parseIptablesSave,
   parsePortDrops,
   planChange,
+  portSetCreate,
   renderContent,
+  sameSetSettings,
   unknownRules,
 } from "../../src/core/iptables-rules.js";
 import {
@@ -110,6 +113,22 @@ for (const release of RELEASES) {
     }
   });
 }
+
+ipt("a port set's settings compare in any order, with data-only flags; other settings differ", () => {
+  const want = normalisedCreate(portSetCreate("sg6-s-vnet1"));
+  assert.ok(sameSetSettings("sg6-s-vnet1 hash:net family inet6 maxelem 64", want));
+  assert.ok(sameSetSettings("sg6-s-vnet1 hash:net maxelem 64 family inet6 counters comment", want));
+  for (const other of ["sg6-s-vnet1 hash:ip family inet6 maxelem 64", "sg6-s-vnet1 hash:net family inet maxelem 64", "sg6-s-vnet1 hash:net family inet6 maxelem 64 timeout 300", "sg6-s-vnet1 hash:net family inet6 maxelem 64 forceadd", "sg6-s-vnet1 hash:net family inet6"]) {
+    assert.not.ok(sameSetSettings(other, want), other);
+  }
+  // as planChange sees it: a set with extra data-only flags is in sync, one with a timeout is refused
+  const snapshot = snapshotOf(RELEASES[1], "nft");
+  const desired = renderContent(FIXTURE_BINDINGS, "bpf");
+  snapshot.sets.get("sg6-s-vnet1")!.create += " counters";
+  assert.equal(planChange(snapshot, desired, FIXTURE_OPTIONS), NOTHING);
+  snapshot.sets.get("sg6-s-vnet1")!.create += " timeout 300";
+  assert.throws(() => planChange(snapshot, desired, FIXTURE_OPTIONS), /ipset sg6-s-vnet1 exists with other settings/);
+});
 
 ipt("the same rules in both releases' spellings have the same keys (layer 2)", () => {
   const rules = (release: (typeof RELEASES)[number]) => parseEbtablesSave(fixture("iptables", release.iptables, "ebtables-nft-save-c-t-nat.txt")).chains.get(CHAIN_L2)!.rules;
