@@ -622,9 +622,10 @@ export function planChange(
     const keys = have.map(ruleKey);
     const body = keys.slice(0, -1);
     const lastKey = ruleKey(last);
-    // a line without an sg6 id makes the chain rewritten too: deleting it by its listed text fails
-    // when the tool lists it as another rule (ip6tables-nft prints an nft-native `ip6 nexthdr 58`
-    // as `-m hl --hl-eq 58`), and a failed delete would fail every repair of the host
+    // a line without an sg6 id makes the chain rewritten too: a delete by its listed text needs an
+    // exact listing, and the stand-in for rules a tool cannot list (unreadableRule) has none, nor
+    // has an nft-native rule the nf_tables variants translate (`ip6 saddr { a, b } accept` lists
+    // as `-j ACCEPT`); a failed delete would fail every repair of the host
     const wellFormed =
       keys.length > 0 && keys[keys.length - 1] === lastKey && new Set(body).size === body.length && !body.includes(lastKey) && have.every((line) => idIn(line) !== undefined);
     const dels = delta.delRules.filter((line) => chainOf(line) === chain);
