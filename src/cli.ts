@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // sg6: the command line. Each command is a thin shell over src/commands/*.
+// first: a global the NATS client needs, on Node 18
+import "./node18.js";
 import { parseArgs } from "node:util";
 import { addrCommand } from "./commands/addr.js";
 import { loadConfig, oneLine, processIo, UsageError } from "./commands/common.js";

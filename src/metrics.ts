@@ -54,7 +54,7 @@ export class Metrics {
   });
   readonly driftChecks = new Counter({
     name: "sg6_drift_checks_total",
-    help: "Comparisons of the kernel with the desired state (drift timer, resync from the stream, sg6 reconcile)",
+    help: "Completed comparisons of the kernel with the desired state, with or without repairs (drift timer, resync from the stream, sg6 reconcile)",
     registers: [this.registry],
   });
   readonly natsConnected = new Gauge({ name: "sg6_nats_connected", help: "1 while connected to NATS", registers: [this.registry] });
