@@ -67,7 +67,7 @@ run_suite attack '\.test\.ts$'
 for variant in nft legacy; do
   run_suite e2e '^(agent|fuzz|packets|restart)\.test\.ts$' SG6_TEST_VARIANT=$variant
 done
-run_suite e2e '^(demo|packaging|operate)\.test\.ts$'
+run_suite e2e '^(demo|packaging|operate|explain-drops)\.test\.ts$'
 # the unit under a real systemd (systemd-nspawn), and the Debian package installed in it
 run_suite boot '\.test\.ts$'
 run_suite e2e '^demo\.test\.ts$' SG6_DEMO_BACKEND=nftables

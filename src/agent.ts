@@ -20,6 +20,7 @@ import { unguardedMembers } from "./core/health.js";
 import { durableName } from "./nats/subjects.js";
 import { controlSocketPath } from "./shell/control-client.js";
 import { ControlServer, type AgentContext } from "./shell/control-server.js";
+import { type DropLog, startAgentDropLog } from "./shell/droplog.js";
 import { dropsByReason, membership } from "./shell/guard-reporting.js";
 import { listLinks } from "./shell/taps.js";
 
@@ -31,6 +32,8 @@ export class Agent {
   private stopping = false;
   private lock: StateLock | undefined;
   private control: ControlServer | undefined;
+  /** the kernel's drop log, read beside enforcement for sg6 drops */
+  private dropLog: DropLog | undefined;
   private readonly startedAt = new Date().toISOString();
   private natsHealth: AgentHealth["nats"] = { connected: false, since: null, lastError: "not connected yet" };
   private lastEvent: AgentHealth["lastEvent"] = null;
@@ -85,6 +88,14 @@ export class Agent {
     const mode = membership(dataplane);
     if (mode) log.info({ membership: mode.mode, detail: mode.detail }, `bridge membership of a port is decided ${mode.mode === "kernel" ? "in the kernel at packet time" : "by the agent from link events"}`);
     await this.checkUnguarded().catch((error: Error) => log.warn({ err: error.message }, "listing bridge members failed"));
+    // the drop log's reader starts beside the guard, never before it: a missing tcpdump costs only sg6 drops' history
+    void startAgentDropLog(
+      (device) => this.enforcer.bindings().find((b) => b.device === device)?.vm,
+      (message) => log.warn(message),
+    ).then((reader) => {
+      if (this.stopping) void reader?.stop();
+      else this.dropLog = reader;
+    });
     // from here on `sg6 reconcile`/`status` run in this process, queued behind the start-up reconcile
     await this.openControl();
     // only the count: from nothing the list of changes has an entry per rule and set member
@@ -314,7 +325,11 @@ export class Agent {
   }
 
   private controlContext(): AgentContext {
+    const agent = this;
     return {
+      get dropLog() {
+        return agent.dropLog;
+      },
       config: this.config,
       log: this.log,
       enforcer: this.enforcer,
@@ -405,6 +420,7 @@ export class Agent {
     this.stopping = true;
     // no new commands; those running finish in the queue below (their clients get the exit code)
     await this.control?.close();
+    await this.dropLog?.stop();
     this.notify.stopWatchdog();
     if (this.timer) clearInterval(this.timer);
     await this.intake?.stop();

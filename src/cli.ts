@@ -10,6 +10,7 @@ import { explainCommand } from "./commands/explain.js";
 import { purgeCommand, reconcileCommand, statusCommand } from "./commands/operate.js";
 import { publishCommand } from "./commands/publish.js";
 import { DEFAULT_CONFIG_PATH } from "./core/config.js";
+import { runInAgent } from "./shell/control-client.js";
 
 const USAGE = `sg6: IPv6 source guard for KVM bridge ports, fed by NATS JetStream
 
@@ -100,9 +101,10 @@ async function main(argv: string[]): Promise<number> {
         return await reconcileCommand(await loadConfig(values.config), { dryRun: values["dry-run"], json: values.json, offline: values.offline }, io);
       case "status":
         return await statusCommand(await loadConfig(values.config), { json: values.json }, io);
-      case "explain":
+      case "explain": {
+        const config = await loadConfig(values.config);
         return await explainCommand(
-          await loadConfig(values.config),
+          config,
           {
             vm: values.vm,
             device: values.device,
@@ -119,9 +121,13 @@ async function main(argv: string[]): Promise<number> {
             json: values.json,
           },
           io,
+          (name, args, output) => runInAgent(config.stateDir, name, args, output),
         );
-      case "drops":
-        return await dropsCommand(await loadConfig(values.config), { follow: values.follow, vm: values.vm, json: values.json }, io);
+      }
+      case "drops": {
+        const config = await loadConfig(values.config);
+        return await dropsCommand(config, { follow: values.follow, vm: values.vm, json: values.json }, io, (name, args, output) => runInAgent(config.stateDir, name, args, output));
+      }
       case "purge":
         // the lock lives in state_dir; without a readable config purge still works, unlocked
         return await purgeCommand(io, await loadConfig(values.config).catch(() => undefined));

@@ -3,10 +3,13 @@
 // and standalone otherwise, with the same output and exit code. One line per command; a command
 // missing here is run standalone by the CLI (the agent answers "unsupported").
 import type { AgentCommand } from "../shell/control-server.js";
+import { dropsInAgent } from "./drops.js";
+import { explainInAgent } from "./explain.js";
 import { reconcileInAgent, statusInAgent } from "./operate.js";
 
 export const AGENT_COMMANDS: ReadonlyMap<string, AgentCommand> = new Map<string, AgentCommand>([
   ["reconcile", reconcileInAgent],
   ["status", statusInAgent],
-  // ["explain", explainInAgent], ["drops", dropsInAgent]: src/commands/explain.ts, drops.ts
+  ["explain", explainInAgent],
+  ["drops", dropsInAgent],
 ]);

@@ -88,6 +88,7 @@ export async function dropsCommand(config: Config, opts: DropsOptions, io: Io, v
   }
   const byDevice = await vmsByDevice(config);
   const log = await DropLog.start({ vmOf: (device) => byDevice.get(device), capacity: 1 });
+  log.on("error", (error: Error) => io.err(`sg6 drops: ${oneLine(error)}\n`));
   const stop = signal ?? stopOnSignals();
   io.err("sg6 drops: following the drop log (no agent: drops from now on); Ctrl-C ends\n");
   try {

@@ -17,6 +17,7 @@ import type { BridgePort } from "../core/model.js";
 import type { StreamMessage } from "../core/stream-message.js";
 import type { Enforcer } from "../enforcer.js";
 import { MAX_LINE, type Output } from "./control-client.js";
+import type { DropLog } from "./droplog.js";
 
 /**
  * What a command running in the agent gets: the agent's live parts. The desired state is
@@ -40,6 +41,8 @@ export interface AgentContext {
   /** count a comparison of the kernel with the desired state and what it changed (metrics, status, log) */
   reconciled(changes: string[], by: string): void;
   health(): Promise<HealthOrAbsent>;
+  /** the agent's reader of the kernel's drop log (sg6 drops); absent when it could not start */
+  readonly dropLog?: DropLog;
 }
 
 /**
