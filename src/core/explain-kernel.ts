@@ -55,16 +55,18 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
   const f = e.frame;
   switch (e.row) {
     case "unallocated": {
-      // nothing of the port's own, and the catch-all that drops what no port rule took
-      const own = ipt ? grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `) : grep(kernel.rules, `"${dev}" . `);
-      const catchAll = ipt ? grep(kernel.rules, /^-A sg6-port /, /-j sg6-drop$/) : grep(kernel.rules, "@macs", "discard");
-      return evidence(ipt ? `no port rule for ${dev} in sg6-port, whose last rule drops` : `no element for ${dev} in set macs, whose miss is discarded`, own.length ? [] : catchAll);
+      // nothing of the port's own (a rule naming it, an element binding it to a MAC), and a rule that
+      // drops what no port rule took: sg6-port's last rule; nftables' macs lookup (or its drop of
+      // IPv6 from a port without an allocation, where the guard has one)
+      const own = ipt ? grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `) : grep(kernel.rules, macElement(dev));
+      const catchAll = ipt ? grep(kernel.rules, /^-A sg6-port /, /-j sg6-drop$/) : [...grep(kernel.rules, "meta protocol ip6", "unallocated"), ...grep(kernel.rules, "ether saddr", "@macs")];
+      return evidence(ipt ? `no port rule for ${dev} in sg6-port, whose last rule drops` : `no element for ${dev} in set macs, whose miss is dropped`, own.length ? [] : catchAll);
     }
     case "mac": {
       if (ipt) return evidence(`ebtables sg6-l2 drop of ${dev}'s frames from another MAC than ${binding?.mac}`, grep(kernel.l2, /^-A sg6-l2 /, `-i ${dev} `, "-j DROP", `! ${binding?.mac}`));
-      const check = grep(kernel.rules, "ether saddr != @macs");
-      // the macs element alone (the sources sets' elements start the same way)
-      const element = grep(kernel.rules, new RegExp(`"${dev}" \\. ${binding?.mac}\\s*(,|\\}|$)`));
+      // the port . MAC lookup (a miss goes to the drop, in either of its spellings) and the port's element
+      const check = grep(kernel.rules, "ether saddr", "@macs");
+      const element = binding ? grep(kernel.rules, macElement(dev, binding.mac)) : [];
       return evidence(`the port/MAC check and element "${dev}" . ${binding?.mac} of set macs`, check.length && element.length ? [...check, ...element] : []);
     }
     case "tagged":
@@ -94,7 +96,7 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
         // :: is nobody's source: the MLD/DAD exceptions do not cover this frame
         return ipt
           ? evidence(`the port rule of ${dev} and the guard's drop of anything else from ::`, grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `, binding.mac).length ? grep(kernel.rules, /^-A sg6-guard -s ::\/128 /, /-g sg6-drop$/).filter((l) => !l.includes("icmpv6")) : [])
-          : evidence(`the source check of bound port ${dev}`, grep(kernel.rules, `"${dev}" . ${binding.mac}`).length ? grep(kernel.rules, "source not allowed") : []);
+          : evidence(`the source check of bound port ${dev}`, grep(kernel.rules, macElement(dev, binding.mac)).length ? grep(kernel.rules, "source not allowed") : []);
       }
       const held = f.src === "::" ? "::/128" : holdingSource(binding, f.src);
       if (ipt) {
@@ -108,12 +110,18 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
       if (!element) {
         if (held === "::/128") return evidence(`the rule for ${f.icmpv6Type === 135 ? "DAD probes" : "MLD reports"} from ::`, grep(kernel.rules, "ip6 saddr ::", f.icmpv6Type === 135 ? "nd-neighbor-solicit" : "mld"));
         // the port is bound (its MAC element), its frames meet the source check, and no element holds the source
-        const bound = grep(kernel.rules, `"${dev}" . ${binding.mac}`);
+        const bound = grep(kernel.rules, macElement(dev, binding.mac));
         return evidence(`the source check of bound port ${dev}, no element holding ${f.src}`, bound.length ? grep(kernel.rules, "source not allowed") : []);
       }
       return evidence(`element ${element} of a sources set`, grep(kernel.rules, element));
     }
   }
+}
+
+/** A macs element of `device` (with `mac`, or any MAC), as nft lists it: not the sources sets' longer elements. */
+function macElement(device: string, mac?: string): RegExp {
+  const m = mac ?? "[0-9a-f]{2}(:[0-9a-f]{2}){5}";
+  return new RegExp(`"${device.replace(/[.]/g, "\\.")}" \\. ${m}\\s*(,|\\}|$)`);
 }
 
 function setHas(listing: string | undefined, address: string): boolean {
