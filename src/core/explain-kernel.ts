@@ -30,6 +30,9 @@ const RA_WORDS: Record<number, { ipt: string; nft: string }> = {
   138: { ipt: "--icmpv6-type 138", nft: "router-renumbering" },
 };
 
+/** Where the iptables backend sends what it drops: sg6-drop, or a chain per reason that counts, logs and drops (sg6-r-<reason>). */
+const DROPS_IPT = /-[jg] sg6-(drop|r-[a-z0-9-]+)$/;
+
 function grep(text: string | undefined, ...words: (string | RegExp)[]): string[] {
   if (!text) return [];
   return text
@@ -59,11 +62,12 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
       // drops what no port rule took: sg6-port's last rule; nftables' macs lookup (or its drop of
       // IPv6 from a port without an allocation, where the guard has one)
       const own = ipt ? grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `) : grep(kernel.rules, macElement(dev));
-      const catchAll = ipt ? grep(kernel.rules, /^-A sg6-port /, /-j sg6-drop$/) : [...grep(kernel.rules, "meta protocol ip6", "unallocated"), ...grep(kernel.rules, "ether saddr", "@macs")];
+      const catchAll = ipt ? grep(kernel.rules, /^-A sg6-port /, DROPS_IPT).filter((l) => !l.includes("--physdev-in")) : [...grep(kernel.rules, "meta protocol ip6", "unallocated"), ...grep(kernel.rules, "ether saddr", "@macs")];
       return evidence(ipt ? `no port rule for ${dev} in sg6-port, whose last rule drops` : `no element for ${dev} in set macs, whose miss is dropped`, own.length ? [] : catchAll);
     }
     case "mac": {
-      if (ipt) return evidence(`ebtables sg6-l2 drop of ${dev}'s frames from another MAC than ${binding?.mac}`, grep(kernel.l2, /^-A sg6-l2 /, `-i ${dev} `, "-j DROP", `! ${binding?.mac}`));
+      // to DROP, or to a chain that logs and drops (sg6-l2-mac)
+      if (ipt) return evidence(`ebtables sg6-l2 drop of ${dev}'s frames from another MAC than ${binding?.mac}`, grep(kernel.l2, /^-A sg6-l2 /, `-i ${dev} `, `! ${binding?.mac}`, /-j (DROP|sg6-l2-mac)$/));
       // the port . MAC lookup (a miss goes to the drop, in either of its spellings) and the port's element
       const check = grep(kernel.rules, "ether saddr", "@macs");
       const element = binding ? grep(kernel.rules, macElement(dev, binding.mac)) : [];
@@ -73,7 +77,7 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
       return ipt ? evidence("ebtables sg6-l2 drop of 802.1Q frames", grep(kernel.l2, /^-A sg6-l2 /, "802_1Q", "-j DROP")) : evidence("the tagged-frame rule", grep(kernel.rules, "8021q"));
     case "nd-target":
       return ipt
-        ? evidence(`${dev}'s ND target chain sg6-nd-${dev}`, grep(kernel.rules, `-A sg6-nd-${dev} `, "sg6-drop"))
+        ? evidence(`${dev}'s ND target chain sg6-nd-${dev}`, grep(kernel.rules, `-A sg6-nd-${dev} `, DROPS_IPT))
         : evidence("the ND target check", grep(kernel.rules, f.icmpv6Type === 136 ? "nd-neighbor-advert" : "nd-neighbor-solicit", "jump"));
     case "fragment":
       return ipt ? evidence("a first-fragment rule in sg6-guard", grep(kernel.rules, /^-A sg6-guard /, /frag/)) : evidence("the first-fragment check", grep(kernel.rules, "exthdr frag"));
@@ -95,7 +99,7 @@ export function findEvidence(e: Explanation, binding: PortBinding | undefined, k
       if (e.row === "source" && f.src === "::") {
         // :: is nobody's source: the MLD/DAD exceptions do not cover this frame
         return ipt
-          ? evidence(`the port rule of ${dev} and the guard's drop of anything else from ::`, grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `, binding.mac).length ? grep(kernel.rules, /^-A sg6-guard -s ::\/128 /, /-g sg6-drop$/).filter((l) => !l.includes("icmpv6")) : [])
+          ? evidence(`the port rule of ${dev} and the guard's drop of anything else from ::`, grep(kernel.rules, /^-A sg6-port /, `--physdev-in ${dev} `, binding.mac).length ? grep(kernel.rules, /^-A sg6-guard -s ::\/128 /, DROPS_IPT).filter((l) => !l.includes("icmpv6")) : [])
           : evidence(`the source check of bound port ${dev}`, grep(kernel.rules, macElement(dev, binding.mac)).length ? grep(kernel.rules, "source not allowed") : []);
       }
       const held = f.src === "::" ? "::/128" : holdingSource(binding, f.src);

@@ -141,7 +141,8 @@ own("the agent's side: a ring of a fixed size, filtered by VM, followed until th
     const from = { ns: vm.ns, iface: vm.ifname, mac: vm.mac };
     const dst = slaacAddress(NETWORK, peer.mac);
     await send({ from, src: "2001:db8:1::bad", dst, dstMac: peer.mac, kind: "udp", count: 6, marker: newMarker() });
-    await waitFor("6 drops read", async () => log.stats().received >= 6, 15_000);
+    // read, and named (a port seen for the first time is looked up before its entries are kept)
+    await waitFor("6 drops read and kept", async () => log.stats().received >= 6 && log.stats().overwritten >= 2, 15_000);
     const run = async (args: Record<string, unknown>, signal = new AbortController().signal) => {
       let out = "";
       let err = "";
