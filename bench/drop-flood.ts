@@ -9,7 +9,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { performance } from "node:perf_hooks";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { allowedSources, nicIntents } from "../src/core/host-state.js";
 import type { PortBinding } from "../src/core/model.js";
 import { DataplaneDriver, type DriverBackend } from "../test/support/dataplane-driver.js";
@@ -17,7 +18,7 @@ import { Cleanup, Hypervisor, randomMac, type VmHandle, waitFor } from "../test/
 import { POLICY } from "../test/support/fixtures.js";
 import { prefixBits, slaacAddress } from "../src/core/addressing.js";
 
-const ROOT = resolve(import.meta.dirname, "..");
+const ROOT = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 const CLI = join(ROOT, "dist/cli.js");
 const NETWORK = "2001:db8:1::/64";
 const CHANGES = 40;

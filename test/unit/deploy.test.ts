@@ -5,12 +5,13 @@
 import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Metrics } from "../../src/metrics.js";
 
-const ROOT = resolve(import.meta.dirname, "../..");
+const ROOT = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 const RULES = join(ROOT, "deploy/prometheus/sg6.rules.yml");
 const RULE_TESTS = join(ROOT, "deploy/prometheus/sg6.rules.test.yml");
 const DASHBOARD = join(ROOT, "deploy/grafana/sg6-dashboard.json");
