@@ -2,7 +2,9 @@
 // removes the other's kernel objects once it enforces itself (no unguarded gap), so neither
 // backend module needs the other.
 import type { Config } from "../core/config.js";
+import { TRACE_TABLE } from "../core/nft-trace.js";
 import type { Dataplane } from "./dataplane.js";
+import { execRaw } from "./exec.js";
 import { IptablesBackend, iptablesObjectsExist } from "./iptables.js";
 import { NftBackend, purgeNftables, tableExists } from "./nftables.js";
 
@@ -19,5 +21,11 @@ export async function openDataplane(config: Config, options: { watchLinks?: bool
 
 /** Remove every kernel object sg6 owns, whatever backend made it. */
 export async function purgeAll(): Promise<string[]> {
-  return [...(await IptablesBackend.purge()), ...(await purgeNftables())];
+  return [...(await IptablesBackend.purge()), ...(await purgeNftables()), ...(await purgeTraceTable())];
+}
+
+/** `sg6 explain --trace`'s marking table, when an explain that was killed left it behind. */
+async function purgeTraceTable(): Promise<string[]> {
+  const deleted = await execRaw("nft", ["delete", "table", "bridge", TRACE_TABLE]).catch(() => undefined);
+  return deleted?.code === 0 ? [`nftables: table bridge ${TRACE_TABLE}`] : [];
 }
