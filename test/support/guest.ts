@@ -6,12 +6,15 @@
 // The guest's /init loads virtio-net from the kernel package's own modules, takes its address by
 // SLAAC, adds the spoofed sources it is given (DAD off), then pings the router from its own address
 // and from each spoofed source without end, and says so on the serial console (ttyS0):
-//   SG6 up <kernel release>        init runs
-//   SG6 addr <address>             the SLAAC address (or "SG6 noslaac <fallback>" after SG6_WAIT seconds)
-//   SG6 sending                     the pings run
-// Its parameters come as environment variables from the kernel command line (SG6_ROUTER, SG6_SPOOF
-// comma-separated, SG6_FALLBACK, SG6_WAIT, SG6_SPOOF_INTERVAL).
+//   SG6 up <kernel release> (<uptime> s)   init runs
+//   SG6 addr <address> (<uptime> s)        the SLAAC address (or "SG6 noslaac <fallback>" after SG6_WAIT seconds)
+//   SG6 sending (<uptime> s)               the pings run (to the router and to a multicast group)
+// With an IPv4 address (SG6_IP4, SG6_ROUTER4) it pings the router over IPv4 too: a sign of life
+// that an IPv6 guard leaves alone. Its parameters come as environment variables from the kernel
+// command line (SG6_ROUTER, SG6_SPOOF comma-separated, SG6_FALLBACK, SG6_WAIT, SG6_SPOOF_INTERVAL,
+// SG6_IP4 as address/length, SG6_ROUTER4).
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -41,7 +44,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-say() { echo "SG6 $*" > /dev/ttyS0; }
+say() { echo "SG6 $* ($(cut -d" " -f1 /proc/uptime) s)" > /dev/ttyS0; }
 say up "$(uname -r)"
 # no DAD: spoofed sources are usable at once and a slow TCG guest does not lose its SLAAC address
 echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad
@@ -62,8 +65,18 @@ while [ -z "$own" ]; do
 done
 say addr $own
 for s in $(echo "$SG6_SPOOF" | tr , ' '); do ip -6 addr add $s/128 dev eth0 || say addr-failed $s; done
-ping -6 -q -i 1 -I $own $SG6_ROUTER > /dev/null 2>&1 &
-for s in $(echo "$SG6_SPOOF" | tr , ' '); do ping -6 -q -i $SG6_SPOOF_INTERVAL -I $s $SG6_ROUTER > /dev/null 2>&1 & done
+# to the router's unicast address, and to a multicast group on the link (no neighbour discovery
+# needed: it leaves the guest even where a filter drops the ND that unicast waits for)
+for s in $own $(echo "$SG6_SPOOF" | tr , ' '); do
+  interval=$SG6_SPOOF_INTERVAL
+  [ $s = $own ] && interval=0.2
+  ping -6 -q -i $interval -I $s $SG6_ROUTER > /dev/null 2>&1 &
+  ping -6 -q -i $interval -I $s $SG6_GROUP > /dev/null 2>&1 &
+done
+if [ -n "$SG6_IP4" ]; then
+  ip addr add $SG6_IP4 dev eth0
+  ping -4 -q -i 0.2 -I \${SG6_IP4%/*} $SG6_ROUTER4 > /dev/null 2>&1 &
+fi
 say sending
 while true; do sleep 3600; done
 `;
@@ -94,7 +107,7 @@ export async function guestImage(): Promise<GuestImage> {
     await run("depmod", ["-b", root, release]);
     const packageVersion = kernelDeb.split("_")[1]!.replace(/%3a/gi, ":");
     const initrd = buildInitramfs(root, release);
-    const dir = join(GUEST_CACHE, release);
+    const dir = join(GUEST_CACHE, `${release}-${INIT_HASH}`);
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, "initrd.gz.tmp"), initrd);
     writeFileSync(join(dir, "vmlinuz.tmp"), readFileSync(join(root, "boot", `vmlinuz-${release}`)));
@@ -108,8 +121,12 @@ export async function guestImage(): Promise<GuestImage> {
   }
 }
 
+/** a change to /init makes a new initramfs */
+const INIT_HASH = createHash("sha256").update(INIT).digest("hex").slice(0, 8);
+
 function newestBuilt(): GuestImage | undefined {
   return readdirSync(GUEST_CACHE)
+    .filter((name) => name.endsWith(`-${INIT_HASH}`))
     .map((name) => imageIn(join(GUEST_CACHE, name)))
     .filter((image): image is GuestImage => image !== undefined)
     .sort((a, b) => statSync(b.initrd).mtimeMs - statSync(a.initrd).mtimeMs)[0];
@@ -118,7 +135,7 @@ function newestBuilt(): GuestImage | undefined {
 function imageIn(dir: string): GuestImage | undefined {
   const [kernel, initrd, version] = ["vmlinuz", "initrd.gz", "version"].map((f) => join(dir, f)) as [string, string, string];
   if (![kernel, initrd, version].every((f) => existsSync(f))) return undefined;
-  return { release: dir.split("/").pop()!, packageVersion: readFileSync(version, "utf8").trim(), kernel, initrd };
+  return { release: dir.split("/").pop()!.replace(/-[0-9a-f]{8}$/, ""), packageVersion: readFileSync(version, "utf8").trim(), kernel, initrd };
 }
 
 async function aptOut(argv: string[], cwd?: string): Promise<string> {
@@ -195,20 +212,31 @@ class Cpio {
 
 const pad = (length: number) => Buffer.alloc((4 - (length % 4)) % 4);
 
+const DEFAULT_GROUP = "ff0e::1:6";
+
 export interface GuestParams {
   router: string;
   spoofed: string[];
+  /** a multicast group on the link the guest pings too (default ff0e::1:6): no ND, so it leaves even under filters that drop ND */
+  group?: string;
   /** the address the guest takes when no RA comes in `slaacWaitSeconds` */
   fallback: string;
   slaacWaitSeconds: number;
   /** seconds between two pings from each spoofed source */
   spoofInterval?: number;
+  /** the guest's IPv4 address with its length (192.0.2.10/24) and the router's, for pings over IPv4 */
+  ip4?: string;
+  routerIp4?: string;
 }
 
 /** The kernel command line: serial console, and the guest's parameters for /init's environment. */
 export function kernelCommandLine(params: GuestParams): string {
-  for (const address of [params.router, params.fallback, ...params.spoofed]) {
+  for (const address of [params.router, params.fallback, params.group ?? DEFAULT_GROUP, ...params.spoofed]) {
     if (!/^[0-9a-f:]+$/.test(address)) throw new Error(`guest: not an IPv6 address: ${JSON.stringify(address)}`);
+  }
+  if ((params.ip4 !== undefined) !== (params.routerIp4 !== undefined)) throw new Error("guest: ip4 and routerIp4 go together");
+  if (params.ip4 && (!/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(params.ip4) || !/^\d+\.\d+\.\d+\.\d+$/.test(params.routerIp4 ?? ""))) {
+    throw new Error(`guest: not IPv4 address/length and router: ${JSON.stringify([params.ip4, params.routerIp4])}`);
   }
   return [
     "console=ttyS0",
@@ -216,9 +244,11 @@ export function kernelCommandLine(params: GuestParams): string {
     "quiet",
     `SG6_ROUTER=${params.router}`,
     `SG6_SPOOF=${params.spoofed.join(",")}`,
+    `SG6_GROUP=${params.group ?? DEFAULT_GROUP}`,
     `SG6_FALLBACK=${params.fallback}`,
     `SG6_WAIT=${Math.round(params.slaacWaitSeconds)}`,
     `SG6_SPOOF_INTERVAL=${params.spoofInterval ?? 0.1}`,
+    ...(params.ip4 ? [`SG6_IP4=${params.ip4}`, `SG6_ROUTER4=${params.routerIp4}`] : []),
   ].join(" ");
 }
 
