@@ -241,8 +241,8 @@ for (const backend of BACKENDS) {
         guest = await bootGuest(l, { name, mac, own, boots: 1 }, filter, slaacWait);
         await driver.reconcile([bind(guest)]);
         assert.is.not(guest.tap, oldTap, "libvirt gave the restarted VM a new tap");
-        await waitForConsole(guest.consoleLog(), "SG6 sending", 60_000);
-        timings.push(`${backend} ${filter}: VM start to sending ${Date.now() - bootStart} ms`);
+        const sending = await waitForConsole(guest.consoleLog(), "SG6 sending", 60_000);
+        timings.push(`${backend} ${filter}: VM start to sending ${Date.now() - bootStart} ms (guest uptime then ${/\(([\d.]+) s\)/.exec(sending)?.[1]} s)`);
         await check("VM destroy and start again");
         // and a restart right after a start, while libvirt's rules for the new tap are young
         await l.libvirtd.restart();

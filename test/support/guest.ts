@@ -54,14 +54,16 @@ n=0
 while [ ! -e /sys/class/net/eth0 ]; do n=$((n+1)); [ $n -gt 100 ] && { say no-eth0; break; }; sleep 0.1; done
 ip link set lo up
 ip link set eth0 up
+# the wait for SLAAC is timed by the clock: under TCG a shell loop's round takes far longer than its sleep
+read up rest < /proc/uptime
+deadline=$((\${up%.*} + SG6_WAIT))
 own=
-n=0
-while [ -z "$own" ]; do
+while :; do
   own=$(ip -6 addr show dev eth0 scope global | sed -n 's/.*inet6 \\([0-9a-f:]*\\)\\/64.*/\\1/p' | head -n 1)
   [ -n "$own" ] && break
-  n=$((n+1))
-  if [ $n -gt $((SG6_WAIT * 10)) ]; then own=$SG6_FALLBACK; ip -6 addr add $own/64 dev eth0; say noslaac $own; break; fi
-  sleep 0.1
+  read up rest < /proc/uptime
+  if [ \${up%.*} -ge $deadline ]; then own=$SG6_FALLBACK; ip -6 addr add $own/64 dev eth0; say noslaac $own; break; fi
+  sleep 0.2
 done
 say addr $own
 for s in $(echo "$SG6_SPOOF" | tr , ' '); do ip -6 addr add $s/128 dev eth0 || say addr-failed $s; done
