@@ -244,9 +244,11 @@ for (const backend of BACKENDS) {
         const sending = await waitForConsole(guest.consoleLog(), "SG6 sending", 60_000);
         timings.push(`${backend} ${filter}: VM start to sending ${Date.now() - bootStart} ms (guest uptime then ${/\(([\d.]+) s\)/.exec(sending)?.[1]} s)`);
         await check("VM destroy and start again");
-        // and a restart right after a start, while libvirt's rules for the new tap are young
-        await l.libvirtd.restart();
-        await check("a second libvirtd restart");
+        if (passes) {
+          // where sg6 is the only guard of IPv6: a restart again, right after the start
+          await l.libvirtd.restart();
+          await check("a second libvirtd restart");
+        }
       } finally {
         await caseCleanup.run();
         timings.push(`${backend} ${filter}: case ${Date.now() - t0} ms`);
