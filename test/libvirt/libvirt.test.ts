@@ -30,7 +30,7 @@ import * as assert from "uvu/assert";
 import { slaacAddress } from "../../src/core/addressing.js";
 import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver.js";
 import { bindingFor } from "../support/fixtures.js";
-import { type GuestImage, guestImage, waitForConsole } from "../support/guest.js";
+import { type GuestImage, guestImage, launchQemu, waitForConsole } from "../support/guest.js";
 import { Libvirtd } from "../support/libvirt.js";
 import { Cleanup, Hypervisor, type Netns, randomMac, waitFor } from "../support/netns.js";
 
@@ -175,6 +175,29 @@ const test = suite("libvirt");
 test.after(async () => {
   await cleanup.run();
   if (timings.length) process.stderr.write(`libvirt lab timings:\n  ${timings.join("\n  ")}\n`);
+});
+
+test("the guest without libvirt (QEMU on a tap of the test's): its SLAAC address reaches the router", async () => {
+  const l = await lab();
+  const caseCleanup = new Cleanup();
+  try {
+    // not a vnet name: libvirt names its own taps, and no dataplane runs here
+    const tap = "qtap0";
+    await l.hv.ns.run("ip", ["tuntap", "add", tap, "mode", "tap"]);
+    caseCleanup.add(() => l.hv.ns.run("ip", ["link", "del", tap]));
+    await l.hv.ns.run("ip", ["link", "set", tap, "master", l.hv.bridge, "up"]);
+    const mac = randomMac();
+    const own = slaacAddress(NETWORK, mac);
+    await countAtRouter(l, [own]);
+    const consoleLog = join(l.dir, "qemu.console");
+    const qemu = launchQemu({ ns: l.hv.ns.name, tap, mac, image: l.image, consoleLog, params: { router: ROUTER_IP, spoofed: [], fallback: FALLBACK, slaacWaitSeconds: 30 } });
+    caseCleanup.add(() => qemu.kill("SIGKILL"));
+    assert.match(await waitForConsole(consoleLog, "SG6 up", 60_000), l.image.release, "the guest runs Debian's kernel");
+    assert.match(await waitForConsole(consoleLog, "SG6 addr", 60_000), own, "the guest took its SLAAC address");
+    await moreAtRouter(l, own, 3, "QEMU without libvirt");
+  } finally {
+    await caseCleanup.run();
+  }
 });
 
 test("control: with clean-traffic + allow-ipv6 and no sg6, the guest's spoofed sources reach the router", async () => {

@@ -7,6 +7,7 @@
 // SLAAC, adds the spoofed sources it is given (DAD off), then pings the router from its own address
 // and from each spoofed source without end, and says so on the serial console (ttyS0):
 //   SG6 up <kernel release> (<uptime> s)   init runs
+//   SG6 modules <loaded modules> (…)       after loading virtio-net and the modules asked for
 //   SG6 addr <address> (<uptime> s)        the SLAAC address (or "SG6 noslaac <fallback>" after SG6_WAIT seconds)
 //   SG6 sending (<uptime> s)               the pings run (to the router and to a multicast group)
 // With an IPv4 address (SG6_IP4, SG6_ROUTER4) it pings the router over IPv4 too: a sign of life
@@ -26,7 +27,7 @@ const run = promisify(execFile);
 export const GUEST_CACHE = "/var/tmp/sg6-guest";
 /** the meta package whose dependency is the versioned cloud kernel image */
 const KERNEL_META = "linux-image-cloud-amd64";
-/** what virtio-net needs from the modules, loaded in this order after their dependencies */
+/** what virtio-net needs from the modules (with their dependencies, loaded first) */
 const NIC_MODULES = ["virtio_pci", "virtio_net"];
 
 export interface GuestImage {
@@ -50,6 +51,7 @@ say up "$(uname -r)"
 echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad
 echo 0 > /proc/sys/net/ipv6/conf/default/use_tempaddr
 for m in $(cat /modules.order); do insmod /lib/modules/$m || say insmod-failed $m; done
+say modules $(cut -d" " -f1 /proc/modules | tr "\\n" " ")
 n=0
 while [ ! -e /sys/class/net/eth0 ]; do n=$((n+1)); [ $n -gt 100 ] && { say no-eth0; break; }; sleep 0.1; done
 ip link set lo up
@@ -83,10 +85,17 @@ say sending
 while true; do sleep 3600; done
 `;
 
-/** The cached guest, built from Debian's packages when any piece is missing. Throws a one-line reason when it cannot be. */
-export async function guestImage(): Promise<GuestImage> {
+/**
+ * The cached guest, built from Debian's packages when any piece is missing. Throws a one-line
+ * reason when it cannot be. `modules` are further kernel modules /init loads (with what they
+ * depend on), e.g. ["nft_meta_bridge"]: Debian's kernel has what the lab's host kernel may lack.
+ */
+export async function guestImage(options: { modules?: string[] } = {}): Promise<GuestImage> {
+  const modules = [...NIC_MODULES, ...(options.modules ?? [])];
+  for (const name of modules) if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`guest: bad module name ${JSON.stringify(name)}`);
+  const key = buildKey(modules);
   mkdirSync(GUEST_CACHE, { recursive: true });
-  const cached = newestBuilt();
+  const cached = newestBuilt(key);
   if (cached) return cached;
   const depends = await aptOut(["apt-cache", "depends", KERNEL_META]);
   const imagePackage = /Depends: (linux-image-\S+)/.exec(depends)?.[1];
@@ -108,8 +117,8 @@ export async function guestImage(): Promise<GuestImage> {
     // modules.dep is made by depmod at install time, not shipped: make it for the unpacked tree
     await run("depmod", ["-b", root, release]);
     const packageVersion = kernelDeb.split("_")[1]!.replace(/%3a/gi, ":");
-    const initrd = buildInitramfs(root, release);
-    const dir = join(GUEST_CACHE, `${release}-${INIT_HASH}`);
+    const initrd = buildInitramfs(root, release, modules);
+    const dir = join(GUEST_CACHE, `${release}-${key}`);
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, "initrd.gz.tmp"), initrd);
     writeFileSync(join(dir, "vmlinuz.tmp"), readFileSync(join(root, "boot", `vmlinuz-${release}`)));
@@ -123,12 +132,14 @@ export async function guestImage(): Promise<GuestImage> {
   }
 }
 
-/** a change to /init makes a new initramfs */
-const INIT_HASH = createHash("sha256").update(INIT).digest("hex").slice(0, 8);
+/** a change to /init or to the modules makes a new initramfs */
+function buildKey(modules: string[]): string {
+  return createHash("sha256").update(INIT).update(modules.join(",")).digest("hex").slice(0, 8);
+}
 
-function newestBuilt(): GuestImage | undefined {
+function newestBuilt(key: string): GuestImage | undefined {
   return readdirSync(GUEST_CACHE)
-    .filter((name) => name.endsWith(`-${INIT_HASH}`))
+    .filter((name) => name.endsWith(`-${key}`))
     .map((name) => imageIn(join(GUEST_CACHE, name)))
     .filter((image): image is GuestImage => image !== undefined)
     .sort((a, b) => statSync(b.initrd).mtimeMs - statSync(a.initrd).mtimeMs)[0];
@@ -172,9 +183,9 @@ function moduleOrder(modulesDir: string, names: string[]): string[] {
   return order;
 }
 
-function buildInitramfs(root: string, release: string): Buffer {
+function buildInitramfs(root: string, release: string, modules: string[]): Buffer {
   const modulesDir = join(root, "lib/modules", release);
-  const order = moduleOrder(modulesDir, NIC_MODULES);
+  const order = moduleOrder(modulesDir, modules);
   if (order.some((path) => !path.endsWith(".ko"))) throw new Error(`guest: compressed modules (${order.join(", ")}): busybox insmod needs plain .ko`);
   const cpio = new Cpio();
   for (const dir of ["bin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"]) cpio.dir(dir);
