@@ -13,8 +13,10 @@
 //     the address the filter is given, so libvirt learns nothing)
 //
 // Each case runs through a VM start, a libvirtd restart (libvirt tears its rules down and makes
-// them again), a destroy and a start again (a new vnet), and checks the router's counters after
-// each: they are cumulative, so a spoofed frame that got through at any moment in between counts.
+// them again), a destroy and a start again (a new vnet) and, with allow-ipv6, a second restart
+// right after that start; it checks the router's counters after each step: they are cumulative,
+// so a spoofed frame that got through at any moment in between counts.
+// One more test boots the same guest with QEMU alone (launchQemu), as other tests may.
 //
 // Filters: `clean-traffic` (Debian's stock filter: it drops every IPv6 frame, RAs included, so the
 // guest falls back to a fixed address and nothing IPv6 reaches the router; the IPv4 pings show the
