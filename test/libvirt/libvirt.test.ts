@@ -88,22 +88,24 @@ async function buildLab(): Promise<Lab> {
 
 // ---------------------------------------------------------------- counting
 
+// the counting tables are not named sg6…: sg6 owns (and may purge) every object with that prefix
+
 /** Echo requests that reached the router, by source (nft counters in its prerouting hook). */
 async function countAtRouter(l: Lab, sources: string[]): Promise<void> {
   const rules = sources.map((s) => `\t\tip6 saddr ${s} icmpv6 type echo-request counter comment "${s}"\n`).join("");
-  const script = `table inet sg6lv\ndelete table inet sg6lv\ntable inet sg6lv {\n\tchain pre {\n\t\ttype filter hook prerouting priority -500; policy accept;\n${rules}\t\tip saddr ${GUEST_IP4} icmp type echo-request counter comment "ipv4"\n\t}\n}\n`;
+  const script = `table inet lvcount\ndelete table inet lvcount\ntable inet lvcount {\n\tchain pre {\n\t\ttype filter hook prerouting priority -500; policy accept;\n${rules}\t\tip saddr ${GUEST_IP4} icmp type echo-request counter comment "ipv4"\n\t}\n}\n`;
   await l.router.run("nft", ["-f", "-"], script);
 }
 
 /** Echo requests the guest sent through `tap`, by source (an nft netdev ingress chain on the tap). */
 async function countAtTap(l: Lab, tap: string, sources: string[]): Promise<void> {
   const rules = sources.map((s) => `\t\tip6 saddr ${s} icmpv6 type echo-request counter comment "${s}"\n`).join("");
-  const script = `table netdev sg6lv {\n\tchain in-${tap} {\n\t\ttype filter hook ingress device "${tap}" priority -500; policy accept;\n${rules}\t}\n}\n`;
+  const script = `table netdev lvcount {\n\tchain in-${tap} {\n\t\ttype filter hook ingress device "${tap}" priority -500; policy accept;\n${rules}\t}\n}\n`;
   await l.hv.ns.run("nft", ["-f", "-"], script);
 }
 
 async function counters(ns: Netns, family: string): Promise<Map<string, number>> {
-  const out = JSON.parse(await ns.run("nft", ["-j", "list", "table", family, "sg6lv"])) as {
+  const out = JSON.parse(await ns.run("nft", ["-j", "list", "table", family, "lvcount"])) as {
     nftables: { rule?: { chain: string; comment?: string; expr: { counter?: { packets: number } }[] } }[];
   };
   const counts = new Map<string, number>();
