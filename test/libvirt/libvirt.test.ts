@@ -213,6 +213,10 @@ test("control: with clean-traffic + allow-ipv6 and no sg6, the guest's spoofed s
     await countAtRouter(l, [own, ...SPOOFED]);
     const guest = await bootGuest(l, { name: "control", mac, own, boots: 0 }, CLEAN_IPV6, 30);
     caseCleanup.add(() => l.libvirtd.destroyDomain(guest.name));
+    // the guest hangs off the lab's bridge: libvirt has no network of its own, and made no virbr0
+    assert.is((await l.libvirtd.virshOk(["net-list", "--all", "--name"])).trim(), "", "libvirt networks");
+    assert.is((await l.hv.ns.try("ip", ["link", "show", "virbr0"])).code, 1, "no virbr0 in the hypervisor namespace");
+    assert.match(guest.tap, /^vnet\d+$/, "libvirt named the tap");
     assert.match(await waitForConsole(guest.consoleLog(), "SG6 addr", 60_000), own, "the guest took its SLAAC address from the router's RAs");
     for (const source of [own, ...SPOOFED]) await moreAtRouter(l, source, 3, "no sg6");
   } finally {
