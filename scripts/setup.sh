@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(iptables ipset nftables ebtables thc-ipv6 iproute2 kmod procps nats-server radvd kea-dhcp6-server isc-dhcp-client openssl tcpdump python3 systemd systemd-container lintian curl debootstrap prometheus)
+# test/libvirt: a private libvirtd and QEMU (not libvirt-daemon-system: it would start the host's libvirtd)
+PACKAGES+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-nwfilter libvirt-clients qemu-system-x86)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

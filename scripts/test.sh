@@ -63,6 +63,8 @@ else
 fi
 # a hostile VM against each dataplane (iptables on both ip6tables variants, nftables), with controls
 run_suite attack '\.test\.ts$'
+# a real libvirtd and QEMU guest (Debian's kernel, TCG) with nwfilter, on each dataplane, with a control
+run_suite libvirt '\.test\.ts$'
 # the agent end to end, on both ip6tables variants
 for variant in nft legacy; do
   run_suite e2e '^(agent|fuzz|packets|restart)\.test\.ts$' SG6_TEST_VARIANT=$variant
