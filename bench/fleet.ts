@@ -74,7 +74,7 @@ function table(file: string): void {
   console.log(`|${head.map(() => " --- ").join("|")}|`);
   for (const r of rows) {
     const cells = [
-      r.label, r.hosts, r.vms, r.events, r.lost,
+      `${r.label}${r.nats_server ? ` (${r.nats_server})` : ""}`, r.hosts, r.vms, r.events, r.lost,
       `${r.latency_ms.p50} / ${r.latency_ms.p99}`,
       r.delivery_ms?.p99 ?? "",
       `${r.resync_ms.p50} / ${r.resync_ms.p99}`,

