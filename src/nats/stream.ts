@@ -209,6 +209,12 @@ export interface ReadLatestOptions {
   idleTimeoutMs?: number;
   /** attempts when the read is disturbed (default 4) */
   attempts?: number;
+  /**
+   * how the reader starts: "last_per_subject" (default) or "all" (every message of the host's
+   * subjects; the same set when the stream keeps one message per subject, and reduced to the last
+   * of each subject otherwise). Chosen by measurement: bench/FLEET.md.
+   */
+  deliver?: "last_per_subject" | "all";
 }
 
 class ReadDisturbed extends Error {}
@@ -250,7 +256,7 @@ async function readLatestOnce(jsm: JetStreamManager, stream: string, host: strin
   const config: Partial<ConsumerConfig> = {
     name,
     filter_subject: hostVmWildcard(host),
-    deliver_policy: DeliverPolicy.LastPerSubject,
+    deliver_policy: opts.deliver === "all" ? DeliverPolicy.All : DeliverPolicy.LastPerSubject,
     ack_policy: AckPolicy.None,
     replay_policy: ReplayPolicy.Instant,
     mem_storage: true,
@@ -290,5 +296,13 @@ async function readLatestOnce(jsm: JetStreamManager, stream: string, host: strin
   } finally {
     await jsm.consumers.delete(stream, name).catch(() => undefined);
   }
-  return out;
+  return opts.deliver === "all" ? lastOfEachSubject(out) : out;
+}
+
+/** the last message of every subject, in stream order (a no-op when every subject appears once) */
+export function lastOfEachSubject(messages: StreamMessage[]): StreamMessage[] {
+  const last = new Map<string, number>();
+  for (const m of messages) last.set(m.subject, m.seq);
+  if (last.size === messages.length) return messages;
+  return messages.filter((m) => last.get(m.subject) === m.seq);
 }

@@ -334,6 +334,29 @@ test("readLatest returns the last message of every VM of the host, fast, also wi
   assert.not.ok(names.includes(readerName(host)), "the reader consumer is removed afterwards");
   // a second read right after works the same (no leftover state)
   assert.is((await readLatest(jetstream(nc), "SG6", host)).length, N);
+  // the deliver-all reader reads the same messages in the same order
+  const all = await readLatest(nc, "SG6", host, { deliver: "all" });
+  assert.equal(all.map((e) => `${e.subject}@${e.seq}`), events.map((e) => `${e.subject}@${e.seq}`));
+});
+
+test("readLatest's deliver-all reader keeps only the last message of each subject when a stream keeps more", async () => {
+  // a server of its own: the stream needs the subjects of the suite's SG6
+  const other = await startNats();
+  const conn = await connectNats({ servers: [other.url], stream: "SG6_KEEP3", replicas: 1 }, "sg6-test-keep3");
+  try {
+    await (await jetstreamManager(conn)).streams.add({ name: "SG6_KEEP3", subjects: ["sg6.vm.>"], storage: StorageType.Memory, max_msgs_per_subject: 3 });
+    const js = jetstream(conn);
+    for (const gen of [1, 2, 3]) for (const vm of ["a", "b"]) await js.publish(vmSubject("h1", vm), JSON.stringify({ gen, vm }));
+    await js.publish(vmSubject("h1", "a"), JSON.stringify({ gen: 4, vm: "a" }));
+    const lps = await readLatest(conn, "SG6_KEEP3", "h1");
+    const all = await readLatest(conn, "SG6_KEEP3", "h1", { deliver: "all" });
+    const bodies = (ms: typeof lps) => ms.map((m) => JSON.parse(new TextDecoder().decode(m.data)) as { gen: number; vm: string });
+    assert.equal(bodies(all), [{ gen: 3, vm: "b" }, { gen: 4, vm: "a" }], "the last of each subject, in stream order");
+    assert.equal(bodies(lps), bodies(all), "the same as the last-per-subject reader");
+  } finally {
+    await conn.close();
+    await other.stop();
+  }
 });
 
 test.run();
