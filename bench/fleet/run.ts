@@ -1,8 +1,8 @@
 // One fleet run: cluster, stream, V VMs, H simulated hypervisors, then churn, resyncs, the loss of
 // the stream leader and a restart of the whole cluster. Used by bench/fleet.ts and the fleet test.
 import { readdirSync } from "node:fs";
-import { AckPolicy, DeliverPolicy, jetstreamManager, StorageType } from "@nats-io/jetstream";
-import { connect, nanos, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager, StorageType } from "@nats-io/jetstream";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { readLatest } from "../../src/nats/stream.js";
 import type { Logger } from "pino";
 import type { IntakeOptions } from "../../src/nats/intake.js";
@@ -324,23 +324,9 @@ async function measureReads(mgmt: NatsConnection, sample: SimHost[], vms: VmSlot
     out.last_per_subject!.push(performance.now() - t);
 
     t = performance.now();
-    const ci = await jsm.consumers.add(STREAM, {
-      filter_subject: `sg6.vm.${h.host}.*`,
-      deliver_policy: DeliverPolicy.All,
-      ack_policy: AckPolicy.None,
-      mem_storage: true,
-      num_replicas: 1,
-      inactive_threshold: nanos(30_000),
-    });
-    let got = 0;
-    const consumer = jsm.jetstream().consumers.getConsumerFromInfo(ci);
-    while (got < ci.num_pending) {
-      const iter = await consumer.fetch({ max_messages: Math.min(4096, ci.num_pending - got), expires: 5000 });
-      for await (const _m of iter) got++;
-    }
+    const all = await readLatest(mgmt, STREAM, h.host, { name: `bench_all_${h.host}`, deliver: "all", apiTimeoutMs: 30_000 });
     out.deliver_all!.push(performance.now() - t);
-    await jsm.consumers.delete(STREAM, ci.name).catch(() => undefined);
-    if (got !== lps.length) throw new Error(`deliver-all read ${got} messages of ${h.host}, last-per-subject ${lps.length}`);
+    if (all.length !== lps.length) throw new Error(`deliver-all read ${all.length} messages of ${h.host}, last-per-subject ${lps.length}`);
 
     t = performance.now();
     for (const s of subjects) await jsm.direct.getMessage(STREAM, { last_by_subj: s });
