@@ -107,6 +107,17 @@ export interface NatsServer {
 let serial = 0;
 
 export async function startNats(opts: StartOptions = {}): Promise<NatsServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startNatsOnce(opts);
+    } catch (err) {
+      // a port of our own choosing that somebody took in between: choose another (see portTaken)
+      if (opts.port !== undefined || !portTaken(err) || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function startNatsOnce(opts: StartOptions): Promise<NatsServer> {
   const version = natsServerVersion();
   const port = opts.port ?? (await freePort());
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "sg6-nats-"));
@@ -223,6 +234,24 @@ export interface NatsCluster {
  * `connOpts` are the client options of that readiness check (credentials when `config` requires them).
  */
 export async function startCluster(n = 3, config?: string, connOpts: object = {}): Promise<NatsCluster> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startClusterOnce(n, config, connOpts);
+    } catch (err) {
+      if (!portTaken(err) || attempt >= 3) throw err;
+    }
+  }
+}
+
+/**
+ * freePort() releases the port before the server binds it: another process (tests run side by side
+ * on this machine) can take it in between. The server then exits with this; start again on new ports.
+ */
+function portTaken(err: unknown): boolean {
+  return /address already in use/.test(String(err));
+}
+
+async function startClusterOnce(n: number, config: string | undefined, connOpts: object): Promise<NatsCluster> {
   const clientPorts: number[] = [];
   const routePorts: number[] = [];
   for (let i = 0; i < n; i++) {
