@@ -2,6 +2,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { atLeast, parseVersion, serverFeatures } from "../../src/nats/server.js";
+import { isNoResponders } from "../../src/nats/stream.js";
 
 const test = suite("nats server version");
 
@@ -27,6 +28,15 @@ test("serverFeatures: a reasoned terminate from 2.10 on, none before or when not
   assert.equal(serverFeatures({ info: { version: "2.9.10" } as never }), { version: "2.9.10", termReason: false });
   assert.equal(serverFeatures({ info: { version: "2.10.27" } as never }), { version: "2.10.27", termReason: true });
   assert.equal(serverFeatures({ info: undefined }), { version: "", termReason: false });
+});
+
+test("isNoResponders: a 503 status or its message, also as a cause; nothing else", () => {
+  assert.ok(isNoResponders(new Error("no responders")));
+  assert.ok(isNoResponders(Object.assign(new Error("503"), { code: 503 })));
+  assert.ok(isNoResponders(new Error("pull failed", { cause: new Error("no responders") })));
+  assert.not.ok(isNoResponders(new Error("timeout")));
+  assert.not.ok(isNoResponders(Object.assign(new Error("consumer not found"), { code: 10014 })));
+  assert.not.ok(isNoResponders(undefined));
 });
 
 test.run();
