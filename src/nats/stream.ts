@@ -221,7 +221,8 @@ export interface ReadLatestOptions {
   /**
    * how the reader starts: "last_per_subject" (default) or "all" (every message of the host's
    * subjects; the same set when the stream keeps one message per subject, and reduced to the last
-   * of each subject otherwise). Chosen by measurement: bench/FLEET.md.
+   * of each subject otherwise). The agent keeps the default: measured, neither is faster on 2.9 or
+   * 2.10 (bench/FLEET.md), and only the default is exact without knowing the stream's settings.
    */
   deliver?: "last_per_subject" | "all";
 }
