@@ -1,6 +1,7 @@
 // `npm run bench:fleet -- --hosts H --vms V [--json]`: hundreds of simulated hypervisors (the real
 // Intake, HostState and Enforcer, a recording dataplane) on a 3-node JetStream cluster, in ONE Node
-// process (one NATS connection per host). See bench/FLEET.md.
+// process (one NATS connection per host). See bench/FLEET.md. The servers run the nats-server
+// SG6_NATS_SERVER names (default the system's; scripts/nats-server-2.10.sh prints a 2.10 one).
 //   --rate N            cloud-wide changes a second (200)
 //   --churn S           seconds of steady churn (20)       --loss S   seconds with the stream leader dead (15)
 //   --resync-sample N   hosts whose full resync is timed (10)
@@ -74,7 +75,7 @@ function table(file: string): void {
   console.log(`|${head.map(() => " --- ").join("|")}|`);
   for (const r of rows) {
     const cells = [
-      r.label, r.hosts, r.vms, r.events, r.lost,
+      `${r.label}${r.nats_server ? ` (${r.nats_server})` : ""}`, r.hosts, r.vms, r.events, r.lost,
       `${r.latency_ms.p50} / ${r.latency_ms.p99}`,
       r.delivery_ms?.p99 ?? "",
       `${r.resync_ms.p50} / ${r.resync_ms.p99}`,

@@ -198,7 +198,7 @@ async function machine(loadStart: number[]): Promise<Machine> {
       ipset: await toolVersion("ipset", ["--version"]),
       "ip6tables-legacy": await toolVersion("ip6tables-legacy", ["--version"]),
       "ip6tables-nft": await toolVersion("ip6tables-nft", ["--version"]),
-      "nats-server": await toolVersion(process.env.NATS_SERVER ?? "/usr/sbin/nats-server", ["--version"]),
+      "nats-server": await toolVersion(process.env.SG6_NATS_SERVER || process.env.NATS_SERVER || "/usr/sbin/nats-server", ["--version"]),
     },
     date: new Date().toISOString(),
     loadavgStart: loadStart,

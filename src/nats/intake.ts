@@ -10,6 +10,7 @@ import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import type { StreamMessage } from "../core/stream-message.js";
 import type { NatsSettings } from "./options.js";
+import { serverFeatures } from "./server.js";
 import { consumerOptions, ensureConsumerState, ensureStream } from "./stream.js";
 import { consumerLeaderAdvisory, durableName, parseVmSubject, rejectSubject } from "./subjects.js";
 
@@ -42,6 +43,12 @@ export interface IntakeOptions {
   resyncOnReconnect?: boolean;
   /** pull again at once when the durable elects a new leader (default true; see watchLeader) */
   leaderAdvisories?: boolean;
+  /**
+   * terminate a rejected event with its reason (`+TERM <reason>`, shown in the server's
+   * MSG_TERMINATED advisory): default when the server announces 2.10 or later (server.ts). false
+   * forces the plain term of 2.9; a reasoned term that comes back anyway turns reasons off (termWith).
+   */
+  termReasons?: boolean;
   log: Logger;
   /** most events handed to the handler at once (default 512) */
   maxBatch?: number;
@@ -76,6 +83,8 @@ export interface IntakeStats {
   resyncs: number;
   /** times the durable's Raft group elected a leader while we consumed (we then pull from the new one) */
   leaderChanges: number;
+  /** rejected events terminated with their reason (2.10+); the others got a plain term */
+  termsWithReason: number;
   lastBatchSize: number;
   maxBatchSize: number;
   /** the current nak delay (0 after a success) */
@@ -115,6 +124,7 @@ export class Intake {
     recreated: 0,
     resyncs: 0,
     leaderChanges: 0,
+    termsWithReason: 0,
     lastBatchSize: 0,
     maxBatchSize: 0,
     backoffMs: 0,
@@ -144,6 +154,9 @@ export class Intake {
   private failures = 0;
   private leaderSub?: Subscription;
   private leaderChanged = false;
+  /** stream seqs terminated with a reason lately: one of them redelivered means the server ignored the reason */
+  private readonly reasonedTerms = new Set<number>();
+  private reasonsRefused = false;
 
   constructor(opts: IntakeOptions) {
     this.options = opts;
@@ -413,6 +426,35 @@ export class Intake {
     }
   }
 
+  /**
+   * Terminate a rejected event. 2.10+ takes a reason (its MSG_TERMINATED advisory shows it to
+   * operators); 2.9 does not know `+TERM <reason>` and would redeliver the event, so it gets a plain
+   * term (the reason is in the reject record either way). The version is the connected server's; the
+   * durable's leader may be another node (a cluster half way through an upgrade): a reasoned term
+   * that comes back redelivered turns reasons off for good (noticeIgnoredReasons).
+   */
+  private termWith(msgs: JsMsg[], seq: number, reason: string): void {
+    const wanted = this.options.termReasons ?? serverFeatures(this.options.nc).termReason;
+    if (!wanted || this.reasonsRefused) {
+      for (const m of msgs) m.term();
+      return;
+    }
+    for (const m of msgs) m.term(reason.slice(0, 256));
+    this.stats.termsWithReason++;
+    this.reasonedTerms.add(seq);
+    // the set only has to outlive one ack_wait; bound it
+    if (this.reasonedTerms.size > 4096) this.reasonedTerms.delete(this.reasonedTerms.values().next().value!);
+  }
+
+  private noticeIgnoredReasons(batch: JsMsg[]): void {
+    if (this.reasonsRefused || this.reasonedTerms.size === 0) return;
+    const back = batch.find((m) => m.redelivered && this.reasonedTerms.has(m.seq));
+    if (!back) return;
+    this.reasonsRefused = true;
+    this.reasonedTerms.clear();
+    this.log.warn({ seq: back.seq, server: this.options.nc.info?.version }, "the consumer's leader ignored a terminate with a reason (nats-server 2.9); terminating without reasons from now on");
+  }
+
   private async handleBatch(batch: JsMsg[]): Promise<void> {
     // a message redelivered while its first delivery still waited here is handled once
     const bySeq = new Map<number, JsMsg[]>();
@@ -426,6 +468,7 @@ export class Intake {
       }
     }
     const events: IncomingEvent[] = unique.map((m) => ({ subject: m.subject, seq: m.seq, data: m.data, redelivered: m.redelivered }));
+    this.noticeIgnoredReasons(unique);
     this.stats.batches++;
     this.stats.events += events.length;
     this.stats.redelivered += events.filter((e) => e.redelivered).length;
@@ -468,9 +511,8 @@ export class Intake {
       const v = verdicts[i]!;
       const msgs = bySeq.get(unique[i]!.seq)!;
       if (v.outcome === "rejected") {
-        // plain term(): 2.9 ignores a reason and would keep redelivering; the reason goes to the record
-        for (const m of msgs) m.term();
         const ev = events[i]!;
+        this.termWith(msgs, ev.seq, String(v.reason));
         const record: RejectRecord = {
           subject: ev.subject,
           seq: ev.seq,

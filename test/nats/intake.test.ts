@@ -8,6 +8,7 @@ import { Intake, type RejectRecord } from "../../src/nats/intake.js";
 import { connectNats, type NatsSettings } from "../../src/nats/options.js";
 import { publishEvent } from "../../src/nats/publish.js";
 import { ensureConsumer, ensureStream, readLatest } from "../../src/nats/stream.js";
+import { atLeast } from "../../src/nats/server.js";
 import { readerName, vmSubject } from "../../src/nats/subjects.js";
 import { memoryLogger, recordingHandler, rejects, startNats, waitFor, type NatsServer } from "../support/nats-server.js";
 
@@ -221,6 +222,61 @@ test("a rejected event is terminated, recorded on sg6.reject.<host>, logged, and
   }
 });
 
+// 2.10 terminates with a reason (shown in its MSG_TERMINATED advisory); 2.9 leaves a "+TERM <reason>"
+// unacked. The test sees the agent's ack on $JS.ACK and answers it with a NAK: a message still pending
+// comes back at once (instead of after the contract's 30 s ack_wait), a terminated one does not.
+for (const forced of [undefined, true, false] as const) {
+  test(`a rejected event is terminated with its reason on 2.10+, plainly on 2.9 (termReasons ${forced ?? "from the version"})`, async () => {
+    const host = `reason-${forced ?? "auto"}`;
+    const reasonable = atLeast(srv.version, "2.10.0");
+    const records: RejectRecord[] = [];
+    const advisories: { reason?: string; stream_seq: number }[] = [];
+    const acks: { subject: string; body: string }[] = [];
+    const subs = [
+      nc.subscribe(`sg6.reject.${host}`, { callback: (_e, m) => void records.push(m.json<RejectRecord>()) }),
+      nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.SG6.sg6-${host}`, { callback: (_e, m) => void advisories.push(m.json()) }),
+      nc.subscribe(`$JS.ACK.SG6.sg6-${host}.>`, { callback: (_e, m) => void (m.string().startsWith("+TERM") && acks.push({ subject: m.subject, body: m.string() })) }),
+    ];
+    await nc.flush();
+    const seq = (await jetstream(nc).publish(vmSubject(host, "bad"), JSON.stringify({ bad: true }))).seq;
+    const rec = recordingHandler({ reject: () => "bad: the test says so" });
+    const { log, lines } = memoryLogger();
+    const agent = await newIntake(host, rec.handle, { log, ...(forced === undefined ? {} : { termReasons: forced }) });
+    try {
+      await waitFor(() => acks.length === 1, 10_000, "the agent's terminate");
+      const withReason = forced ?? reasonable;
+      assert.is(acks[0]!.body, withReason ? "+TERM bad: the test says so" : "+TERM");
+      nc.publish(acks[0]!.subject, "-NAK");
+      await nc.flush();
+      if (withReason && !reasonable) {
+        // 2.9 kept the message: it comes back, the agent notices, rejects it again and terminates it plainly
+        await waitFor(() => records.length === 2, 10_000, "the second reject record");
+        await waitFor(() => acks.length === 2, 10_000, "the second terminate");
+        assert.is(acks[1]!.body, "+TERM");
+        assert.ok(lines().some((l) => /ignored a terminate with a reason/.test(String(l.msg))), "the fallback is logged");
+      }
+      await waitFor(consumerIdle(host), 5000, "consumer idle");
+      // a nak that came too late to matter: nothing comes back, nothing waits for an ack
+      await new Promise((r) => setTimeout(r, 500));
+      const ci = await jsm.consumers.info("SG6", `sg6-${host}`);
+      assert.is(ci.num_ack_pending, 0);
+      assert.is(records.length, withReason && !reasonable ? 2 : 1, JSON.stringify(records));
+      assert.is(records[0]!.seq, seq);
+      assert.is(agent.intake.stats.termsWithReason, withReason ? 1 : 0);
+      if (reasonable) {
+        await waitFor(() => advisories.length === 1, 5000, "the MSG_TERMINATED advisory");
+        assert.is(advisories[0]!.stream_seq, seq);
+        assert.is(advisories[0]!.reason ?? "", withReason ? "bad: the test says so" : "");
+      } else {
+        assert.ok(advisories.every((a) => !a.reason), "2.9 has no reasons");
+      }
+    } finally {
+      for (const sub of subs) sub.unsubscribe();
+      await agent.stop();
+    }
+  });
+}
+
 test("stop() finishes and acks the batch in flight and hands the rest back soon (not after ack_wait)", async () => {
   const host = "stopper";
   await publishMany(host, 40);
@@ -278,6 +334,29 @@ test("readLatest returns the last message of every VM of the host, fast, also wi
   assert.not.ok(names.includes(readerName(host)), "the reader consumer is removed afterwards");
   // a second read right after works the same (no leftover state)
   assert.is((await readLatest(jetstream(nc), "SG6", host)).length, N);
+  // the deliver-all reader reads the same messages in the same order
+  const all = await readLatest(nc, "SG6", host, { deliver: "all" });
+  assert.equal(all.map((e) => `${e.subject}@${e.seq}`), events.map((e) => `${e.subject}@${e.seq}`));
+});
+
+test("readLatest's deliver-all reader keeps only the last message of each subject when a stream keeps more", async () => {
+  // a server of its own: the stream needs the subjects of the suite's SG6
+  const other = await startNats();
+  const conn = await connectNats({ servers: [other.url], stream: "SG6_KEEP3", replicas: 1 }, "sg6-test-keep3");
+  try {
+    await (await jetstreamManager(conn)).streams.add({ name: "SG6_KEEP3", subjects: ["sg6.vm.>"], storage: StorageType.Memory, max_msgs_per_subject: 3 });
+    const js = jetstream(conn);
+    for (const gen of [1, 2, 3]) for (const vm of ["a", "b"]) await js.publish(vmSubject("h1", vm), JSON.stringify({ gen, vm }));
+    await js.publish(vmSubject("h1", "a"), JSON.stringify({ gen: 4, vm: "a" }));
+    const lps = await readLatest(conn, "SG6_KEEP3", "h1");
+    const all = await readLatest(conn, "SG6_KEEP3", "h1", { deliver: "all" });
+    const bodies = (ms: typeof lps) => ms.map((m) => JSON.parse(new TextDecoder().decode(m.data)) as { gen: number; vm: string });
+    assert.equal(bodies(all), [{ gen: 3, vm: "b" }, { gen: 4, vm: "a" }], "the last of each subject, in stream order");
+    assert.equal(bodies(lps), bodies(all), "the same as the last-per-subject reader");
+  } finally {
+    await conn.close();
+    await other.stop();
+  }
 });
 
 test.run();

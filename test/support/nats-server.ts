@@ -1,6 +1,6 @@
 // Real nats-server processes for tests: loopback only, random free ports, a temp store dir each,
 // everything removed by stop() — also when a test fails half way.
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 // (not the global crypto: Node 18 has none)
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, readFileSync, mkdirSync } from "node:fs";
@@ -15,7 +15,21 @@ import { pino, type Logger } from "pino";
 import type { BatchHandler, IncomingEvent, Verdict } from "../../src/nats/intake.js";
 import { PATIENCE } from "./patience.js";
 
-export const NATS_SERVER = process.env.NATS_SERVER ?? "/usr/sbin/nats-server";
+/** the binary every test server runs: SG6_NATS_SERVER (e.g. scripts/nats-server-2.10.sh's), else the system's */
+export const NATS_SERVER = process.env.SG6_NATS_SERVER || process.env.NATS_SERVER || "/usr/sbin/nats-server";
+
+let versionCache: string | undefined;
+/** NATS_SERVER's version ("2.10.27"), asked once; printed the first time a server starts */
+export function natsServerVersion(): string {
+  if (versionCache === undefined) {
+    const out = execFileSync(NATS_SERVER, ["--version"], { encoding: "utf8" });
+    const m = /v?(\d+\.\d+\.\d+\S*)/.exec(out);
+    if (!m) throw new Error(`${NATS_SERVER} --version: no version in ${JSON.stringify(out.trim())}`);
+    versionCache = m[1]!;
+    console.error(`nats-server ${versionCache} (${NATS_SERVER})`);
+  }
+  return versionCache;
+}
 
 /** every server process started here, so a crashed test run can still kill them */
 const live = new Set<ChildProcess>();
@@ -75,6 +89,8 @@ export interface NatsServer {
   /** temp dir holding the config, the log and the JetStream store */
   dir: string;
   serverName: string;
+  /** the version of the binary it runs (natsServerVersion()) */
+  version: string;
   /** the config file the server runs with */
   configFile: string;
   /** the server's log so far */
@@ -93,6 +109,18 @@ export interface NatsServer {
 let serial = 0;
 
 export async function startNats(opts: StartOptions = {}): Promise<NatsServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startNatsOnce(opts);
+    } catch (err) {
+      // a port of our own choosing that somebody took in between: choose another (see portTaken)
+      if (opts.port !== undefined || !portTaken(err) || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function startNatsOnce(opts: StartOptions): Promise<NatsServer> {
+  const version = natsServerVersion();
   const port = opts.port ?? (await freePort());
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "sg6-nats-"));
   mkdirSync(dir, { recursive: true });
@@ -178,6 +206,7 @@ export async function startNats(opts: StartOptions = {}): Promise<NatsServer> {
     port,
     dir,
     serverName,
+    version,
     configFile,
     log: readLog,
     running: () => !!proc && proc.exitCode === null && proc.signalCode === null,
@@ -207,6 +236,24 @@ export interface NatsCluster {
  * `connOpts` are the client options of that readiness check (credentials when `config` requires them).
  */
 export async function startCluster(n = 3, config?: string, connOpts: object = {}): Promise<NatsCluster> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startClusterOnce(n, config, connOpts);
+    } catch (err) {
+      if (!portTaken(err) || attempt >= 3) throw err;
+    }
+  }
+}
+
+/**
+ * freePort() releases the port before the server binds it: another process (tests run side by side
+ * on this machine) can take it in between. The server then exits with this; start again on new ports.
+ */
+function portTaken(err: unknown): boolean {
+  return /address already in use/.test(String(err));
+}
+
+async function startClusterOnce(n: number, config: string | undefined, connOpts: object): Promise<NatsCluster> {
   const clientPorts: number[] = [];
   const routePorts: number[] = [];
   for (let i = 0; i < n; i++) {
