@@ -1,5 +1,7 @@
 // The "nftables" backend's shell: runs `nft` (and reads links over rtnetlink) for the core in
 // src/core/nft-rules.ts. Every change is one `nft -f -` run, i.e. one netlink transaction.
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import type { Socket } from "node:net";
 import { createRtNetlink, type RtNetlinkSocket } from "netlink";
 import type { ReasonCounts } from "../core/drop-reasons.js";
 import type { PortBinding } from "../core/model.js";
@@ -89,6 +91,50 @@ export async function purgeNftables(): Promise<string[]> {
   return [`nftables: table ${FAMILY} ${TABLE}`];
 }
 
+/**
+ * An `nft -f -` started ahead of time and waiting on its stdin, so a link event's update does not
+ * wait for nft to start (a few ms, tens on a busy host: frames pass while it does).
+ */
+class WarmNft {
+  private next: { child: ChildProcessWithoutNullStreams; done: Promise<{ code: number; stderr: string }> } | undefined;
+
+  private start() {
+    const child = spawn("nft", ["-f", "-"], { stdio: ["pipe", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    child.stdout.resume();
+    // a waiting nft must not keep a one-shot command (sg6 reconcile) alive
+    child.unref();
+    for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as unknown as Socket).unref?.();
+    child.stdin.on("error", () => {
+      /* its exit code tells */
+    });
+    const done = new Promise<{ code: number; stderr: string }>((resolve) => {
+      child.on("error", (error) => resolve({ code: 127, stderr: error.message }));
+      child.on("close", (code) => resolve({ code: code ?? 1, stderr }));
+    });
+    return { child, done };
+  }
+
+  /** Start the next one now, so it is ready when needed. */
+  prime(): void {
+    this.next ??= this.start();
+  }
+
+  async run(script: string): Promise<void> {
+    const proc = this.next ?? this.start();
+    this.next = this.start();
+    proc.child.stdin.end(script);
+    const result = await proc.done;
+    if (result.code !== 0) throw new NftBackendError(`nft -f - exited ${result.code}: ${result.stderr.trim().split("\n")[0]}`);
+  }
+
+  close(): void {
+    this.next?.child.kill();
+    this.next = undefined;
+  }
+}
+
 /** Owns `table bridge sg6` on this host. */
 export class NftBackend implements Dataplane {
   readonly description = `nftables (table ${FAMILY} ${TABLE})`;
@@ -112,6 +158,7 @@ export class NftBackend implements Dataplane {
   private otherMasters = new Set<number>();
   private foreign = new Set<number>();
   private renewTimer: NodeJS.Timeout | undefined;
+  private warm: WarmNft | undefined;
   private readonly requestedMembership: MembershipMode | "auto";
   private membershipState: { mode: MembershipMode; detail: string } | undefined;
 
@@ -239,7 +286,9 @@ export class NftBackend implements Dataplane {
     if (!this.inSync) return []; // nothing to keep current before a reconcile has built the table
     if (text === this.lastForeign && !(renew && foreign.length)) return [];
     this.lastForeign = undefined; // unknown until the write succeeds
-    await nftScript(foreignScript(foreign, this.options));
+    const script = foreignScript(foreign, this.options);
+    if (this.warm) await this.warm.run(script);
+    else await nftScript(script);
     this.lastForeign = text;
     return [`foreign ports now ${text || "none"}`];
   }
@@ -281,6 +330,8 @@ export class NftBackend implements Dataplane {
       }
     });
     this.socket = socket;
+    this.warm = new WarmNft();
+    this.warm.prime();
     // renew the exemptions' leases well before they run out; when the agent stops, they expire and
     // ports named like guarded ones are guarded wherever they are (fail closed)
     const every = (this.options.foreignLease ?? FOREIGN_LEASE_SECONDS) * 1000 / 3;
@@ -294,6 +345,8 @@ export class NftBackend implements Dataplane {
   close(): void {
     if (this.renewTimer) clearInterval(this.renewTimer);
     this.renewTimer = undefined;
+    this.warm?.close();
+    this.warm = undefined;
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
     this.socket?.socket.close();
