@@ -213,7 +213,7 @@ read("foreign ports: vnet* members of bridges sg6 does not guard, by index", () 
   assert.is(foreignScript([], OPTIONS), "flush set bridge sg6 foreign\n");
 });
 
-read("drop counters are read per port and reason; a bound or released port starts from zero", () => {
+read("drop counters are read per port and reason; a released port's counts go with it", () => {
   const listed = JSON.stringify({
     nftables: [
       { set: { family: FAMILY, table: TABLE, name: "drops", type: ["ifname", "mark"], elem: [
@@ -227,12 +227,11 @@ read("drop counters are read per port and reason; a bound or released port start
   const snapshot = parseNftJson(listed);
   assert.equal(Object.fromEntries(snapshot.reasons), { vnet3: { mac: 4, source: 2 }, vnet7: { unallocated: 5 } });
   assert.equal(Object.fromEntries(snapshot.counters), { vnet3: 6, vnet7: 5 });
-  const bind = planDelta(new Map(), renderContent([VM_A]), [128, 60]).script.trimEnd().split("\n");
+  assert.not.match(planDelta(new Map(), renderContent([VM_A]), [128, 60]).script, /delete/, "a bind deletes nothing (a delete costs a transaction ~15 ms)");
+  const release = planDelta(renderContent([VM_A, VM_B]), renderContent([VM_B]), [128, 60]).script.trimEnd().split("\n");
   const all = DROP_REASONS.map((_, i) => `"vnet3" . ${i + 1}`).join(", ");
-  assert.equal(bind.slice(-2), [`add element bridge sg6 drops { ${all} }`, `delete element bridge sg6 drops { ${all} }`]);
-  const release = planDelta(renderContent([VM_A, VM_B]), renderContent([VM_B]), [128, 60]).script;
-  assert.match(release, /delete element bridge sg6 drops \{ "vnet3" \. 1, /);
-  assert.not.match(release, /"vnet4" \. 1/);
+  assert.equal(release.slice(-2), [`add element bridge sg6 drops { ${all} }`, `delete element bridge sg6 drops { ${all} }`]);
+  assert.not.match(release.join("\n"), /"vnet4" \. 1/);
   const moved = { ...VM_A, sources: VM_A.sources.slice(0, 2) };
   assert.not.match(planDelta(renderContent([VM_A]), renderContent([moved]), [128, 60]).script, /drops/, "an address change keeps the counters");
 });
