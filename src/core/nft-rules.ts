@@ -22,8 +22,12 @@ export const SET_PORTS = "ports";
 /** drop counters: `port . reason number`, added from the packet path (dynamic, never diffed) */
 export const SET_DROPS = "drops";
 export const SET_FOREIGN = "foreign";
-/** the named limit all drop-log rules share: at most 100 logged frames/s per host, burst 50 */
-export const LIMIT_DROPLOG = "droplog";
+/**
+ * the chain every drop passes before it is logged: its one limit rule is shared by all reasons, so
+ * at most 100 logged frames/s per host, burst 50 (a named limit object would do the same, but
+ * Debian 12's kernel refuses `limit name` in the bridge family: "No such file or directory")
+ */
+export const CHAIN_LOG_LIMIT = "log_limit";
 /** netlink log group of the drop log (`sg6 drops` reads it) */
 export const DROPLOG_GROUP = 6;
 /** the lease of a `foreign` element in agent mode: renewed by the agent, so while it is down the exemption ends */
@@ -313,12 +317,14 @@ function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
       // RFC 7112 / 7113: a first fragment must hold the whole header chain up to and including the
       // upper-layer header, else RA guard and the DHCPv6 shield cannot see what it is. A rule whose
       // payload load fails does not match, so each protocol "returns" only if its header is there.
+      // ICMPv6 by number: nft resolves "ipv6-icmp" through /etc/protocols, which a minimal host
+      // may lack (the table then fails to load: seen in the Debian-kernel guest).
       name: CHAIN_FIRST_FRAGMENT,
       rules: [
-        rule("meta l4proto ipv6-icmp @th,0,32 & 0x0 == 0x0 return", "ICMPv6 header present"),
-        rule("meta l4proto udp @th,0,64 & 0x0 == 0x0 return", "UDP header present"),
-        rule("meta l4proto tcp @th,128,32 & 0x0 == 0x0 return", "TCP header present"),
-        rule("meta l4proto != { tcp, udp, ipv6-icmp } return", "another upper layer"),
+        rule("meta l4proto 58 @th,0,32 & 0x0 == 0x0 return", "ICMPv6 header present"),
+        rule("meta l4proto 17 @th,0,64 & 0x0 == 0x0 return", "UDP header present"),
+        rule("meta l4proto 6 @th,128,32 & 0x0 == 0x0 return", "TCP header present"),
+        rule("meta l4proto != { 6, 17, 58 } return", "another upper layer"),
         rule(drop("fragment"), "incomplete header chain"),
       ],
     },
@@ -329,13 +335,18 @@ function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
         rule(drop("nd-target"), "target not owned (or no target)"),
       ],
     },
+    {
+      name: CHAIN_LOG_LIMIT,
+      rules: [rule("limit rate over 100/second burst 50 packets drop", "over 100/s: drop without a log")],
+    },
     // one chain per reason: count (per port . reason), log (rate-limited per host), drop. A full
     // `drops` set makes the update fail, which only skips the count: the drop still happens.
     ...DROP_REASONS.map((reason) => ({
       name: dropChain(reason),
       rules: [
         rule(`update @${SET_DROPS} { iifname . ${reasonNumber(reason)} }`, `count ${reason}`),
-        rule(`limit name "${LIMIT_DROPLOG}" log prefix "sg6 ${reason}" group ${DROPLOG_GROUP}`, `log ${reason}`),
+        rule(`jump ${CHAIN_LOG_LIMIT}`, `over the log limit: drop unlogged`),
+        rule(`log prefix "sg6 ${reason}" group ${DROPLOG_GROUP}`, `log ${reason}`),
         rule("drop", `drop ${reason}`),
       ],
     })),
@@ -361,7 +372,6 @@ export function renderTable(options: NftOptions, lengths: number[], content: Nft
   const lines = [
     `table ${FAMILY} ${TABLE} {`,
     '\tcomment "sg6: IPv6 source guard of VM ports; managed by the sg6 agent, edits are reverted"',
-    `\tlimit ${LIMIT_DROPLOG} {\n\t\trate 100/second burst 50 packets\n\t\tcomment "drop log: at most 100 frames/s per host"\n\t}`,
   ];
   const lease = foreignLease(options);
   for (const spec of setSpecs(lengths)) {

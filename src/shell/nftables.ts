@@ -45,11 +45,11 @@ export interface NftBackendOptions extends Omit<NftOptions, "membership"> {
 }
 
 /** A rule `meta ibrname` in a table that is only checked, never committed: whether nft_meta_bridge is there. */
-const PROBE = `table ${FAMILY} sg6_probe {\n\tchain probe {\n\t\ttype filter hook prerouting priority 0; policy accept;\n\t\tmeta ibrname "sg6-probe" return\n\t}\n}\n`;
+export const MEMBERSHIP_PROBE = `table ${FAMILY} sg6_probe {\n\tchain probe {\n\t\ttype filter hook prerouting priority 0; policy accept;\n\t\tmeta ibrname "sg6-probe" return\n\t}\n}\n`;
 
 /** Whether the kernel can tell at packet time which bridge a frame entered (`meta ibrname`). */
 export async function probeMembership(): Promise<{ mode: MembershipMode; detail: string }> {
-  const result = await execRaw("nft", ["--check", "-f", "-"], { input: PROBE });
+  const result = await execRaw("nft", ["--check", "-f", "-"], { input: MEMBERSHIP_PROBE });
   if (result.code === 0) return { mode: "kernel", detail: "meta ibrname (nft_meta_bridge): the kernel decides bridge membership at packet time" };
   const why = result.stderr.includes("Operation not supported") ? "this kernel has no nft_meta_bridge (meta ibrname: Operation not supported)" : `meta ibrname refused: ${result.stderr.trim().split("\n")[0]}`;
   return {

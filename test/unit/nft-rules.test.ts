@@ -122,13 +122,15 @@ render("each drop reason has its chain: count per port . reason, log to group 6 
   DROP_REASONS.forEach((reason, i) => {
     const chain = chains.find((c) => c.name === dropChain(reason));
     assert.ok(chain, `chain for ${reason}`);
-    assert.equal(chain!.rules.map((r) => r.text), [`update @drops { iifname . ${i + 1} }`, `limit name "droplog" log prefix "sg6 ${reason}" group 6`, "drop"]);
+    assert.equal(chain!.rules.map((r) => r.text), [`update @drops { iifname . ${i + 1} }`, "jump log_limit", `log prefix "sg6 ${reason}" group 6`, "drop"]);
     assert.is(reasonNumber(reason), i + 1);
   });
   // every goto into a drop chain names a reason of the vocabulary, and every reason is used
   const used = new Set(chains.flatMap((c) => c.rules.map((r) => /goto drop_(\w+)/.exec(r.text)?.[1]).filter(Boolean)));
   assert.equal([...used].sort(), DROP_REASONS.map((r) => r.replaceAll("-", "_")).sort());
-  assert.match(renderTable(OPTIONS, [128], new Map(), []), /limit droplog \{\n\t\trate 100\/second burst 50 packets/);
+  // one limit rule for every reason: the limit is per host, not per reason
+  assert.equal(chains.find((c) => c.name === "log_limit")!.rules.map((r) => r.text), ["limit rate over 100/second burst 50 packets drop"]);
+  assert.is(chains.flatMap((c) => c.rules).filter((r) => r.text.includes("limit rate")).length, 1);
 });
 
 render("membership: kernel mode asks meta ibrname and has no foreign exemption; agent mode leases it", () => {
