@@ -24,8 +24,8 @@ export const SET_DROPS = "drops";
 export const SET_FOREIGN = "foreign";
 /**
  * the chain every drop passes before it is logged: its one limit rule is shared by all reasons, so
- * at most 100 logged frames/s per host, burst 50 (a named limit object would do the same, but
- * Debian 12's kernel refuses `limit name` in the bridge family: "No such file or directory")
+ * at most 100 logged frames/s per host, burst 50 (a named limit object would do the same, but its
+ * reference needs nft_objref, a module of its own on Debian 12's kernel; a rule needs nothing more)
  */
 export const CHAIN_LOG_LIMIT = "log_limit";
 /** netlink log group of the drop log (`sg6 drops` reads it) */
