@@ -597,7 +597,8 @@ test("a tap moved from another bridge onto cloudbr0 is guarded at once with the 
   const running = await movedPasses();
   console.log(`  moved with the agent running: ${running.passed} of ${running.sent} RAs (1 per ms) reached the router`);
   assert.ok(running.sent > 100, `sent ${running.sent}`);
-  assert.ok(running.passed <= 20, `${running.passed} RAs passed during the move (the targeted update should take a few ms)`);
+  // a few ms here (4-6 of ~450); the bound leaves room for a loaded machine
+  assert.ok(running.passed <= 40, `${running.passed} RAs passed during the move (the targeted update should take a few ms)`);
   assert.equal(await counts(vm9, [router], { src: vm9.ll, kind: "ra" }), [0], "after the move");
   await moveBack();
 
@@ -619,7 +620,7 @@ test("dropsByReason: each row counts under its reason, per port", async () => {
   const { driver } = ready();
   const reasons = await driver.reasons();
   const vnet1 = reasons.vnet1 ?? {};
-  // the drops of earlier tests were of the restarted agent's table? no: the table survives the agent
+  // the table (and its counters) outlived the agent restart of the previous test
   for (const reason of ["mac", "tagged", "nd-target", "fragment", "ra-guard", "mld-query", "dhcpv6", "source"] as const) {
     assert.ok((vnet1[reason] ?? 0) > 0, `vnet1 ${reason}: ${JSON.stringify(vnet1)}`);
   }
