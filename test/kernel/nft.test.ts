@@ -25,7 +25,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, "../..");
 const PKT_ND = join(HERE, "../support/pkt_nd.py");
 const PYTHON = "/usr/bin/python3";
-const FRAMES = join(HERE, "nft_frames.py");
+const FRAMES = join(HERE, "../support/pkt_l2.py");
 /** the foreign exemptions' lease here: short, so the "agent down" test need not wait 15 s */
 const LEASE_SECONDS = 2;
 
@@ -269,7 +269,7 @@ async function nft(...args: string[]): Promise<string> {
   return lab!.hv.ns.run("nft", args);
 }
 
-/** nft_frames.py frames (ARP, MLD query) from `from` with source MAC `mac`, counted at each of `to`. */
+/** pkt_l2.py frames (ARP, MLD query) from `from` with source MAC `mac`, counted at each of `to`. */
 async function frameCounts(from: Vm, to: Vm[], kind: "arp" | "mld-query", options: { mac?: string; src?: string } = {}): Promise<number[]> {
   const mac = options.mac ?? from.mac;
   const marker = newMarker();
@@ -278,7 +278,7 @@ async function frameCounts(from: Vm, to: Vm[], kind: "arp" | "mld-query", option
     const args = ["send", "--iface", from.handle.ifname, "--src-mac", mac, "--kind", kind, "--marker", marker, "--count", "3"];
     if (options.src) args.push("--src", options.src);
     const result = await execRaw("ip", ["netns", "exec", from.handle.ns.name, PYTHON, FRAMES, ...args]);
-    if (result.code !== 0) throw new Error(`nft_frames.py: ${result.stderr.trim()}`);
+    if (result.code !== 0) throw new Error(`pkt_l2.py: ${result.stderr.trim()}`);
     await settle(sniffers, [from.sender]);
     return (await Promise.all(sniffers.map((s) => s.stop()))).map((c) => c[marker] ?? 0);
   } finally {

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Frames pkt.py does not build, for test/kernel/nft.test.ts (no third-party modules).
+"""Frames pkt.py does not build (no third-party modules); used by test/kernel/nft.test.ts.
 
   send --iface IF --src-mac M --kind arp|mld-query --marker TEXT [--src A] [--count N]
 
