@@ -554,7 +554,10 @@ test("drop log: dropped frames reach netlink log group 6 as 'sg6 <reason>', at m
   const tcpdump = spawn("ip", ["netns", "exec", hv.ns.name, "tcpdump", "-U", "-i", "nflog:6", "-w", file], { stdio: ["ignore", "ignore", "pipe"] });
   let said = "";
   const listening = new Promise<void>((resolve, reject) => {
-    tcpdump.stderr.on("data", (chunk: Buffer) => (said += chunk.toString()).includes("listening") && resolve());
+    tcpdump.stderr.on("data", (chunk: Buffer) => {
+      said += chunk.toString();
+      if (said.includes("listening")) resolve();
+    });
     tcpdump.on("exit", (code) => reject(new Error(`tcpdump -i nflog:6 exited ${code}: ${said.trim()}`)));
   });
   try {
