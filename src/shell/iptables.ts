@@ -1,7 +1,7 @@
 // The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore, ipset and
 // ebtables-nft-save/-restore for the core, and keeps the kernel switches it needs.
 import { readFile, writeFile } from "node:fs/promises";
-import { parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
+import { HOOK_L2, TABLE_L2, parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import {
   emptyContent,
   flushSets,
@@ -9,9 +9,10 @@ import {
   iptablesSaveParser,
   mergedContent,
   withoutSources,
-  parseIptablesSave,
   planChange,
   planDelta,
+  unknownRules,
+  unreadableRule,
   renderContent,
   HOOKS,
   CHAIN_DROP,
@@ -64,6 +65,12 @@ export async function saveTable(variant: Variant): Promise<string> {
 }
 
 /**
+ * What the nf_tables variants say when a rule of the table is one they cannot list (an nft-native
+ * rule added to their chains with `nft`): the listing stops there and exits non-zero.
+ */
+const CANNOT_LIST = /Parsing nftables rule failed/;
+
+/**
  * The snapshot's rules and sets, parsed line by line as the tools print them: at thousands of
  * ports the listings are megabytes, and only sg6's part is kept (never the whole text as well).
  */
@@ -71,10 +78,48 @@ async function readTable(variant: Variant): Promise<Pick<KernelSnapshot, "hooks"
   const parser = iptablesSaveParser();
   const command = `ip6tables-${variant}-save`;
   const args = ["-t", "filter"];
-  const result = await execLines(command, args, (line) => parser.line(line));
-  if (result.code !== 0) throw new ExecError(command, args, result);
-  return parser.result();
+  let lastChain: string | undefined;
+  const result = await execLines(command, args, (line) => {
+    parser.line(line);
+    if (line.startsWith("-A ")) {
+      const end = line.indexOf(" ", 3);
+      lastChain = end < 0 ? line.slice(3) : line.slice(3, end);
+    }
+  });
+  if (result.code === 0) return parser.result();
+  if (variant !== "nft" || !CANNOT_LIST.test(result.stderr)) throw new ExecError(command, args, result);
+  return readTableByChain(parser.result(), lastChain, result.stderr);
 }
+
+/**
+ * ip6tables-nft-save stopped at a rule it cannot list: read the rest of sg6's chains (their names
+ * were listed before the rules) and of the hooks one at a time. The listing goes chain by chain, so
+ * a chain with rules listed before the chain of the last listed rule (`lastChain`) is complete. A
+ * chain of sg6's that cannot be listed holds such a rule: it reads as one unreadable line, which
+ * planChange reports and removes with its chain (a flush needs no listing). sg6 cannot check its
+ * jumps in a hook that cannot be listed: that is an error.
+ */
+async function readTableByChain(partial: Pick<KernelSnapshot, "hooks" | "chains">, lastChain: string | undefined, why: string): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
+  const hooks = { ...partial.hooks };
+  const chains = new Map(partial.chains);
+  const listedBefore = (chain: string, rules: readonly string[]) => rules.length > 0 && chain !== lastChain;
+  const rest = [...HOOKS.filter((hook) => !listedBefore(hook, hooks[hook])), ...[...chains].filter(([chain, rules]) => !listedBefore(chain, rules)).map(([chain]) => chain)];
+  for (const chain of rest) {
+    const listed = await execRaw("ip6tables-nft", ["-w", LOCK_WAIT_S, "-t", "filter", "-S", chain]);
+    if (listed.code === 0) {
+      const rules = listed.stdout.split("\n").filter((line) => line.startsWith("-A "));
+      if (chain === "FORWARD" || chain === "INPUT") hooks[chain] = rules;
+      else chains.set(chain, rules);
+    } else if (chain === "FORWARD" || chain === "INPUT") {
+      throw new BackendError(`ip6tables-nft cannot list a rule of ${chain} (${firstLine(listed.stderr || why)}): sg6 cannot check its jump there; remove that rule (nft list chain ip6 filter ${chain})`);
+    } else {
+      chains.set(chain, [unreadableRule(chain, "ip6tables-nft", listed.stderr || why)]);
+    }
+  }
+  return { hooks, chains };
+}
+
+const firstLine = (text: string) => text.trim().split("\n")[0] ?? "";
 
 async function readSets(): Promise<KernelSnapshot["sets"]> {
   const parser = ipsetSaveParser();
@@ -84,7 +129,24 @@ async function readSets(): Promise<KernelSnapshot["sets"]> {
 }
 
 async function ebtablesSave(): Promise<L2Snapshot> {
-  return parseEbtablesSave(await exec(EBTABLES_SAVE, ["-t", "nat"]));
+  const saved = await execRaw(EBTABLES_SAVE, ["-t", "nat"]);
+  if (saved.code === 0) return parseEbtablesSave(saved.stdout);
+  if (!CANNOT_LIST.test(saved.stderr)) throw new ExecError(EBTABLES_SAVE, ["-t", "nat"], saved);
+  // as readTableByChain: the hook and sg6's chains one at a time (`-L` lists a chain's rules without `-A chain`)
+  const partial = parseEbtablesSave(saved.stdout);
+  const snapshot: L2Snapshot = { hook: [], chains: new Map() };
+  for (const chain of [HOOK_L2, ...partial.chains.keys()]) {
+    const listed = await execRaw("ebtables-nft", ["-t", TABLE_L2, "-L", chain]);
+    const rules = listed.stdout.split("\n").filter((line) => line.trim() && !line.startsWith("Bridge ")).map((line) => `-A ${chain} ${line.trim()}`);
+    if (chain === HOOK_L2) {
+      if (listed.code !== 0) throw new BackendError(`ebtables-nft cannot list a rule of ${TABLE_L2} ${HOOK_L2} (${firstLine(listed.stderr)}): sg6 cannot check its jump there; remove that rule (nft list chain bridge ${TABLE_L2} ${HOOK_L2})`);
+      snapshot.hook = rules;
+    } else {
+      const policy = partial.chains.get(chain)!.policy;
+      snapshot.chains.set(chain, { policy, rules: listed.code === 0 ? rules : [unreadableRule(chain, "ebtables-nft", listed.stderr || saved.stderr)] });
+    }
+  }
+  return snapshot;
 }
 
 /** Read the switches the backend needs (undefined: the key does not exist). */
@@ -137,6 +199,12 @@ export class IptablesBackend implements Dataplane {
   private purgeOtherPending = false;
   /** ports of the last desired state reconciled (also dry), for limits() */
   private lastDesiredPorts = 0;
+  /**
+   * lines of sg6's chains it could not identify at the last applied reconcile (reported then, and
+   * rewritten away): if the next reconcile reads the same line back, the rewrite cannot remove it,
+   * and it is not reported or repaired again (see planChange)
+   */
+  private settledUnknown: ReadonlySet<string> = new Set();
 
   constructor(
     readonly variant: Variant,
@@ -168,9 +236,9 @@ export class IptablesBackend implements Dataplane {
     const other: Variant = this.variant === "nft" ? "legacy" : "nft";
     // listing legacy tables instantiates them; /proc tells whether any exist without touching them
     if (other === "legacy" && !(await legacyTablesExist())) return;
-    const text = await execRaw(`ip6tables-${other}-save`, ["-t", "filter"]);
-    if (text.code !== 0) return; // that variant is not usable here, so it cannot hold anything
-    const { chains } = parseIptablesSave(text.stdout);
+    // a variant that is not usable here cannot hold anything
+    const table = await readTable(other).catch(() => undefined);
+    const chains = table?.chains ?? new Map<string, string[]>();
     if (chains.size > 0) {
       throw new BackendError(
         `sg6 chains exist in ip6tables-${other} (${[...chains.keys()].join(", ")}) while this host uses ip6tables-${this.variant}; run "sg6 purge" to clean both`,
@@ -193,11 +261,12 @@ export class IptablesBackend implements Dataplane {
     // the switches first: rules are worth nothing while bridged IPv6 bypasses them
     const switches = await ensureSwitches(dryRun);
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);
-    const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options));
+    const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options), this.settledUnknown);
     if (!dryRun) {
       this.inSync = false;
       await this.run(script);
       this.inSync = true;
+      this.settledUnknown = new Set(unknownRules(snapshot));
       this.leftovers.clear(); // whatever released ports left is gone with the rest of the drift
       if (this.purgeOtherPending && this.switchOver) {
         script.changes.push(...(await this.switchOver.purge()));
@@ -255,7 +324,8 @@ export class IptablesBackend implements Dataplane {
     const notes: string[] = [];
     await this.checkOtherVariant();
     const ebtables = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
-    if (ebtables.code !== 0) throw new BackendError(`backend "iptables" needs ${EBTABLES_SAVE} (Debian package ebtables) for layer 2: ${ebtables.stderr.trim()}`);
+    // a rule the tool cannot list makes the listing fail, yet the tool is there (reconcile reads around it)
+    if (ebtables.code !== 0 && !CANNOT_LIST.test(ebtables.stderr)) throw new BackendError(`backend "iptables" needs ${EBTABLES_SAVE} (Debian package ebtables) for layer 2: ${ebtables.stderr.trim()}`);
     // switching backend: the nftables table goes once these rules enforce (no unguarded gap)
     this.purgeOtherPending = this.switchOver ? await this.switchOver.present().catch(() => false) : false;
     if (this.purgeOtherPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
@@ -277,11 +347,14 @@ export class IptablesBackend implements Dataplane {
   async dropCounters(): Promise<Map<string, number>> {
     const listCommand = `ip6tables-${this.variant}`;
     const listArgs = ["-w", LOCK_WAIT_S, "-t", "filter", "-S", CHAIN_DROP, "-v"];
-    const [listing, l2] = await Promise.all([execRaw(listCommand, listArgs), exec(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
+    const [listing, l2Saved] = await Promise.all([execRaw(listCommand, listArgs), execRaw(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
+    if (l2Saved.code !== 0 && !CANNOT_LIST.test(l2Saved.stderr)) throw new ExecError(EBTABLES_SAVE, ["-c", "-t", "nat"], l2Saved);
+    const l2 = l2Saved.code === 0 ? l2Saved.stdout : "";
     // no drop chain (nothing applied yet, or removed by hand: drift repair sees to that) means no
     // layer-3 counters; ip6tables-nft 1.8.9 words a missing chain as "incompatible". Anything else
     // is an error: the watchdog probes the dataplane through this read.
-    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr);
+    // a rule the tool cannot list (the next reconcile rewrites its chain) leaves no counters to read either
+    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr) || CANNOT_LIST.test(listing.stderr);
     if (listing.code !== 0 && !missing) throw new ExecError(listCommand, listArgs, listing);
     const drops = parseL2Drops(l2);
     const l3 = listing.code === 0 ? parsePortDrops(listing.stdout) : new Map<string, number>();
@@ -292,9 +365,8 @@ export class IptablesBackend implements Dataplane {
   /** Remove every sg6 object from ebtables and both ip6tables variants, then the sets (no rule refers to them by then). */
   static async purge(): Promise<string[]> {
     const removed: string[] = [];
-    const l2 = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch(() => undefined);
-    if (l2 && l2.code === 0) {
-      const snapshot = parseEbtablesSave(l2.stdout);
+    const snapshot = await ebtablesSave().catch(() => undefined);
+    if (snapshot) {
       const lines = purgeL2(snapshot);
       if (lines.length) {
         await exec(EBTABLES_RESTORE, ["--noflush"], { input: l2Script(lines) });
@@ -303,9 +375,9 @@ export class IptablesBackend implements Dataplane {
     }
     for (const variant of ["legacy", "nft"] as const) {
       if (variant === "legacy" && !(await legacyTablesExist())) continue;
-      const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
-      if (saved.code !== 0) continue;
-      const { hooks, chains } = parseIptablesSave(saved.stdout);
+      const table = await readTable(variant).catch(() => undefined);
+      if (!table) continue;
+      const { hooks, chains } = table;
       const jumps = HOOKS.flatMap((hook) => hooks[hook].filter((rule) => / -[jg] sg6/.test(rule)));
       if (!jumps.length && !chains.size) continue;
       const lines = [
@@ -328,8 +400,8 @@ export class IptablesBackend implements Dataplane {
 export async function iptablesObjectsExist(): Promise<boolean> {
   for (const variant of ["legacy", "nft"] as const) {
     if (variant === "legacy" && !(await legacyTablesExist())) continue;
-    const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
-    if (saved.code === 0 && parseIptablesSave(saved.stdout).chains.size > 0) return true;
+    const table = await readTable(variant).catch(() => undefined);
+    if (table && table.chains.size > 0) return true;
   }
   return false;
 }

@@ -101,10 +101,14 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
 
     const dry = await h.cli(["reconcile", "--dry-run"]);
     assert.is(dry.code, 3, `dry run reports drift: ${dry.stdout}${dry.stderr}`);
-    // one writer of the kernel and the state files: while the agent runs, reconcile says who holds the lock
+    // one writer of the kernel and the state files: an agent that holds the lock but does not answer
+    // on its control socket (stopped here) makes reconcile say who holds the lock
+    process.kill(h.agent!.pid!, "SIGSTOP");
     const locked = await h.cli(["reconcile", "--json"]);
+    process.kill(h.agent!.pid!, "SIGCONT");
     assert.is(locked.code, 1, locked.stdout + locked.stderr);
-    assert.match(locked.stderr, new RegExp(`^sg6 reconcile: .* is locked by pid ${h.agent!.pid} \\(sg6 agent, since `));
+    assert.match(locked.stderr, /^sg6 reconcile: WARNING: the agent's control socket .* does not answer/);
+    assert.match(locked.stderr, new RegExp(`^sg6 reconcile: .* is locked by pid ${h.agent!.pid} \\(sg6 agent, since `, "m"));
     await h.stopAgent();
     const fix = await h.cli(["reconcile", "--json"]);
     assert.is(fix.code, 0, fix.stderr);
