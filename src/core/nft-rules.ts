@@ -8,6 +8,7 @@
 // the bindings is therefore a set update, the rule count does not grow with the VMs, and every
 // set is a hash set, so an update costs the same with 10 or 5,000 VMs (see planDelta).
 import { groupsHex, groupsText, maskGroups, parseAddress, prefixBits } from "./addressing.js";
+import { DROP_REASONS, type DropReason, isDropReason, type ReasonCounts } from "./drop-reasons.js";
 import type { PortBinding } from "./model.js";
 import { isForeignPort, type LinkInfo } from "./ports.js";
 import { ID_PREFIX, idIn, ruleId } from "./rule-id.js";
@@ -16,23 +17,57 @@ export const FAMILY = "bridge";
 export const TABLE = "sg6";
 
 export const SET_MACS = "macs";
+/** bound ports (a port with an allocation): a wrong source MAC from one is dropped, any protocol */
+export const SET_PORTS = "ports";
+/** drop counters: `port . reason number`, added from the packet path (dynamic, never diffed) */
 export const SET_DROPS = "drops";
 export const SET_FOREIGN = "foreign";
+/**
+ * the chain every drop passes before it is logged: its one limit rule is shared by all reasons, so
+ * at most 100 logged frames/s per host, burst 50 (a named limit object would do the same, but its
+ * reference needs nft_objref, a module of its own on Debian 12's kernel; a rule needs nothing more)
+ */
+export const CHAIN_LOG_LIMIT = "log_limit";
+/** netlink log group of the drop log (`sg6 drops` reads it) */
+export const DROPLOG_GROUP = 6;
+/** the lease of a `foreign` element in agent mode: renewed by the agent, so while it is down the exemption ends */
+export const FOREIGN_LEASE_SECONDS = 15;
 /** `sources_<len>`: port . MAC . source address masked to <len> bits */
 export const SOURCE_SET_PREFIX = "sources_";
 /** `nd_targets_<len>`: port . ND target masked to <len> bits */
 export const TARGET_SET_PREFIX = "nd_targets_";
 
 export const CHAIN_GUARD = "guard";
+export const CHAIN_BOUND = "bound";
 export const CHAIN_DAD = "dad";
 export const CHAIN_SOURCE = "source";
 export const CHAIN_FIRST_FRAGMENT = "first_fragment";
 export const CHAIN_NA = "na_target";
-export const CHAIN_DISCARD = "discard";
+
+/**
+ * How the guard tells that a frame entered a guarded bridge: "kernel" asks the kernel at packet
+ * time (`meta ibrname`, needs nft_meta_bridge); "agent" takes every `port_prefix*` port and exempts
+ * the ports the agent knows are on another bridge (the `foreign` set, leased).
+ */
+export type MembershipMode = "kernel" | "agent";
 
 export interface NftOptions {
   bridges: string[];
   portPrefix: string;
+  /** default "agent" (what works on every kernel) */
+  membership?: MembershipMode;
+  /** lease of `foreign` elements in seconds (agent mode); default FOREIGN_LEASE_SECONDS */
+  foreignLease?: number;
+}
+
+/** The chain that counts, logs and drops a frame for `reason`. */
+export function dropChain(reason: DropReason): string {
+  return `drop_${reason.replaceAll("-", "_")}`;
+}
+
+/** The number a reason is counted under in `drops` (1-based position in DROP_REASONS). */
+export function reasonNumber(reason: DropReason): number {
+  return DROP_REASONS.indexOf(reason) + 1;
 }
 
 // ---------------------------------------------------------------- names and addresses
@@ -72,7 +107,7 @@ const quoted = (name: string) => `"${name}"`;
  * The set elements that depend on the bindings: set name -> elements, each in `nft` element
  * syntax (which is also how the kernel's elements are compared).
  *   macs              "vnet3" . 52:54:00:12:34:56              a bound port and its NIC's MAC
- *   drops             "vnet3"                                  the port's drop counter
+ *   ports             "vnet3"                                  a bound port
  *   sources_128       "vnet3" . 52:54:00:12:34:56 . 2001:db8:1::10
  *   sources_60        "vnet3" . 52:54:00:12:34:56 . 2001:db8:ff00:120::   (the /60, masked)
  *   nd_targets_128    "vnet3" . 0x20010db8000100000000000000000010
@@ -99,7 +134,7 @@ export function renderContent(bindings: Iterable<PortBinding>): NftContent {
     const port = quoted(checkIfname(binding.device));
     const mac = checkMac(binding.mac);
     add(content, SET_MACS, `${port} . ${mac}`);
-    add(content, SET_DROPS, port);
+    add(content, SET_PORTS, port);
     for (const source of binding.sources) {
       const [address, groups, length] = splitPrefix(source);
       add(content, `${SOURCE_SET_PREFIX}${length}`, `${port} . ${mac} . ${address}`);
@@ -118,17 +153,33 @@ export interface SetSpec {
   /** as `nft -j` prints the type */
   jsonType: string | string[];
   counter: boolean;
+  /** as `nft -j` prints the flags (nft 1.0.6 does not print `dynamic`) */
+  jsonFlags?: string[];
+  /** elements come from the packet path, not from the bindings: never diffed */
+  dynamic?: boolean;
 }
+
+/** Room for every bound port's nine reasons at 5,000 ports and more; a full set stops counting, never dropping. */
+const DROPS_SIZE = 131072;
 
 export function setSpecs(lengths: number[]): SetSpec[] {
   const specs: SetSpec[] = [
     { name: SET_MACS, declaration: ["type ifname . ether_addr", 'comment "bound port . NIC MAC"'], jsonType: ["ifname", "ether_addr"], counter: false },
-    { name: SET_DROPS, declaration: ["type ifname", "counter", 'comment "drops per bound port"'], jsonType: "ifname", counter: true },
+    { name: SET_PORTS, declaration: ["type ifname", 'comment "bound ports"'], jsonType: "ifname", counter: false },
+    {
+      // `meta mark` only lends its 32-bit integer type to the reason number; no mark is set
+      name: SET_DROPS,
+      declaration: ["typeof iifname . meta mark", `size ${DROPS_SIZE}`, "flags dynamic", "counter", 'comment "drops per port . reason"'],
+      jsonType: ["ifname", "mark"],
+      counter: true,
+      dynamic: true,
+    },
     {
       name: SET_FOREIGN,
-      declaration: ["type iface_index", 'comment "ports named like guarded ports on bridges sg6 does not guard"'],
+      declaration: ["type iface_index", "flags timeout", 'comment "ports named like guarded ports on bridges sg6 does not guard (leased)"'],
       jsonType: "iface_index",
       counter: false,
+      jsonFlags: ["timeout"],
     },
   ];
   for (const length of lengths) {
@@ -187,10 +238,23 @@ export function chainSpecs(options: NftOptions, lengths: number[]): ChainSpec[] 
   }));
 }
 
+/** `{ "cloudbr0", "br1" }` for a rule (bridge names are validated like ports). */
+function bridgeSet(bridges: string[]): string {
+  if (!bridges.length) throw new Error("bridges: at least one bridge is needed to guard anything");
+  return `{ ${bridges.map((b) => quoted(checkIfname(b, "bridge"))).join(", ")} }`;
+}
+
 function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
   const prefix = checkPrefixOption(options.portPrefix);
   const rule = (text: string, comment: string): RuleSpec => ({ text, comment });
   const target = "iifname . @th,64,128";
+  const drop = (reason: DropReason) => `goto ${dropChain(reason)}`;
+  // kernel mode: the kernel says at packet time which bridge a frame entered, so a port that moves
+  // between bridges is judged by where it is now, with or without the agent
+  const membership =
+    (options.membership ?? "agent") === "kernel"
+      ? [rule(`meta ibrname != ${bridgeSet(options.bridges)} return`, "not a port of a guarded bridge")]
+      : [rule(`iif @${SET_FOREIGN} return`, "port of a bridge sg6 does not guard (leased by the agent)")];
   return [
     {
       // prerouting, not forward: evaluated once per frame entering the bridge (forward runs once per
@@ -200,65 +264,92 @@ function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
       base: { type: "filter", hook: "prerouting", prio: PRIO_FILTER, policy: "accept" },
       rules: [
         rule(`iifname != "${prefix}*" return`, "not named like a guarded port"),
-        rule(`iif @${SET_FOREIGN} return`, "port of a bridge sg6 does not guard"),
+        ...membership,
         // The bridge gets tagged frames with the outer tag already in skb metadata: such a frame is
         // IPv6 to `meta protocol` but VLAN to `ether type`, and a rule with an `ether type`
         // dependency would miss it. A VM has no business tagging on an access port.
-        rule(`meta protocol ip6 ether type != ip6 goto ${CHAIN_DISCARD}`, "IPv6 behind a VLAN tag"),
-        rule(`meta protocol { 8021q, 8021ad } goto ${CHAIN_DISCARD}`, "stacked VLAN tags (content unknown)"),
-        // the contract drops every tagged frame from a guarded port (the payload load of `ether
-        // type` sees the offloaded outer tag)
-        rule(`ether type { 8021q, 8021ad } goto ${CHAIN_DISCARD}`, "tagged frame"),
+        rule(`meta protocol ip6 ether type != ip6 ${drop("tagged")}`, "IPv6 behind a VLAN tag"),
+        rule(`meta protocol { 8021q, 8021ad } ${drop("tagged")}`, "stacked VLAN tags (content unknown)"),
+        // every tagged frame, VLAN 0 (priority tag) included: the payload load of `ether type`
+        // sees the offloaded outer tag
+        rule(`ether type { 8021q, 8021ad } ${drop("tagged")}`, "tagged frame"),
+        // the MAC before the protocol: an ARP or IPv4 frame with the router's MAC would otherwise
+        // move the router's FDB entry to this port (prerouting runs before the bridge learns)
+        rule(`iifname . ether saddr @${SET_MACS} goto ${CHAIN_BOUND}`, "bound port, its NIC's MAC"),
+        rule(`iifname @${SET_PORTS} ${drop("mac")}`, "bound port, another source MAC (any protocol)"),
+        rule(`meta protocol ip6 ${drop("unallocated")}`, "IPv6 from a port without an allocation"),
+      ],
+    },
+    {
+      // a bound port's frame with its NIC's MAC; `return` ends this table's evaluation (accept)
+      name: CHAIN_BOUND,
+      rules: [
         rule("meta protocol != ip6 return", "not IPv6"),
-        rule(`iifname . ether saddr != @${SET_MACS} goto ${CHAIN_DISCARD}`, "unbound port or wrong source MAC"),
         rule(`ip6 saddr :: icmpv6 type nd-neighbor-solicit jump ${CHAIN_DAD}`, "DAD probe"),
         rule("ip6 saddr :: icmpv6 type { mld-listener-report, mld2-listener-report } return", "MLD report from ::"),
         rule(`jump ${CHAIN_SOURCE}`, "source address"),
         rule(`exthdr frag exists frag frag-off 0 jump ${CHAIN_FIRST_FRAGMENT}`, "first fragment: whole header chain"),
-        rule(`icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } goto ${CHAIN_DISCARD}`, "RA guard"),
-        rule(`udp dport 546 goto ${CHAIN_DISCARD}`, "DHCPv6 shield: to a client"),
-        rule(`udp sport 547 goto ${CHAIN_DISCARD}`, "DHCPv6 shield: from a server or relay"),
+        rule(`icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } ${drop("ra-guard")}`, "RA guard"),
+        rule(`icmpv6 type mld-listener-query ${drop("mld-query")}`, "MLD query: a VM is never the querier"),
+        rule(`udp dport 546 ${drop("dhcpv6")}`, "DHCPv6 shield: to a client"),
+        rule(`udp sport 547 ${drop("dhcpv6")}`, "DHCPv6 shield: from a server or relay"),
         rule(`icmpv6 type nd-neighbor-advert jump ${CHAIN_NA}`, "ND guard"),
       ],
     },
     {
-      // a DAD probe (from ::) for an address the port owns passes; any other goes on to the source
-      // check, which drops it (:: is nobody's source). `accept` ends only this table's chain: other
-      // tables and hooks still decide, as with `return` from the base chain.
+      // a DAD probe (from ::) for an address the port owns passes; any other is dropped: a VM cannot
+      // make another VM's DAD fail. `accept` ends only this table's chain: other tables and hooks
+      // still decide, as with `return` from the base chain.
       name: CHAIN_DAD,
-      rules: lengths.map((l) => rule(`${target}${integerMask(l)} @${TARGET_SET_PREFIX}${l} accept`, `DAD target /${l}`)),
+      rules: [
+        ...lengths.map((l) => rule(`${target}${integerMask(l)} @${TARGET_SET_PREFIX}${l} accept`, `DAD target /${l}`)),
+        rule(drop("nd-target"), "DAD probe for a target not owned"),
+      ],
     },
     {
       name: CHAIN_SOURCE,
       rules: [
         ...lengths.map((l) => rule(`iifname . ether saddr . ip6 saddr${addressMask(l)} @${SOURCE_SET_PREFIX}${l} return`, `source /${l}`)),
-        rule(`goto ${CHAIN_DISCARD}`, "source not allowed"),
+        rule(drop("source"), "source not allowed"),
       ],
     },
     {
       // RFC 7112 / 7113: a first fragment must hold the whole header chain up to and including the
       // upper-layer header, else RA guard and the DHCPv6 shield cannot see what it is. A rule whose
       // payload load fails does not match, so each protocol "returns" only if its header is there.
+      // ICMPv6 by number: nft resolves "ipv6-icmp" through /etc/protocols, which a minimal host
+      // may lack (the table then fails to load: seen in the Debian-kernel guest).
       name: CHAIN_FIRST_FRAGMENT,
       rules: [
-        rule("meta l4proto ipv6-icmp @th,0,32 & 0x0 == 0x0 return", "ICMPv6 header present"),
-        rule("meta l4proto udp @th,0,64 & 0x0 == 0x0 return", "UDP header present"),
-        rule("meta l4proto tcp @th,128,32 & 0x0 == 0x0 return", "TCP header present"),
-        rule("meta l4proto != { tcp, udp, ipv6-icmp } return", "another upper layer"),
-        rule(`goto ${CHAIN_DISCARD}`, "incomplete header chain"),
+        rule("meta l4proto 58 @th,0,32 & 0x0 == 0x0 return", "ICMPv6 header present"),
+        rule("meta l4proto 17 @th,0,64 & 0x0 == 0x0 return", "UDP header present"),
+        rule("meta l4proto 6 @th,128,32 & 0x0 == 0x0 return", "TCP header present"),
+        rule("meta l4proto != { 6, 17, 58 } return", "another upper layer"),
+        rule(drop("fragment"), "incomplete header chain"),
       ],
     },
     {
       name: CHAIN_NA,
       rules: [
         ...lengths.map((l) => rule(`${target}${integerMask(l)} @${TARGET_SET_PREFIX}${l} return`, `NA target /${l}`)),
-        rule(`goto ${CHAIN_DISCARD}`, "target not owned (or no target)"),
+        rule(drop("nd-target"), "target not owned (or no target)"),
       ],
     },
     {
-      name: CHAIN_DISCARD,
-      rules: [rule(`iifname @${SET_DROPS} drop`, "counted per bound port"), rule("counter drop", "unbound guarded port")],
+      name: CHAIN_LOG_LIMIT,
+      rules: [rule("limit rate over 100/second burst 50 packets drop", "over 100/s: drop without a log")],
     },
+    // one chain per reason: count (per port . reason), log (rate-limited per host), drop. A full
+    // `drops` set makes the update fail, which only skips the count: the drop still happens.
+    ...DROP_REASONS.map((reason) => ({
+      name: dropChain(reason),
+      rules: [
+        rule(`update @${SET_DROPS} { iifname . ${reasonNumber(reason)} }`, `count ${reason}`),
+        rule(`jump ${CHAIN_LOG_LIMIT}`, `over the log limit: drop unlogged`),
+        rule(`log prefix "sg6 ${reason}" group ${DROPLOG_GROUP}`, `log ${reason}`),
+        rule("drop", `drop ${reason}`),
+      ],
+    })),
   ];
 }
 
@@ -271,10 +362,20 @@ function setBlock(spec: SetSpec, elements: Iterable<string>): string[] {
 }
 
 /** The whole table as one `table bridge sg6 { … }` block, elements included. */
+function foreignLease(options: NftOptions): number {
+  const lease = options.foreignLease ?? FOREIGN_LEASE_SECONDS;
+  if (!Number.isInteger(lease) || lease < 1 || lease > 3600) throw new Error(`foreign lease ${lease} is not a whole number of seconds from 1 to 3600`);
+  return lease;
+}
+
 export function renderTable(options: NftOptions, lengths: number[], content: NftContent, foreign: Iterable<number>): string {
-  const lines = [`table ${FAMILY} ${TABLE} {`, '\tcomment "sg6: IPv6 source guard of VM ports; managed by the sg6 agent, edits are reverted"'];
+  const lines = [
+    `table ${FAMILY} ${TABLE} {`,
+    '\tcomment "sg6: IPv6 source guard of VM ports; managed by the sg6 agent, edits are reverted"',
+  ];
+  const lease = foreignLease(options);
   for (const spec of setSpecs(lengths)) {
-    const elements = spec.name === SET_FOREIGN ? [...foreign].map(String) : (content.get(spec.name) ?? []);
+    const elements = spec.name === SET_FOREIGN ? [...foreign].map((i) => `${i} timeout ${lease}s`) : spec.dynamic ? [] : (content.get(spec.name) ?? []);
     lines.push(...setBlock(spec, elements));
   }
   for (const chain of chainSpecs(options, lengths)) {
@@ -306,8 +407,10 @@ export interface ChainShape {
 export interface NftSnapshot {
   sets: Map<string, SetShape>;
   chains: Map<string, ChainShape>;
-  /** drops set: port -> dropped packets */
+  /** drops set: port -> dropped packets, all reasons */
   counters: Map<string, number>;
+  /** drops set: port -> dropped packets by reason */
+  reasons: Map<string, ReasonCounts>;
   /** foreign set elements as listed: interface names (device present) or index numbers */
   foreign: string[];
   /** rules of sg6's chains without an sg6 id, described as `<chain>: [comment "…"] <expressions as JSON>` */
@@ -333,11 +436,24 @@ function elementText(set: string, value: Json): string {
   };
   if (set === SET_FOREIGN) return text(value);
   const port = quoted(text(parts[0]));
-  if (set === SET_DROPS && parts.length === 1) return port;
+  if (set === SET_PORTS && parts.length === 1) return port;
+  if (set === SET_DROPS && parts.length === 2) return `${port} . ${Number(text(parts[1]))}`;
   if (set === SET_MACS && parts.length === 2) return `${port} . ${text(parts[1]).toLowerCase()}`;
   if (set.startsWith(SOURCE_SET_PREFIX) && parts.length === 3) return `${port} . ${text(parts[1]).toLowerCase()} . ${parseAddress(text(parts[2]), `${set} element`)}`;
   if (set.startsWith(TARGET_SET_PREFIX) && parts.length === 2) return `${port} . 0x${BigInt(text(parts[1])).toString(16)}`; // a number, not an address: nft prints it in decimal
   return fail(`${set} element`, value);
+}
+
+/** Add one `drops` element (`"vnet3" . 2`) with its packet count to the snapshot's counters. */
+function countDrop(snapshot: NftSnapshot, key: string, packets: number): void {
+  const match = /^"(.+)" \. (\d+)$/.exec(key);
+  const reason = match ? DROP_REASONS[Number(match[2]) - 1] : undefined;
+  if (!match || reason === undefined || !isDropReason(reason)) return; // a number no reason has: not ours to report
+  const port = match[1]!;
+  snapshot.counters.set(port, (snapshot.counters.get(port) ?? 0) + packets);
+  const counts = snapshot.reasons.get(port) ?? {};
+  counts[reason] = (counts[reason] ?? 0) + packets;
+  snapshot.reasons.set(port, counts);
 }
 
 /** The datatype a `typeof` expression gives a set's key field. */
@@ -346,6 +462,7 @@ function typeofField(expr: Json | undefined): string {
     const key = expr.meta.key;
     if (key === "iifname" || key === "oifname" || key === "ibrname" || key === "obrname") return "ifname";
     if (key === "iif" || key === "oif") return "iface_index";
+    if (key === "mark") return "mark"; // the drops set's reason number (typeof iifname . meta mark)
   }
   if (isObject(expr) && isObject(expr.payload)) {
     const { protocol, field } = expr.payload;
@@ -375,7 +492,7 @@ export function setTypeOf(type: Json | undefined): string {
 export function parseNftJson(text: string): NftSnapshot {
   const doc = JSON.parse(text) as Json;
   if (!isObject(doc) || !Array.isArray(doc.nftables)) fail("document", doc);
-  const snapshot: NftSnapshot = { sets: new Map(), chains: new Map(), counters: new Map(), foreign: [], unknown: [] };
+  const snapshot: NftSnapshot = { sets: new Map(), chains: new Map(), counters: new Map(), reasons: new Map(), foreign: [], unknown: [] };
   for (const item of doc.nftables) {
     if (!isObject(item)) continue;
     if (isObject(item.set)) {
@@ -390,7 +507,7 @@ export function parseNftJson(text: string): NftSnapshot {
         const key = elementText(name, wrapped ? (wrapped.val ?? null) : raw);
         elements.add(key);
         if (name === SET_DROPS && wrapped && isObject(wrapped.counter) && typeof wrapped.counter.packets === "number") {
-          snapshot.counters.set(key.slice(1, -1), wrapped.counter.packets);
+          countDrop(snapshot, key, wrapped.counter.packets);
         }
         if (name === SET_FOREIGN) snapshot.foreign.push(key);
       }
@@ -434,7 +551,7 @@ export function snapshotLengths(snapshot: NftSnapshot | undefined): number[] {
 /** The snapshot's per-port content (what renderContent would have produced). */
 export function contentOf(snapshot: NftSnapshot): NftContent {
   const content: NftContent = new Map();
-  for (const [name, set] of snapshot.sets) if (name !== SET_FOREIGN) content.set(name, new Set(set.elements));
+  for (const [name, set] of snapshot.sets) if (name !== SET_FOREIGN && name !== SET_DROPS) content.set(name, new Set(set.elements));
   return content;
 }
 
@@ -468,9 +585,10 @@ function foreignIndexes(listed: string[], links: LinkInfo[]): number[] | undefin
 }
 
 /** One transaction that makes the foreign set hold exactly `indexes`. */
-export function foreignScript(indexes: number[]): string {
+export function foreignScript(indexes: number[], options: NftOptions): string {
+  const lease = foreignLease(options);
   const lines = [`flush set ${FAMILY} ${TABLE} ${SET_FOREIGN}`];
-  if (indexes.length) lines.push(`add element ${FAMILY} ${TABLE} ${SET_FOREIGN} { ${indexes.join(", ")} }`);
+  if (indexes.length) lines.push(`add element ${FAMILY} ${TABLE} ${SET_FOREIGN} { ${indexes.map((i) => `${i} timeout ${lease}s`).join(", ")} }`);
   return lines.join("\n") + "\n";
 }
 
@@ -505,6 +623,11 @@ function elementDelta(from: NftContent, to: NftContent): { lines: string[]; chan
   return { lines: [...deletions, ...additions], changes };
 }
 
+/** A set's listed flags as compared: nft 1.1.3 lists `dynamic`, nft 1.0.6 does not. */
+function listedFlags(have: SetShape, spec: SetSpec): string {
+  return have.flags.filter((flag) => !(spec.dynamic && flag === "dynamic")).join(",");
+}
+
 /**
  * Why the kernel's skeleton is not the one sg6 renders for `lengths`; empty if it is. A rule of
  * sg6's chains without an sg6 id is reported as "unknown rule in sg6's chain: …" (and the table is
@@ -519,7 +642,7 @@ export function skeletonDrift(snapshot: NftSnapshot | undefined, options: NftOpt
   for (const spec of sets) {
     const have = snapshot.sets.get(spec.name);
     if (!have) drift.push(`set ${spec.name} is missing`);
-    else if (have.type !== JSON.stringify(spec.jsonType) || have.flags.length > 0 || have.counter !== spec.counter) {
+    else if (have.type !== JSON.stringify(spec.jsonType) || listedFlags(have, spec) !== (spec.jsonFlags ?? []).join(",") || have.counter !== spec.counter) {
       drift.push(`set ${spec.name} has another type or flags`);
     }
   }
@@ -574,9 +697,10 @@ export function planReconcile(
     return { script, changes: [...(snapshot ? drift : []), `${verb} table ${FAMILY} ${TABLE} with ${size} set elements`] };
   }
   const { lines, changes } = elementDelta(contentOf(snapshot), desired);
+  lines.push(...resetDrops(contentOf(snapshot), desired));
   const listed = foreignIndexes(snapshot.foreign, links);
   if (!listed || listed.join(",") !== foreign.join(",")) {
-    lines.push(...foreignScript(foreign).trimEnd().split("\n"));
+    lines.push(...foreignScript(foreign, options).trimEnd().split("\n"));
     changes.push(`set ${SET_FOREIGN} to ${foreign.length ? foreign.join(", ") : "nothing"} (ports of other bridges)`);
   }
   return { script: lines.length ? lines.join("\n") + "\n" : "", changes };
@@ -593,5 +717,18 @@ export function planDelta(from: NftContent, to: NftContent, lengths: number[]): 
     }
   }
   const { lines, changes } = elementDelta(from, to);
+  lines.push(...resetDrops(from, to));
   return { script: lines.length ? lines.join("\n") + "\n" : "", changes };
+}
+
+/**
+ * A released port's drop counts go with it (a later VM on that port starts from zero): its `drops`
+ * elements, any reason. `add` first, so the `delete` cannot fail on an element the packet path
+ * never created. Only on release, whose transaction deletes anyway: a delete costs a bind ~15 ms.
+ */
+function resetDrops(from: NftContent, to: NftContent): string[] {
+  const ports = minus(from.get(SET_PORTS), to.get(SET_PORTS));
+  if (!ports.length) return [];
+  const elements = ports.flatMap((port) => DROP_REASONS.map((reason) => `${port} . ${reasonNumber(reason)}`)).join(", ");
+  return [`add element ${FAMILY} ${TABLE} ${SET_DROPS} { ${elements} }`, `delete element ${FAMILY} ${TABLE} ${SET_DROPS} { ${elements} }`];
 }

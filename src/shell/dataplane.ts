@@ -1,4 +1,5 @@
 // What the agent needs from a dataplane backend; "iptables" and "nftables" both provide it.
+import type { ReasonCounts } from "../core/drop-reasons.js";
 import type { PortBinding } from "../core/model.js";
 
 export interface Dataplane {
@@ -23,6 +24,10 @@ export interface Dataplane {
   untidy?(): number;
   /** Dropped packets per guarded port. */
   dropCounters(): Promise<Map<string, number>>;
+  /** Dropped packets per guarded port and reason (optional here until every backend has it). */
+  dropsByReason?(): Promise<Map<string, ReasonCounts>>;
+  /** Whether bridge membership of a port is decided in the kernel at packet time or by the agent (optional here until every backend has it). */
+  membership?(): { mode: "kernel" | "agent"; detail: string };
   /** Kernel settings the backend depends on, as they are now (for `sg6 status`); optional. */
   kernelSwitches?(): Promise<{ key: string; want: string; have: string | undefined }[]>;
   /** What this backend cannot enforce on this host, for `sg6 status`; optional. */

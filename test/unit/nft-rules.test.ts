@@ -5,8 +5,11 @@ import fc from "fast-check";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bindingFor as binding } from "../support/fixtures.js";
+import { DROP_REASONS } from "../../src/core/drop-reasons.js";
 import {
   CHAIN_GUARD,
+  dropChain,
+  reasonNumber,
   chainSpecs,
   FAMILY,
   foreignPorts,
@@ -42,7 +45,8 @@ function listing(lengths: number[], content: NftContent, options = OPTIONS, edit
       const json = parts.map((p) => (p.startsWith("0x") ? BigInt(p).toString() : p.includes(":") && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(p) ? expand(p) : p));
       return json.length === 1 ? json[0] : { concat: json };
     });
-    items.push({ set: { family: FAMILY, table: TABLE, name: spec.name, type: spec.jsonType, ...(spec.counter ? { stmt: [{ counter: null }] } : {}), ...(elem.length ? { elem } : {}) } });
+    const flags = spec.jsonFlags ? { flags: spec.jsonFlags } : {};
+    items.push({ set: { family: FAMILY, table: TABLE, name: spec.name, type: spec.jsonType, ...flags, ...(spec.counter ? { stmt: [{ counter: null }] } : {}), ...(elem.length ? { elem } : {}) } });
   }
   for (const chain of chainSpecs(options, lengths)) {
     items.push({ chain: { family: FAMILY, table: TABLE, name: chain.name, ...(chain.base ? { type: chain.base.type, hook: chain.base.hook, prio: chain.base.prio, policy: chain.base.policy } : {}) } });
@@ -62,10 +66,11 @@ function expand(address: string): string {
 
 const render = suite("nft-rules: rendering");
 
-render("a binding renders to its MAC, drop counter, sources and ND targets, per prefix length", () => {
+render("a binding renders to its MAC, bound port, sources and ND targets, per prefix length", () => {
   const content = renderContent([VM_A]);
   assert.equal([...content.get("macs")!], ['"vnet3" . 52:54:00:12:34:56']);
-  assert.equal([...content.get("drops")!], ['"vnet3"']);
+  assert.equal([...content.get("ports")!], ['"vnet3"']);
+  assert.is(content.get("drops"), undefined, "drop counters come from the packet path, not from the bindings");
   assert.equal([...content.get(`${SOURCE_SET_PREFIX}128`)!].sort(), [
     '"vnet3" . 52:54:00:12:34:56 . 2001:db8:1:0:5054:ff:fe12:3456',
     '"vnet3" . 52:54:00:12:34:56 . 2001:db8:1::10',
@@ -96,14 +101,54 @@ render("every rule carries a unique id (sg6:<16 characters>) before what it does
   assert.is(ids.size, chainSpecs(OPTIONS, [128, 60]).reduce((n, c) => n + c.rules.length, 0));
   const guard = chainSpecs(OPTIONS, [128])[0]!;
   assert.is(guard.name, CHAIN_GUARD);
-  assert.ok(guard.rules.some((r) => r.text === "ether type { 8021q, 8021ad } goto discard"), "every tagged frame is dropped");
+  assert.ok(guard.rules.some((r) => r.text === "ether type { 8021q, 8021ad } goto drop_tagged"), "every tagged frame is dropped");
+});
+
+render("the source MAC is checked before the protocol: a bound port's wrong MAC is dropped for ARP and IPv4 too", () => {
+  const guard = chainSpecs(OPTIONS, [128])[0]!.rules.map((r) => r.text);
+  const macRule = guard.indexOf('iifname . ether saddr @macs goto bound');
+  const wrongMac = guard.indexOf("iifname @ports goto drop_mac");
+  assert.ok(macRule > 0 && wrongMac === macRule + 1, guard.join("\n"));
+  assert.ok(!guard.slice(0, wrongMac).some((t) => t.includes("meta protocol != ip6")), "no protocol exemption before the MAC check");
+  assert.is(guard.at(-1), "meta protocol ip6 goto drop_unallocated", "an unbound port's IPv6 is dropped, its other frames pass");
+  const bound = chainSpecs(OPTIONS, [128]).find((c) => c.name === "bound")!.rules.map((r) => r.text);
+  assert.is(bound[0], "meta protocol != ip6 return");
+  assert.ok(bound.includes("icmpv6 type mld-listener-query goto drop_mld_query"), "MLD query row");
+  assert.ok(bound.indexOf("jump source") < bound.indexOf("icmpv6 type mld-listener-query goto drop_mld_query"), "source before the type rows");
+});
+
+render("each drop reason has its chain: count per port . reason, log to group 6 under the shared limit, drop", () => {
+  const chains = chainSpecs(OPTIONS, [128, 60]);
+  DROP_REASONS.forEach((reason, i) => {
+    const chain = chains.find((c) => c.name === dropChain(reason));
+    assert.ok(chain, `chain for ${reason}`);
+    assert.equal(chain!.rules.map((r) => r.text), [`update @drops { iifname . ${i + 1} }`, "jump log_limit", `log prefix "sg6 ${reason}" group 6`, "drop"]);
+    assert.is(reasonNumber(reason), i + 1);
+  });
+  // every goto into a drop chain names a reason of the vocabulary, and every reason is used
+  const used = new Set(chains.flatMap((c) => c.rules.map((r) => /goto drop_(\w+)/.exec(r.text)?.[1]).filter(Boolean)));
+  assert.equal([...used].sort(), DROP_REASONS.map((r) => r.replaceAll("-", "_")).sort());
+  // one limit rule for every reason: the limit is per host, not per reason
+  assert.equal(chains.find((c) => c.name === "log_limit")!.rules.map((r) => r.text), ["limit rate over 100/second burst 50 packets drop"]);
+  assert.is(chains.flatMap((c) => c.rules).filter((r) => r.text.includes("limit rate")).length, 1);
+});
+
+render("membership: kernel mode asks meta ibrname and has no foreign exemption; agent mode leases it", () => {
+  const kernel = chainSpecs({ ...OPTIONS, bridges: ["cloudbr0", "br1"], membership: "kernel" }, [128])[0]!.rules.map((r) => r.text);
+  assert.equal(kernel.slice(0, 2), ['iifname != "vnet*" return', 'meta ibrname != { "cloudbr0", "br1" } return']);
+  assert.ok(!kernel.some((t) => t.includes("@foreign")));
+  const agent = chainSpecs(OPTIONS, [128])[0]!.rules.map((r) => r.text);
+  assert.equal(agent.slice(0, 2), ['iifname != "vnet*" return', "iif @foreign return"]);
+  assert.ok(!agent.some((t) => t.includes("ibrname")));
+  assert.throws(() => chainSpecs({ ...OPTIONS, bridges: ['br"0'], membership: "kernel" }, [128]), /bridge "br\\"0" is not an interface name/);
+  assert.throws(() => renderTable({ ...OPTIONS, foreignLease: 0 }, [128], new Map(), [3]), /foreign lease 0 is not/);
 });
 
 render("renderTable is one table block with its elements", () => {
   const text = renderTable(OPTIONS, [128, 60], renderContent([VM_A, VM_B]), [7]);
   assert.match(text, /^table bridge sg6 \{/);
   assert.match(text, /type filter hook prerouting priority -200; policy accept;/);
-  assert.match(text, /elements = \{\n\t\t\t7\n\t\t\}/);
+  assert.match(text, /elements = \{\n\t\t\t7 timeout 15s\n\t\t\}/);
   assert.match(text, /"vnet4" \. 52:54:00:ab:cd:ef/);
 });
 
@@ -124,7 +169,8 @@ read("an upgrade that changes a rule's text changes its id: the table is rebuilt
   // what an older sg6 left: the same rule purpose ("RA guard"), another body, so another id
   const older = listing([128, 60], desired, OPTIONS, (c) => (c.endsWith(" RA guard") ? "sg6:AAAAAAAAAAAAAAAA RA guard" : c));
   const drift = skeletonDrift(parseNftJson(older), OPTIONS, [128, 60]);
-  assert.equal(drift, [`chain ${CHAIN_GUARD} has ${chainSpecs(OPTIONS, [128, 60])[0]!.rules.length} rules that are not sg6's ${chainSpecs(OPTIONS, [128, 60])[0]!.rules.length}`]);
+  const bound = chainSpecs(OPTIONS, [128, 60]).find((c) => c.name === "bound")!;
+  assert.equal(drift, [`chain bound has ${bound.rules.length} rules that are not sg6's ${bound.rules.length}`]);
   const plan = planReconcile(parseNftJson(older), [128, 60], desired, [], [], OPTIONS);
   assert.match(plan.script, /^table bridge sg6\ndelete table bridge sg6\ntable bridge sg6 \{/);
   assert.ok(plan.changes.some((c) => c.startsWith("rebuild table bridge sg6")));
@@ -164,8 +210,32 @@ read("foreign ports: vnet* members of bridges sg6 does not guard, by index", () 
     { ifindex: 4, ifname: "vnet4" },
   ];
   assert.equal(foreignPorts(links, OPTIONS), [9]);
-  assert.is(foreignScript([9, 12]), "flush set bridge sg6 foreign\nadd element bridge sg6 foreign { 9, 12 }\n");
-  assert.is(foreignScript([]), "flush set bridge sg6 foreign\n");
+  assert.is(foreignScript([9, 12], OPTIONS), "flush set bridge sg6 foreign\nadd element bridge sg6 foreign { 9 timeout 15s, 12 timeout 15s }\n");
+  assert.is(foreignScript([9], { ...OPTIONS, foreignLease: 2 }), "flush set bridge sg6 foreign\nadd element bridge sg6 foreign { 9 timeout 2s }\n");
+  assert.is(foreignScript([], OPTIONS), "flush set bridge sg6 foreign\n");
+});
+
+read("drop counters are read per port and reason; a released port's counts go with it", () => {
+  const listed = JSON.stringify({
+    nftables: [
+      { set: { family: FAMILY, table: TABLE, name: "drops", type: ["ifname", "mark"], elem: [
+        { elem: { val: { concat: ["vnet3", 1] }, counter: { packets: 4, bytes: 400 } } },
+        { elem: { val: { concat: ["vnet3", 8] }, counter: { packets: 2, bytes: 200 } } },
+        { elem: { val: { concat: ["vnet7", 9] }, counter: { packets: 5, bytes: 500 } } },
+        { elem: { val: { concat: ["vnet7", 99] }, counter: { packets: 1, bytes: 100 } } },
+      ] } },
+    ],
+  });
+  const snapshot = parseNftJson(listed);
+  assert.equal(Object.fromEntries(snapshot.reasons), { vnet3: { mac: 4, source: 2 }, vnet7: { unallocated: 5 } });
+  assert.equal(Object.fromEntries(snapshot.counters), { vnet3: 6, vnet7: 5 });
+  assert.not.match(planDelta(new Map(), renderContent([VM_A]), [128, 60]).script, /delete/, "a bind deletes nothing (a delete costs a transaction ~15 ms)");
+  const release = planDelta(renderContent([VM_A, VM_B]), renderContent([VM_B]), [128, 60]).script.trimEnd().split("\n");
+  const all = DROP_REASONS.map((_, i) => `"vnet3" . ${i + 1}`).join(", ");
+  assert.equal(release.slice(-2), [`add element bridge sg6 drops { ${all} }`, `delete element bridge sg6 drops { ${all} }`]);
+  assert.not.match(release.join("\n"), /"vnet4" \. 1/);
+  const moved = { ...VM_A, sources: VM_A.sources.slice(0, 2) };
+  assert.not.match(planDelta(renderContent([VM_A]), renderContent([moved]), [128, 60]).script, /drops/, "an address change keeps the counters");
 });
 
 read("property: any bindings listed back are what was rendered (no drift, no change)", () => {
