@@ -1,7 +1,10 @@
 // The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore, ipset and
 // ebtables-nft-save/-restore for the core, and keeps the kernel switches it needs.
+import { spawn } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
-import { parseEbtablesSave, parseL2Drops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
+import { createInterface } from "node:readline";
+import { parseEbtablesSave, parseL2Drops, parseL2TaggedDrops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
+import type { ReasonCounts } from "../core/drop-reasons.js";
 import {
   emptyContent,
   flushSets,
@@ -15,6 +18,8 @@ import {
   renderContent,
   HOOKS,
   CHAIN_DROP,
+  TABLE,
+  hookRepair,
   parsePortDrops,
   type ChangeScript,
   type KernelSnapshot,
@@ -54,14 +59,40 @@ export async function detectVariant(env: NodeJS.ProcessEnv = process.env): Promi
   return version.stdout.includes("nf_tables") ? "nft" : "legacy";
 }
 
-async function legacyTablesExist(): Promise<boolean> {
+/** Whether a legacy table sg6 writes exists (listing one would instantiate it). */
+async function legacyTablesExist(tables: readonly string[] = ["filter", TABLE]): Promise<boolean> {
   const names = await readFile("/proc/net/ip6_tables_names", "utf8").catch(() => "");
-  return names.split("\n").includes("filter");
+  return names.split("\n").some((name) => tables.includes(name));
 }
 
-export async function saveTable(variant: Variant): Promise<string> {
-  return exec(`ip6tables-${variant}-save`, ["-t", "filter"]);
+/** What removes every sg6 object of one table of an ip6tables-save text: hook jumps, then chains. */
+function removalLines(saved: string, table: string): { remove: string[]; what: string[] } {
+  const hooked = new Map<string, string[]>();
+  const chains = new Set<string>();
+  let inTable = false;
+  for (const raw of saved.split("\n")) {
+    const line = raw.trim();
+    if (line.startsWith("*")) inTable = line === `*${table}`;
+    else if (!inTable) continue;
+    else if (line.startsWith(":sg6")) chains.add(line.slice(1).split(" ")[0]!);
+    else if (line.startsWith("-A ") && / -[jg] sg6/.test(line)) {
+      const chain = line.split(" ")[1]!;
+      if (!chain.startsWith("sg6")) hooked.set(chain, [...(hooked.get(chain) ?? []), line]);
+    }
+  }
+  const jumps = [...hooked.values()].flat();
+  return {
+    remove: [...jumps.map((rule) => `-D ${rule.split(" ").slice(1).join(" ")}`), ...[...chains].map((c) => `-F ${c}`), ...[...chains].map((c) => `-X ${c}`)],
+    what: [...jumps.map((rule) => `${rule.split(" ")[1]} jump`), ...[...chains].map((c) => `chain ${c}`)],
+  };
 }
+
+export async function saveTable(variant: Variant, table: string = TABLE): Promise<string> {
+  return exec(`ip6tables-${variant}-save`, ["-t", table]);
+}
+
+/** Tables sg6 has ever written: its own (raw) and the filter table of the layout before it. */
+const OWN_TABLES = [TABLE, "filter"] as const;
 
 /**
  * The snapshot's rules and sets, parsed line by line as the tools print them: at thousands of
@@ -70,7 +101,7 @@ export async function saveTable(variant: Variant): Promise<string> {
 async function readTable(variant: Variant): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
   const parser = iptablesSaveParser();
   const command = `ip6tables-${variant}-save`;
-  const args = ["-t", "filter"];
+  const args = ["-t", TABLE];
   const result = await execLines(command, args, (line) => parser.line(line));
   if (result.code !== 0) throw new ExecError(command, args, result);
   return parser.result();
@@ -168,14 +199,26 @@ export class IptablesBackend implements Dataplane {
     const other: Variant = this.variant === "nft" ? "legacy" : "nft";
     // listing legacy tables instantiates them; /proc tells whether any exist without touching them
     if (other === "legacy" && !(await legacyTablesExist())) return;
-    const text = await execRaw(`ip6tables-${other}-save`, ["-t", "filter"]);
-    if (text.code !== 0) return; // that variant is not usable here, so it cannot hold anything
-    const { chains } = parseIptablesSave(text.stdout);
-    if (chains.size > 0) {
+    for (const table of OWN_TABLES) {
+      const text = await execRaw(`ip6tables-${other}-save`, ["-t", table]);
+      if (text.code !== 0) continue; // that variant is not usable here, so it cannot hold anything
+      const { chains } = parseIptablesSave(text.stdout, table);
+      if (chains.size === 0) continue;
       throw new BackendError(
         `sg6 chains exist in ip6tables-${other} (${[...chains.keys()].join(", ")}) while this host uses ip6tables-${this.variant}; run "sg6 purge" to clean both`,
       );
     }
+  }
+
+  /** The filter-table layout of earlier versions (jumps from FORWARD/INPUT): removed once the raw guard is in place. */
+  private async oldLayout(dryRun: boolean): Promise<string[]> {
+    if (this.variant === "legacy" && !(await legacyTablesExist(["filter"]))) return [];
+    const saved = await execRaw(`ip6tables-${this.variant}-save`, ["-t", "filter"]);
+    if (saved.code !== 0) return [];
+    const lines = removalLines(saved.stdout, "filter");
+    if (!lines.remove.length) return [];
+    if (!dryRun) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*filter\n${lines.remove.join("\n")}\nCOMMIT\n` });
+    return lines.what.map((what) => `remove the earlier layout's ${what} (filter table)`);
   }
 
   async snapshot(): Promise<KernelSnapshot> {
@@ -194,9 +237,12 @@ export class IptablesBackend implements Dataplane {
     const switches = await ensureSwitches(dryRun);
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);
     const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options));
+    // the earlier layout (filter FORWARD/INPUT) goes once the raw guard is in place
+    const old = await this.oldLayout(true);
     if (!dryRun) {
       this.inSync = false;
-      await this.run(script);
+      // between the rule transaction and the set removals: the old rules may still name a set that goes
+      await this.run(script, async () => void (old.length && (await this.oldLayout(false))));
       this.inSync = true;
       this.leftovers.clear(); // whatever released ports left is gone with the rest of the drift
       if (this.purgeOtherPending && this.switchOver) {
@@ -204,7 +250,7 @@ export class IptablesBackend implements Dataplane {
         this.purgeOtherPending = false;
       }
     }
-    return [...switches, ...script.changes];
+    return [...switches, ...script.changes, ...old];
   }
 
   /**
@@ -227,6 +273,9 @@ export class IptablesBackend implements Dataplane {
     }
     await this.run(planDelta(before, after));
     this.inSync = true;
+    // the event path checks the hooks too: another writer's rule ahead of sg6's jump is repaired here
+    const repaired = await this.repairHooks();
+    if (repaired.length) this.onHookRepair?.(repaired);
   }
 
   /** Remove what released ports left (rules, ND chain, layer-2 rule, set) in one batch. */
@@ -260,23 +309,136 @@ export class IptablesBackend implements Dataplane {
     this.purgeOtherPending = this.switchOver ? await this.switchOver.present().catch(() => false) : false;
     if (this.purgeOtherPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
     notes.push(...(await ensureSwitches(false)));
+    this.logicalIn = await this.probeLogicalIn();
+    const membership = this.membership();
+    notes.push(`port membership: ${membership.mode} (${membership.detail})`);
     return notes;
   }
 
   /** Run a change's scripts in their order: ipset before, the one rule transaction, ipset after. */
-  private async run(script: ChangeScript): Promise<void> {
+  private async run(script: ChangeScript, afterRules?: () => Promise<void>): Promise<void> {
     if (script.ebtablesBefore) await exec(EBTABLES_RESTORE, ["--noflush"], { input: script.ebtablesBefore });
     if (script.ipsetBefore) await exec("ipset", ["-exist", "restore"], { input: script.ipsetBefore });
     if (script.iptables) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: script.iptables });
+    await afterRules?.();
     if (script.ipsetAfter) await exec("ipset", ["-exist", "restore"], { input: script.ipsetAfter });
     if (script.ebtablesAfter) await exec(EBTABLES_RESTORE, ["--noflush"], { input: script.ebtablesAfter });
   }
 
 
+  /** told what the event path or the watcher repaired in the hooks (set by watchHooks) */
+  private onHookRepair: ((changes: string[]) => void) | undefined;
+  /** whether ebtables-nft takes --logical-in on this kernel (probed by prepare()) */
+  private logicalIn: boolean | undefined;
+
+  /**
+   * Put sg6's jumps back first and single in raw PREROUTING and the bridge nat PREROUTING if another
+   * writer got ahead of them (or removed them). Reads only those two chains. Returns what it fixed.
+   */
+  async repairHooks(): Promise<string[]> {
+    const l3Args = ["-w", LOCK_WAIT_S, "-t", TABLE, "-S", "PREROUTING"];
+    const [l3, l2] = await Promise.all([exec(`ip6tables-${this.variant}`, l3Args), exec("ebtables-nft", ["-t", "nat", "-L", "PREROUTING"])]);
+    const repair = hookRepair(l3.split("\n"), l2.split("\n"), this.options.portPrefix);
+    if (repair.iptables) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: repair.iptables });
+    if (repair.ebtables.length) await exec(EBTABLES_RESTORE, ["--noflush"], { input: l2Script(repair.ebtables) });
+    return repair.changes;
+  }
+
+  /**
+   * Watch the hooked chains and repair them as soon as another writer changes them: nf_tables
+   * reports every rule change (`nft monitor rules`: the bridge nat table always, raw PREROUTING
+   * on ip6tables-nft); ip6tables-legacy has no notification, so its chain is also read every
+   * `pollMs`. `onRepair` hears what was put back. stop() ends the watch.
+   */
+  watchHooks(onRepair: (changes: string[]) => void, pollMs = 500): { stop(): void } {
+    this.onHookRepair = onRepair;
+    let running = false;
+    let again = false;
+    let stopped = false;
+    const check = async (): Promise<void> => {
+      if (running) {
+        again = true;
+        return;
+      }
+      running = true;
+      try {
+        do {
+          again = false;
+          const changes = await this.repairHooks().catch((error: Error) => [`hook check failed: ${error.message}`]);
+          if (changes.length && !stopped) onRepair(changes);
+        } while (again && !stopped);
+      } finally {
+        running = false;
+      }
+    };
+    const monitor = spawn("nft", ["monitor", "rules"], { stdio: ["ignore", "pipe", "ignore"] });
+    monitor.on("error", () => undefined);
+    createInterface({ input: monitor.stdout }).on("line", (line) => {
+      if (/^(add|insert|delete|replace) rule (ip6 raw|bridge nat) PREROUTING /.test(line)) void check();
+    });
+    const timer = this.variant === "legacy" ? setInterval(() => void check(), pollMs) : undefined;
+    timer?.unref();
+    void check();
+    return {
+      stop: () => {
+        stopped = true;
+        if (timer) clearInterval(timer);
+        monitor.kill();
+        this.onHookRepair = undefined;
+      },
+    };
+  }
+
+  /** Whether a port's membership of a guarded bridge is decided by the kernel at packet time. */
+  membership(): { mode: "kernel" | "agent"; detail: string } {
+    const l2 = this.logicalIn
+      ? "ebtables-nft takes --logical-in here, but layer 2 needs no bridge test: its rules only drop"
+      : "ebtables --logical-in is not supported by this kernel (nf_tables bridge meta); layer 2 needs none: its rules only drop, and no port is exempt by name";
+    return {
+      mode: "kernel",
+      detail: `ip6tables raw PREROUTING matches the bridge a frame entered (-i ${this.options.bridges.join("|")}, br_netfilter's logical in-device) at packet time; ${l2}`,
+    };
+  }
+
+  /** Whether ebtables-nft accepts --logical-in on this kernel: a scratch sg6 chain, made and removed in one go. */
+  private async probeLogicalIn(): Promise<boolean> {
+    const chain = "sg6-probe";
+    const tryIt = await execRaw(EBTABLES_RESTORE, ["--noflush"], { input: l2Script([`:${chain} RETURN`, `-A ${chain} --logical-in ${this.options.bridges[0] ?? "br0"} -j RETURN`]) });
+    await execRaw(EBTABLES_RESTORE, ["--noflush"], { input: l2Script([`-F ${chain}`, `-X ${chain}`]) });
+    return tryIt.code === 0;
+  }
+
+  /**
+   * Drops per bound port and reason: "mac" from the port's sg6-l2 rule; the port's layer-3 drops
+   * (its sg6-drop rule) under "source" for now, the reason chains (sg6-r-<reason>) counting per
+   * host only. Tagged frames are dropped before any port rule (no device: see tagDrops()).
+   */
+  async dropsByReason(): Promise<Map<string, ReasonCounts>> {
+    const listCommand = `ip6tables-${this.variant}`;
+    const listArgs = ["-w", LOCK_WAIT_S, "-t", TABLE, "-S", CHAIN_DROP, "-v"];
+    const [listing, l2] = await Promise.all([execRaw(listCommand, listArgs), exec(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
+    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr);
+    if (listing.code !== 0 && !missing) throw new ExecError(listCommand, listArgs, listing);
+    const byPort = new Map<string, ReasonCounts>();
+    const add = (device: string, reason: keyof ReasonCounts, count: number) => {
+      const counts = byPort.get(device) ?? {};
+      counts[reason] = (counts[reason] ?? 0) + count;
+      byPort.set(device, counts);
+    };
+    for (const [device, count] of parseL2Drops(l2)) add(device, "mac", count);
+    if (listing.code === 0) for (const [device, count] of parsePortDrops(listing.stdout)) add(device, "source", count);
+    return byPort;
+  }
+
+  /** Tagged frames dropped at layer 2, all ports together. */
+  async tagDrops(): Promise<number> {
+    return parseL2TaggedDrops(await exec(EBTABLES_SAVE, ["-c", "-t", "nat"]));
+  }
+
   /** Dropped packets per bound port: its rule in sg6-drop (ip6tables) plus its wrong-MAC rule in sg6-l2 (ebtables). */
   async dropCounters(): Promise<Map<string, number>> {
     const listCommand = `ip6tables-${this.variant}`;
-    const listArgs = ["-w", LOCK_WAIT_S, "-t", "filter", "-S", CHAIN_DROP, "-v"];
+    const listArgs = ["-w", LOCK_WAIT_S, "-t", TABLE, "-S", CHAIN_DROP, "-v"];
     const [listing, l2] = await Promise.all([execRaw(listCommand, listArgs), exec(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
     // no drop chain (nothing applied yet, or removed by hand: drift repair sees to that) means no
     // layer-3 counters; ip6tables-nft 1.8.9 words a missing chain as "incompatible". Anything else
@@ -302,19 +464,15 @@ export class IptablesBackend implements Dataplane {
       }
     }
     for (const variant of ["legacy", "nft"] as const) {
-      if (variant === "legacy" && !(await legacyTablesExist())) continue;
-      const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
-      if (saved.code !== 0) continue;
-      const { hooks, chains } = parseIptablesSave(saved.stdout);
-      const jumps = HOOKS.flatMap((hook) => hooks[hook].filter((rule) => / -[jg] sg6/.test(rule)));
-      if (!jumps.length && !chains.size) continue;
-      const lines = [
-        ...jumps.map((rule) => `-D ${rule.split(" ").slice(1).join(" ")}`),
-        ...[...chains.keys()].map((chain) => `-F ${chain}`),
-        ...[...chains.keys()].map((chain) => `-X ${chain}`),
-      ];
-      await exec(`ip6tables-${variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*filter\n${lines.join("\n")}\nCOMMIT\n` });
-      removed.push(...jumps.map((rule) => `ip6tables-${variant}: ${rule.split(" ")[1]} jump`), ...[...chains.keys()].map((c) => `ip6tables-${variant}: chain ${c}`));
+      for (const table of OWN_TABLES) {
+        if (variant === "legacy" && !(await legacyTablesExist([table]))) continue;
+        const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", table]);
+        if (saved.code !== 0) continue;
+        const lines = removalLines(saved.stdout, table);
+        if (!lines.remove.length) continue;
+        await exec(`ip6tables-${variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*${table}\n${lines.remove.join("\n")}\nCOMMIT\n` });
+        removed.push(...lines.what.map((what) => `ip6tables-${variant} ${table}: ${what}`));
+      }
     }
     for (const name of (await readSets()).keys()) {
       await exec("ipset", ["destroy", name]);
@@ -327,9 +485,11 @@ export class IptablesBackend implements Dataplane {
 /** Whether any sg6 object of this backend exists (for the nftables backend's switch-over). */
 export async function iptablesObjectsExist(): Promise<boolean> {
   for (const variant of ["legacy", "nft"] as const) {
-    if (variant === "legacy" && !(await legacyTablesExist())) continue;
-    const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", "filter"]);
-    if (saved.code === 0 && parseIptablesSave(saved.stdout).chains.size > 0) return true;
+    for (const table of OWN_TABLES) {
+      if (variant === "legacy" && !(await legacyTablesExist([table]))) continue;
+      const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", table]);
+      if (saved.code === 0 && parseIptablesSave(saved.stdout, table).chains.size > 0) return true;
+    }
   }
   return false;
 }
