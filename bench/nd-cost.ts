@@ -26,7 +26,7 @@ const mac = (i: number) => `52:54:01:${((i >> 16) & 255).toString(16).padStart(2
 const b = (i: number, pd = i) => ({ vm: `vm${i}`, device: `vnet${i}`, mac: mac(i), sources: [`fe80::${i.toString(16)}/128`, `2001:db8:1::${i.toString(16)}/128`, `2001:db8:${(0x1000 + (pd >> 12)).toString(16)}:${((pd & 0xfff) << 4).toString(16)}::/60`] });
 const strip = (c: PortContent): PortContent => (withNd ? c : { ...c, ndRules: new Set(), ndChains: new Map() });
 const all = Array.from({ length: n }, (_, i) => b(i));
-const s = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, strip(renderContent(all)), { bridges: ["cloudbr0"], portPrefix: "vnet" });
+const s = planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, strip(renderContent(all)), { bridges: ["cloudbr0"], portPrefix: "vnet" });
 const run = (cmd: string, args: string[], input: string) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "inherit"] });
 const read = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ["ignore", "ignore", "inherit"] });
 run("ipset", ["-exist", "restore"], s.ipsetBefore + s.ipsetAfter);

@@ -5,6 +5,8 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import {
   CHAIN_L2,
+  CHAIN_L2_MAC,
+  L2_MAC_RULES,
   isL2PortRule,
   l2ForeignRules,
   l2Jump,
@@ -12,6 +14,7 @@ import {
   l2PortRules,
   parseEbtablesSave,
   parseL2Drops,
+  parseL2TaggedDrops,
   planL2,
   purgeL2,
   type L2Snapshot,
@@ -30,8 +33,10 @@ function save(rules: string[], hook = [JUMP, "-A PREROUTING -i eth0 -j ACCEPT"],
     ":OUTPUT ACCEPT",
     ":POSTROUTING ACCEPT",
     `:${CHAIN_L2} ${policy}`,
+    `:${CHAIN_L2_MAC} RETURN`,
     ...hook,
     ...rules,
+    ...L2_MAC_RULES,
     "# Completed on Thu Dec  3 09:00:11 2026",
     "",
   ].join("\n");
@@ -41,20 +46,24 @@ const converged = () => save([...[...BOUND].sort(), ...L2_TAIL]);
 
 const l2 = suite("ebtables layer 2");
 
-l2("a bound port's rules: IPv6 with another MAC dropped (counted), with its own MAC on; MACs lower case", () => {
-  assert.equal(l2PortRules("vnet4", "52:54:00:AB:CD:EF"), [
-    "-A sg6-l2 -p IPv6 -s ! 52:54:00:ab:cd:ef -i vnet4 -j DROP",
-    "-A sg6-l2 -p IPv6 -s 52:54:00:ab:cd:ef -i vnet4 -j RETURN",
-  ]);
+l2("a bound port's rule: any protocol with another MAC goes to sg6-l2-mac (logged, dropped, counted); MACs lower case", () => {
+  assert.equal(l2PortRules("vnet4", "52:54:00:AB:CD:EF"), ["-A sg6-l2 -s ! 52:54:00:ab:cd:ef -i vnet4 -j sg6-l2-mac"]);
   assert.ok([...BOUND].every(isL2PortRule));
   assert.not.ok(L2_TAIL.some(isL2PortRule));
-  assert.equal(L2_TAIL, ["-A sg6-l2 -p 802_1Q -j DROP", "-A sg6-l2 -p S-TAG -j DROP", "-A sg6-l2 -p IPv6 -j DROP"]);
+  assert.equal(L2_TAIL, [
+    '-A sg6-l2 -p 802_1Q --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 tagged" --nflog-group 6 -j CONTINUE',
+    "-A sg6-l2 -p 802_1Q -j DROP",
+    '-A sg6-l2 -p S-TAG --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 tagged" --nflog-group 6 -j CONTINUE',
+    "-A sg6-l2 -p S-TAG -j DROP",
+  ]);
+  assert.equal(L2_MAC_RULES, ['-A sg6-l2-mac --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 mac" --nflog-group 6 -j CONTINUE', "-A sg6-l2-mac -j DROP"]);
+  assert.not.ok([...BOUND, ...L2_TAIL].some((rule) => /-j (RETURN|ACCEPT)$/.test(rule)), "nothing in sg6-l2 lets a frame skip a later rule");
   assert.is(JUMP, "-A PREROUTING -i vnet+ -j sg6-l2");
 });
 
-l2("from nothing: the chain with its rules and tail, then the jump, all in the run before ip6tables", () => {
+l2("from nothing: sg6-l2-mac, the chain with its rules and tail, then the jump, all in the run before ip6tables", () => {
   const plan = planL2({ hook: [], chains: new Map() }, BOUND, [], "vnet");
-  assert.equal(plan.before, [`:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL, "-I PREROUTING 1 -i vnet+ -j sg6-l2"]);
+  assert.equal(plan.before, [`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES, `:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL, "-I PREROUTING 1 -i vnet+ -j sg6-l2"]);
   assert.equal(plan.after, []);
 });
 
@@ -74,17 +83,21 @@ l2("a port goes before ip6tables changes, a port comes after; the rest does not 
   assert.equal(back.after, l2PortRules("vnet4", "52:54:00:ab:cd:ef").map((r) => r.replace(`-A ${CHAIN_L2} `, `-I ${CHAIN_L2} 1 `)).sort());
 });
 
-l2("ports of bridges sg6 does not guard get a RETURN each (the kernel has no --logical-in here)", () => {
+l2("no port is exempt by name (a port that moves onto a guarded bridge keeps its name): an old exemption goes", () => {
   const links = [
     { ifindex: 5, ifname: "vnet3", master: "cloudbr0" },
     { ifindex: 9, ifname: "vnet9", master: "cloudbr9" },
-    { ifindex: 3, ifname: "eth0", master: "cloudbr9" },
   ];
-  const foreign = l2ForeignRules(links, SCOPE);
-  assert.equal(foreign, ["-A sg6-l2 -i vnet9 -j RETURN"]);
-  const plan = planL2(parseEbtablesSave(converged()), BOUND, foreign, "vnet");
-  assert.equal(plan.after, ["-I sg6-l2 1 -i vnet9 -j RETURN"]);
-  assert.not.ok(isL2PortRule(foreign[0]!));
+  assert.equal(l2ForeignRules(links, SCOPE), []);
+  const plan = planL2(parseEbtablesSave(save(["-A sg6-l2 -i vnet9 -j RETURN", ...[...BOUND].sort(), ...L2_TAIL])), BOUND, l2ForeignRules(links, SCOPE), "vnet");
+  assert.equal(plan.before, ["-D sg6-l2 -i vnet9 -j RETURN"]);
+});
+
+l2("the earlier layout (IPv6-only MAC rules, a RETURN per port, an IPv6 tail) is rewritten in one run", () => {
+  const old = ["-A sg6-l2 -p IPv6 -s ! 52:54:00:12:34:56 -i vnet3 -j DROP", "-A sg6-l2 -p IPv6 -s 52:54:00:12:34:56 -i vnet3 -j RETURN", "-A sg6-l2 -p 802_1Q -j DROP", "-A sg6-l2 -p S-TAG -j DROP", "-A sg6-l2 -p IPv6 -j DROP"];
+  const text = save(old).replace(`:${CHAIN_L2_MAC} RETURN\n`, "").replace(L2_MAC_RULES.join("\n") + "\n", "");
+  const plan = planL2(parseEbtablesSave(text), BOUND, [], "vnet");
+  assert.equal(plan.before, [`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES, `:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL]);
 });
 
 l2("drift: a rogue rule among the port rules is removed (before ip6tables changes)", () => {
@@ -96,7 +109,7 @@ l2("drift: a missing or doubled tail rule, or another policy, rewrites the chain
   for (const text of [
     save([...[...BOUND].sort(), ...L2_TAIL.slice(0, 2)]),
     save([...[...BOUND].sort(), ...L2_TAIL], undefined, "ACCEPT"),
-    save([...[...BOUND].sort(), ...L2_TAIL, ...L2_TAIL.slice(2)]),
+    save([...[...BOUND].sort(), ...L2_TAIL, ...L2_TAIL.slice(3)]),
   ]) {
     const plan = planL2(parseEbtablesSave(text), BOUND, [], "vnet");
     assert.equal(plan.before, [`:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL], text);
@@ -119,10 +132,17 @@ l2("drift: the jump not first, doubled or gone is put back first and single; str
   assert.equal(planL2(stray, BOUND, [], "vnet").after, ["-F sg6-old", "-X sg6-old"]);
 });
 
-l2("drop counters per port from ebtables-nft-save -c; purge removes jump and chains", () => {
-  const counted = ["[5:300] -A sg6-l2 -p IPv6 -s ! 52:54:00:12:34:56 -i vnet3 -j DROP", "[2:120] -A sg6-l2 -p IPv6 -s 52:54:00:12:34:56 -i vnet3 -j RETURN", "[7:1] -A sg6-l2 -p IPv6 -j DROP"];
+l2("drop counters per port from ebtables-nft-save -c, tagged drops all together; purge removes jump and chains", () => {
+  const counted = [
+    "[5:300] -A sg6-l2 -s ! 52:54:00:12:34:56 -i vnet3 -j sg6-l2-mac",
+    '[9:900] -A sg6-l2 -p 802_1Q --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 tagged" --nflog-group 6 -j CONTINUE',
+    "[9:900] -A sg6-l2 -p 802_1Q -j DROP",
+    "[2:100] -A sg6-l2 -p S-TAG -j DROP",
+    "[5:300] -A sg6-l2-mac -j DROP",
+  ];
   assert.equal([...parseL2Drops(counted.join("\n"))], [["vnet3", 5]]);
-  assert.equal(purgeL2(parseEbtablesSave(converged())), ["-D PREROUTING -i vnet+ -j sg6-l2", `-F ${CHAIN_L2}`, `-X ${CHAIN_L2}`]);
+  assert.is(parseL2TaggedDrops(counted.join("\n")), 11);
+  assert.equal(purgeL2(parseEbtablesSave(converged())), ["-D PREROUTING -i vnet+ -j sg6-l2", `-F ${CHAIN_L2}`, `-F ${CHAIN_L2_MAC}`, `-X ${CHAIN_L2}`, `-X ${CHAIN_L2_MAC}`]);
 });
 
 l2.run();
