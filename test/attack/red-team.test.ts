@@ -385,9 +385,9 @@ function redTeamSuite(backend: DriverBackend) {
     const verdict = await judged(lab.vic.at, lab.atk.mac, lab.atk, () =>
       send({ from: lab.atk.from, src: "10.0.0.66", dst: "10.0.0.255", dstMac: "ff:ff:ff:ff:ff:ff", kind: "udp4", marker: newMarker(), count: 3 }),
     );
-    assert.ok(verdict.frames >= 4, `IPv4 from the attacker's own MAC: ${verdict.frames} frames (3 and the barrier expected)`);
+    assert.ok(verdict.frames >= 3, `IPv4 from the attacker's own MAC: ${verdict.frames} frames (3 expected)`);
     const moved = await judged(lab.router.at, lab.atk.mac, lab.atk, () => sendNd(lab.atk, ["--kind", "arp", "--marker", newMarker()]));
-    assert.ok(moved.frames >= 2, `ARP from the attacker's own MAC: ${moved.frames} frames`);
+    assert.ok(moved.frames >= 1, `ARP from the attacker's own MAC: ${moved.frames} frames`);
   });
 
   s("1. control: with no guard, spoofed sources reach the neighbour while libvirt's rules are re-inserted", async () => {

@@ -21,8 +21,8 @@ KIND
   echo          ICMPv6 Echo Request (with --vlan: IPv6 behind one or more VLAN tags)
   ra            a plain Router Advertisement (with --vlan 8100:0: priority-tagged)
   ra-frag-2dst  RA in two fragments; the first ends between two Destination Options headers
-                ([Frag][DestOpts 16] | [DestOpts 16][RA])
-  dhcp-frag-2dst UDP 547 -> 546 the same way ([Frag][DestOpts 16] | [DestOpts 16][UDP])
+                ([Frag][DestOpts 32] | [DestOpts 16][RA])
+  dhcp-frag-2dst UDP 547 -> 546 the same way ([Frag][DestOpts 32] | [DestOpts 16][UDP])
   mld-query     MLDv1 General Query (130) with a Router Alert hop-by-hop header, max delay 1 ms
   arp           ARP request (who-has 10.0.0.1 tell 10.0.0.66) from --src-mac, broadcast
 --vlan TPID:VID (repeatable, outermost first) puts 802.1Q/802.1ad tags in front of any kind.
@@ -140,7 +140,7 @@ def build(args):
         ra = ra_message(src, dst, args.src_mac, args.router_lifetime, marker)
         frames = [ipv6_header(NH_ICMPV6, len(ra), 255, src, dst) + ra]
     elif kind in ("ra-frag-2dst", "dhcp-frag-2dst"):
-        first_opts = dest_opts(NH_DSTOPTS, marker + b"/1", 16)
+        first_opts = dest_opts(NH_DSTOPTS, marker + b"/1", 32)
         if kind == "ra-frag-2dst":
             upper = ra_message(src, dst, args.src_mac, args.router_lifetime, marker + b"/2")
             second_opts = dest_opts(NH_ICMPV6, b"", 16)
