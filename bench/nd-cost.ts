@@ -34,7 +34,9 @@ run(`ip6tables-${variant}-restore`, ["--noflush"], s.iptables);
 // layer 2 as the agent has it (ebtables-nft, two rules per port in sg6-l2): timed apart as portAddL2/portDelL2
 const ebtables = (script: string) => script && run("ebtables-nft-restore", ["--noflush"], script);
 ebtables(s.ebtablesBefore + s.ebtablesAfter);
-const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [], countersSave: [], countersChain: [], portAddL2: [], portDelL2: [], ip6tablesNoop: [] };
+const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [], countersSave: [], countersChain: [], portAddL2: [], portDelL2: [], ip6tablesNoop: [], hookCheck: [], countersL2: [] };
+/** the table the rendered layout lives in (raw since the guard moved to PREROUTING; filter before) */
+const table = s.iptables.split("\n")[0]!.slice(1);
 const extra = b(n + 1);
 for (let r = 0; r < 6; r++) {
   const [x, y] = r % 2 ? [b(0, 900000), b(0)] : [b(0), b(0, 900000)];
@@ -62,7 +64,7 @@ for (let r = 0; r < 6; r++) {
   times.portDelL2!.push(performance.now() - t);
   // what any ip6tables transaction costs at this size before it does anything
   t = performance.now();
-  run(`ip6tables-${variant}-restore`, ["--noflush"], "*filter\nCOMMIT\n");
+  run(`ip6tables-${variant}-restore`, ["--noflush"], `*${table}\nCOMMIT\n`);
   times.ip6tablesNoop!.push(performance.now() - t);
   // the release as the agent runs it: the set emptied at once, the rules in a later tidy
   const again = planDelta(emptyContent(), strip(renderContent([extra])));
@@ -78,11 +80,20 @@ for (let r = 0; r < 6; r++) {
   times.tidy!.push(performance.now() - t);
   // the drop counters (watchdog probe, metrics scrape): the whole table's save against the one chain sg6 reads
   t = performance.now();
-  read(`ip6tables-${variant}-save`, ["-c", "-t", "filter"]);
+  read(`ip6tables-${variant}-save`, ["-c", "-t", table]);
   times.countersSave!.push(performance.now() - t);
   t = performance.now();
-  read(`ip6tables-${variant}`, ["-w", "-t", "filter", "-S", "sg6-drop", "-v"]);
+  read(`ip6tables-${variant}`, ["-w", "-t", table, "-S", "sg6-drop", "-v"]);
   times.countersChain!.push(performance.now() - t);
+  // the layer-2 counters (mac drops per port) that dropCounters/dropsByReason read beside it
+  t = performance.now();
+  read("ebtables-nft-save", ["-c", "-t", "nat"]);
+  times.countersL2!.push(performance.now() - t);
+  // what the hook watch and the event path read to find a displaced jump: the two hooked chains alone
+  t = performance.now();
+  read(`ip6tables-${variant}`, ["-w", "-t", table, "-S", table === "raw" ? "PREROUTING" : "FORWARD"]);
+  read("ebtables-nft", ["-t", "nat", "-L", "PREROUTING"]);
+  times.hookCheck!.push(performance.now() - t);
 }
 const med = (a: number[]) => a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1);
 console.log(JSON.stringify({ variant, n, nd: withNd, ...Object.fromEntries(Object.entries(times).map(([k, v]) => [k, med(v)])) }));

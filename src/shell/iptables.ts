@@ -471,7 +471,7 @@ export class IptablesBackend implements Dataplane {
         const lines = removalLines(saved.stdout, table);
         if (!lines.remove.length) continue;
         await exec(`ip6tables-${variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*${table}\n${lines.remove.join("\n")}\nCOMMIT\n` });
-        removed.push(...lines.what.map((what) => `ip6tables-${variant} ${table}: ${what}`));
+        removed.push(...lines.what.map((what) => `ip6tables-${variant}: ${what} (${table})`));
       }
     }
     for (const name of (await readSets()).keys()) {

@@ -93,11 +93,11 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
     await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac, device: "vnet1", delegated: "2001:db8:ff00:10::/60" }));
     await h.startAgent();
     await waitFor("enforced", async () => (await h.ipsetEntries()).length === 3);
-    const before = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
+    const before = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"]);
     const ipt = `ip6tables-${h.variant}`;
-    await h.hv.ns.run(ipt, ["-F", "sg6-guard"]);
+    await h.hv.ns.run(ipt, ["-t", "raw", "-F", "sg6-guard"]);
     await h.hv.ns.run("ipset", ["flush", "sg6-s-vnet1"]);
-    await h.hv.ns.run(ipt, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
+    await h.hv.ns.run(ipt, ["-t", "raw", "-I", "sg6-port", "1", "-j", "ACCEPT"]);
 
     const dry = await h.cli(["reconcile", "--dry-run"]);
     assert.is(dry.code, 3, `dry run reports drift: ${dry.stdout}${dry.stderr}`);
@@ -112,7 +112,7 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
     assert.is(report.source, "stream");
     assert.ok(report.changes.length >= 3, `changes reported: ${report.changes.join("; ")}`);
     const strip = (t: string) => t.split("\n").filter((l) => l.startsWith("-A") || l.startsWith(":sg6")).sort().join("\n");
-    assert.is(strip(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])), strip(before), "rules back as they were");
+    assert.is(strip(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"])), strip(before), "rules back as they were");
     assert.is((await h.ipsetEntries()).length, 3);
     const again = await h.cli(["reconcile", "--json"]);
     assert.equal(JSON.parse(again.stdout).changes, [], "a second reconcile has nothing to do");
@@ -125,9 +125,9 @@ test("the resync timer repairs drift by itself", async () => {
     await h.startAgent();
     await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
     await h.hv.ns.run("ipset", ["flush", "sg6-s-vnet1"]);
-    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
+    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-t", "raw", "-I", "sg6-port", "1", "-j", "ACCEPT"]);
     await waitFor("timer repaired the set", async () => (await h.ipsetEntries()).length === 2, 5000);
-    await waitFor("timer removed the rogue rule", async () => !(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])).includes("-A sg6-port -j ACCEPT"), 5000);
+    await waitFor("timer removed the rogue rule", async () => !(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"])).includes("-A sg6-port -j ACCEPT"), 5000);
     await h.waitForLog("drift repaired");
   });
 });
@@ -284,7 +284,7 @@ test("an invalid config stops the agent before it touches anything", async () =>
     assert.is(code, 1);
     // its output may still be in the pipe when "exit" fires: wait for the line itself
     assert.match(await h.waitForLog("config: pd_length: must be an integer"), /config: pd_length: must be an integer/);
-    const saved = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
+    const saved = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"]);
     assert.not.match(saved, /sg6/, "no sg6 object was created");
   });
 });
