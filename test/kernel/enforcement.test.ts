@@ -320,9 +320,10 @@ function enforcementSuite(variant: Variant) {
     assert.not.ok(await ping(vm9.ns, ROUTER_IP, 1), "vm9 pinged the router");
   });
 
-  check("IPv4 is left alone (even from an unallocated guarded tap)", async (lab) => {
-    await expectPass(toRouter(lab, lab.vm9, "10.9.0.9", { kind: "udp4", dst: "10.9.0.1" }), "IPv4 UDP from vnet9");
-    await expectPass(toRouter(lab, lab.vm1, "10.9.0.10", { kind: "udp4", dst: "10.9.0.1", from: { ...lab.vm1.from, mac: randomMac() } }), "IPv4 from vnet1 with another MAC");
+  check("IPv4 is left alone, but for a wrong source MAC on a bound port (any protocol is dropped there)", async (lab) => {
+    await expectPass(toRouter(lab, lab.vm9, "10.9.0.9", { kind: "udp4", dst: "10.9.0.1" }), "IPv4 UDP from vnet9 (no allocation)");
+    await expectPass(toRouter(lab, lab.vm1, "10.9.0.10", { kind: "udp4", dst: "10.9.0.1" }), "IPv4 from vnet1 with its own MAC");
+    await expectDrop(lab, "vnet1", toRouter(lab, lab.vm1, "10.9.0.10", { kind: "udp4", dst: "10.9.0.1", from: { ...lab.vm1.from, mac: randomMac() } }), "IPv4 from vnet1 with another MAC");
   });
 
   check("vnet* ports of a bridge that is not configured are never matched", async (lab) => {
