@@ -55,7 +55,8 @@ export type ScaffoldOptions = PortScope;
  */
 export function rule(chain: string, matches: string, target: string): string {
   const body = `${chain} ${matches ? `${matches} ` : ""}${target}`;
-  return `-A ${chain} ${matches ? `${matches} ` : ""}-m comment --comment ${ID_PREFIX}${ruleId(body)} ${target}`;
+  // a rule without a target only counts (the reason chains' per-port counting rules)
+  return `-A ${chain} ${matches ? `${matches} ` : ""}-m comment --comment ${ID_PREFIX}${ruleId(body)}${target ? ` ${target}` : ""}`;
 }
 
 /** What identifies a rule read back: its id, or (a rule sg6 did not write) its whole text. */
@@ -75,10 +76,26 @@ export const LOG_LIMIT = "-m limit --limit 10/sec --limit-burst 5";
 /** netlink log group of the drop log (operator-explain's `sg6 drops` reads it) */
 export const LOG_GROUP = 6;
 
-/** The rules of a reason's chain: log (rate-limited, prefix "sg6 <reason>"), then on to sg6-drop to be counted. */
+/**
+ * Reasons counted per port in the kernel: a `list:set` with counters per reason whose members are
+ * the port sets (sg6-c-<reason> holds sg6-s-<tap>). A frame that reaches these reasons passed
+ * sg6-port, so its source is in its own port's set and in no other (sources are unique per host):
+ * the member it matches is its port's, and that member's counter grows. `source` is not among them
+ * (its frames' sources are not their port's); it is the port's drops less the counted ones.
+ */
+export const COUNTED_REASONS = ["nd-target", "fragment", "ra-guard", "mld-query", "dhcpv6"] as const satisfies readonly L3Reason[];
+export const countSetName = (reason: L3Reason): string => `sg6-c-${reason}`;
+/** `create` line of a reason's counting set (as ipset save prints it) */
+export const countSetCreate = (reason: L3Reason): string => `${countSetName(reason)} list:set size 65536 counters`;
+
+/** The rules of a reason's chain: count per port, log (rate-limited, prefix "sg6 <reason>"), then on to sg6-drop to be counted and dropped. */
 export function reasonRules(reason: L3Reason): string[] {
   const chain = reasonChain(reason);
-  return [rule(chain, LOG_LIMIT, `-j NFLOG --nflog-prefix "sg6 ${reason}" --nflog-group ${LOG_GROUP}`), rule(chain, "", `-g ${CHAIN_DROP}`)];
+  // a DAD probe comes from ::, which is in every port's set: it is not counted per reason
+  const count = (COUNTED_REASONS as readonly string[]).includes(reason)
+    ? [rule(chain, `${reason === "nd-target" ? "! -s ::/128 " : ""}-m set --match-set ${countSetName(reason)} src`, "")]
+    : [];
+  return [...count, rule(chain, LOG_LIMIT, `-j NFLOG --nflog-prefix "sg6 ${reason}" --nflog-group ${LOG_GROUP}`), rule(chain, "", `-g ${CHAIN_DROP}`)];
 }
 
 const ICMP6 = "-p ipv6-icmp -m icmp6 --icmpv6-type";
@@ -279,6 +296,8 @@ export function renderContent(bindings: Iterable<PortBinding>, ndMatch: NdMatch 
     content.portSets.add(set);
     // :: is in every port's set so DAD and MLD from :: are MAC-checked like everything else
     content.srcEntries.add(`${set} ::`);
+    // the port's set is a member of each reason's counting set (its per-port counters)
+    for (const reason of COUNTED_REASONS) content.srcEntries.add(`${countSetName(reason)} ${set}`);
     for (const source of binding.sources) content.srcEntries.add(`${set} ${setEntry(source)}`);
     content.ndRules.add(ndDispatch(binding.device));
     content.ndChains.set(portNdChain(binding.device), ndChainRules(binding.device, binding.sources, ndMatch));
@@ -302,7 +321,8 @@ export function mergedContent(a: PortContent, b: PortContent): PortContent {
 
 /** The content of ports whose sets were flushed (released at once, their rules not yet removed). */
 export function withoutSources(content: PortContent): PortContent {
-  return { ...content, srcEntries: new Set() };
+  // the sets' memberships of the counting sets stay until the sets go
+  return { ...content, srcEntries: new Set([...content.srcEntries].filter((entry) => !entry.startsWith(PORT_SET_PREFIX))) };
 }
 
 /** `ipset restore` lines that empty the ports' sets: the port rule then matches no source at all. */
@@ -502,9 +522,11 @@ export function contentOf(snapshot: KernelSnapshot): PortContent {
   content.ndRules = rules(CHAIN_ND, ND_DEFAULT);
   for (const [name, lines] of snapshot.chains) if (name.startsWith(PORT_ND_PREFIX)) content.ndChains.set(name, lines);
   for (const line of snapshot.l2?.chains.get(CHAIN_L2)?.rules ?? []) if (isL2PortRule(line)) content.l2Rules.add(line);
+  const counting = new Set<string>(COUNTED_REASONS.map(countSetName));
   for (const [name, set] of snapshot.sets) {
-    if (!name.startsWith(PORT_SET_PREFIX)) continue;
-    content.portSets.add(name);
+    const isPortSet = name.startsWith(PORT_SET_PREFIX);
+    if (!isPortSet && !counting.has(name)) continue;
+    if (isPortSet) content.portSets.add(name);
     for (const entry of set.entries) content.srcEntries.add(`${name} ${entry}`);
   }
   return content;
@@ -567,6 +589,12 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     }
   }
   const delta = diffContent(contentOf(snapshot), desired);
+  // the counting sets exist before any rule names them or any port set joins them
+  for (const reason of COUNTED_REASONS) {
+    if (snapshot.sets.has(countSetName(reason))) continue;
+    before.push(`create ${countSetCreate(reason)}`);
+    changes.push(`create set ${countSetName(reason)}`);
+  }
   before.push(...ipsetBefore(delta));
   after.push(...ipsetAfter(delta));
   changes.push(
@@ -633,7 +661,8 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     changes.push(`remove chain ${chain} (not part of this layout)`);
   }
   const strays = [...snapshot.chains.keys()].filter(stray);
-  const straySets = [...snapshot.sets.keys()].filter((name) => !name.startsWith(PORT_SET_PREFIX));
+  const countSets = new Set<string>(COUNTED_REASONS.map(countSetName));
+  const straySets = [...snapshot.sets.keys()].filter((name) => !name.startsWith(PORT_SET_PREFIX) && !countSets.has(name));
   changes.push(...straySets.map((name) => `destroy set ${name} (not part of this layout)`));
 
   // The jumps from the hooked chains: exactly one each, first.

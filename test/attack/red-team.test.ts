@@ -451,11 +451,17 @@ function redTeamSuite(backend: DriverBackend) {
     const before = await lab.driver.reasons();
     await send({ from: { ...lab.atk.from, mac: "52:54:00:bb:99:99" }, src: "10.0.0.66", dst: "10.0.0.255", dstMac: "ff:ff:ff:ff:ff:ff", kind: "udp4", marker: newMarker(), count: 3 });
     await send({ from: lab.atk.from, src: SPOOFED, dst: "ff02::1", kind: "echo", marker: newMarker(), count: 4 });
+    await sendNd(lab.atk, ["--kind", "ra", "--src", lab.atk.ll, "--dst", "ff02::1", "--count", "2", "--marker", newMarker()]);
+    await sendNd(lab.atk, ["--kind", "mld-query", "--src", lab.atk.ll, "--dst", "ff02::1", "--count", "1", "--marker", newMarker()]);
+    const grown = (now: Awaited<ReturnType<DataplaneDriver["reasons"]>>) =>
+      Object.fromEntries(["mac", "source", "ra-guard", "mld-query"].map((reason) => [reason, (now.drops.vnet1?.[reason] ?? 0) - (before.drops.vnet1?.[reason] ?? 0)]));
     const after = await waitFor("the counters to move", async () => {
       const now = await lab.driver.reasons();
-      const grew = (reason: string, by: number) => (now.drops.vnet1?.[reason] ?? 0) - (before.drops.vnet1?.[reason] ?? 0) >= by;
-      return grew("mac", 3) && grew("source", 4) ? now : undefined;
+      const by = grown(now);
+      return by.mac! >= 3 && by.source! >= 4 && by["ra-guard"]! >= 2 && by["mld-query"]! >= 1 ? now : undefined;
     }, 5000, 50);
+    assert.equal(grown(after), { mac: 3, source: 4, "ra-guard": 2, "mld-query": 1 }, "each drop counted once, under its reason, for its port");
+    assert.is(after.drops.vnet2?.["ra-guard"] ?? 0, before.drops.vnet2?.["ra-guard"] ?? 0, "nothing counted for the neighbour");
     assert.is(after.membership?.mode, "kernel");
     assert.match(after.membership?.detail ?? "", /raw PREROUTING/);
   });

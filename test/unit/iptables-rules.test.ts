@@ -15,6 +15,9 @@ import { CHAIN_L2, CHAIN_L2_MAC, L2_MAC_RULES, l2Jump, L2_TAIL, l2PortRules, par
 import {
   CHAIN_DROP,
   CHAIN_FRAG,
+  COUNTED_REASONS,
+  countSetCreate,
+  countSetName,
   L3_REASONS,
   LOG_LIMIT,
   reasonChain,
@@ -101,6 +104,10 @@ const SRC_A = [
 ];
 const SRC_B = ["sg6-s-vnet4 2001:db8:1:0:5054:ff:feab:cdef", "sg6-s-vnet4 ::", "sg6-s-vnet4 fe80::5054:ff:feab:cdef"];
 const members = (src: string[]) => src.map((e) => e.slice(e.indexOf(" ") + 1));
+/** the counting sets (one per reason counted per port) and a port set's memberships of them */
+const COUNT_SETS = COUNTED_REASONS.map(countSetName);
+const COUNT_CREATES = COUNTED_REASONS.map((r) => `create ${countSetCreate(r)}`);
+const memberships = (set: string) => COUNT_SETS.map((c) => `${c} ${set}`).sort();
 /** sg6-guard exactly as the contract lays it out */
 const GUARD = [
   "-A sg6-guard -m frag --fragfirst -j sg6-frag",
@@ -241,6 +248,8 @@ function ipsetRestore(k: Kernel, script: string): void {
     if (!set) throw new Error(`ipset: no set ${name} (${line})`);
     if (op === "destroy") {
       assert.is(rest.length, 0, line);
+      const lists = [...k.sets].filter(([, s]) => / list:set /.test(` ${s.create} `) && s.entries.has(name!)).map(([n]) => n);
+      if (lists.length) throw new Error(`ipset: set ${name} cannot be destroyed: it is a member of ${lists[0]}`);
       const users = rulesNaming(k, name!);
       if (users.length) throw new Error(`ipset: set ${name} cannot be destroyed: it is in use by a kernel component (${users[0]})`);
       k.sets.delete(name!);
@@ -251,6 +260,7 @@ function ipsetRestore(k: Kernel, script: string): void {
     if (op === "add") {
       if (set.entries.has(entry)) throw new Error(`ipset: ${entry} already in ${name}`);
       if (/ hash:net family inet6 /.test(set.create) && !INET6_MEMBER.test(entry)) throw new Error(`ipset: ${entry} is not an IPv6 address or prefix`);
+      if (/ list:set /.test(` ${set.create} `) && !k.sets.has(entry)) throw new Error(`ipset: ${entry} is not a set`);
       const maxelem = Number(/ maxelem (\d+)/.exec(set.create)?.[1] ?? 65536);
       if (set.entries.size >= maxelem) throw new Error(`ipset: ${name} is full`);
       set.entries.add(entry);
@@ -514,7 +524,7 @@ render("a binding renders to one port rule naming its own set, one counting drop
   assert.equal([...content.portRules], [RULE_A]);
   assert.equal([...content.dropRules], [DROP_A]);
   assert.equal([...content.portSets], [SET_A]);
-  assert.equal([...content.srcEntries].sort(), SRC_A);
+  assert.equal([...content.srcEntries].sort(), [...SRC_A, ...memberships(SET_A)].sort(), "its sources, and its set in each counting set");
   assert.is(portRule("vnet4", "52:54:00:AB:CD:EF"), RULE_B, "MACs are printed lower case, as ip6tables-save does");
   assert.is(dropRule("vnet4"), DROP_B);
   assert.is(portSetName("vnet4"), SET_B);
@@ -539,9 +549,12 @@ render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per br
   assert.is(ND_DEFAULT, withId("-A sg6-nd -g sg6-r-nd-target"));
   assert.equal(hookJumps("vnet"), { PREROUTING: JUMP }, "one jump in raw PREROUTING: bridged, routed and delivered frames");
   assert.equal(scaffold["sg6-r-ra-guard"], [
+    rule("sg6-r-ra-guard", "-m set --match-set sg6-c-ra-guard src", ""),
     rule("sg6-r-ra-guard", LOG_LIMIT, '-j NFLOG --nflog-prefix "sg6 ra-guard" --nflog-group 6'),
     withId("-A sg6-r-ra-guard -g sg6-drop"),
-  ], "logged to group 6 (rate-limited), then counted and dropped");
+  ], "counted for its port, logged to group 6 (rate-limited), then counted and dropped");
+  assert.equal(scaffold["sg6-r-nd-target"]![0], rule("sg6-r-nd-target", "! -s ::/128 -m set --match-set sg6-c-nd-target src", ""), "a DAD probe (from ::, in every set) is not counted per port");
+  assert.equal(scaffold["sg6-r-source"]!.length, 2, "a foreign source is in no set of its port: counted as the rest");
   assert.match(scaffold[CHAIN_FRAG]![0]!, /^-A sg6-frag -m bpf --bytecode "\d+,[0-9 ,]+" -m comment --comment sg6:\S+ -j RETURN$/);
   assert.is(scaffold[CHAIN_FRAG]![1], withId("-A sg6-frag -g sg6-r-fragment"));
 });
@@ -569,7 +582,7 @@ render("the largest binding an event may carry fits its port set", () => {
   const secondary = Array.from({ length: MAX_SECONDARY }, (_, i) => `2001:db8:1::${(0x100 + i).toString(16)}`);
   const big = binding("vm-big", "vnet7", { mac: "52:54:00:00:00:77", network: "2001:db8:1::/64", delegated: "2001:db8:ff00:130::/60", secondary });
   const content = renderContent([big]);
-  assert.is(content.srcEntries.size, MAX_SECONDARY + 4, ":: + link-local + SLAAC + secondaries + delegated");
+  assert.is(content.srcEntries.size, MAX_SECONDARY + 4 + COUNT_SETS.length, ":: + link-local + SLAAC + secondaries + delegated, and the memberships");
   const k = converged(content);
   assert.is(k.sets.get(portSetName("vnet7"))!.entries.size, MAX_SECONDARY + 4);
   assert.equal(planChange(read(k), content, OPTIONS), NOTHING);
@@ -674,8 +687,8 @@ const fresh = suite("planChange: from an empty kernel");
 fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in one iptables transaction, PREROUTING jump inserted last", () => {
   const script = planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, DESIRED, OPTIONS);
   // one ipset run and one ip6tables run from nothing: what the kernel tools alone would need
-  assert.equal(script.ipsetBefore.split("\n"), [`create ${CREATE_A}`, `create ${CREATE_B}`, ...[...SRC_A, ...SRC_B].map((e) => `add ${e}`), ""]);
-  assert.is(script.ipsetAfter, "");
+  assert.equal(script.ipsetBefore.split("\n"), [...COUNT_CREATES, `create ${CREATE_A}`, `create ${CREATE_B}`, ...[...SRC_A, ...SRC_B].map((e) => `add ${e}`), ""]);
+  assert.equal(script.ipsetAfter.split("\n"), [...[...memberships(SET_A), ...memberships(SET_B)].sort().map((e) => `add ${e}`), ""], "port sets join the counting sets once they exist");
   const lines = script.iptables.split("\n");
   assert.is(lines[0], "*raw");
   assert.equal(lines.slice(-2), ["COMMIT", ""]);
@@ -693,7 +706,8 @@ fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in
   // every set a rule names was created before the transaction
   const created = script.ipsetBefore.split("\n").filter((l) => l.startsWith("create ")).map((l) => l.split(" ")[1]);
   const named = lines.flatMap(setsNamed);
-  assert.equal(named, [SET_A, SET_B]);
+  assert.equal(named, [...COUNT_SETS.filter((c) => named.includes(c)), SET_A, SET_B].filter((n) => named.includes(n)));
+  assert.equal([...named].sort(), [...COUNT_SETS, SET_A, SET_B].sort());
   for (const set of named) assert.ok(created.includes(set), `${set} is created before the rule naming it`);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_GUARD} `)), GUARD);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), [FWD0]);
@@ -722,7 +736,7 @@ fresh("run on a host with other rules: the jump is first, everything else is lef
   assert.equal(k.filter.get(CHAIN_DROP), [DROP_A, DROP_B, DROP_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_GUARD), GUARD);
   assert.equal(k.filter.get(CHAIN_FWD), [FWD0]);
-  assert.equal([...k.sets.keys()], ["cs-v6", SET_A, SET_B]);
+  assert.equal([...k.sets.keys()], ["cs-v6", ...COUNT_SETS, SET_A, SET_B]);
   assert.is(k.sets.get(SET_A)!.create, CREATE_A);
   assert.equal([...k.sets.get(SET_A)!.entries].sort(), members(SRC_A).sort());
   assert.equal([...k.sets.get(SET_B)!.entries].sort(), members(SRC_B).sort());
@@ -735,15 +749,15 @@ fresh("planning again from what the kernel prints changes nothing (though the ke
   assert.equal(planChange(read(k), DESIRED, OPTIONS), NOTHING);
 });
 
-fresh("an empty desired state still installs the fail-closed scaffold, makes no set, and is then stable", () => {
+fresh("an empty desired state still installs the fail-closed scaffold, makes no port set, and is then stable", () => {
   const k = foreignHost();
   const script = reconcile(k, emptyContent());
-  assert.is(script.ipsetBefore + script.ipsetAfter, "");
+  assert.is(script.ipsetBefore + script.ipsetAfter, COUNT_CREATES.map((l) => `${l}\n`).join(""), "only the counting sets");
   assert.equal(k.filter.get(CHAIN_PORT), [PORT_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_DROP), [DROP_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_GUARD), GUARD);
   assert.is(k.filter.get("PREROUTING")![0], JUMP);
-  assert.equal([...k.sets.keys()], ["cs-v6"]);
+  assert.equal([...k.sets.keys()], ["cs-v6", ...COUNT_SETS]);
   assert.equal(planChange(read(k), emptyContent(), OPTIONS), NOTHING);
 });
 
@@ -787,7 +801,8 @@ change("a port goes: its rules leave in the transaction, its set is destroyed af
   const l2 = `*nat\n${L2_B.map((r) => `-D sg6-l2 ${spec(r)}`).sort().join("\n")}\n`;
   const nd = `-D sg6-nd ${spec(ND_B)}`;
   const chainGoes = ["-F sg6-nd-vnet4", "-X sg6-nd-vnet4"];
-  assert.equal(c, { ebtablesBefore: l2, ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`, nd, ...chainGoes), ipsetAfter: `destroy ${SET_B}\n`, ebtablesAfter: "", changes: [] });
+  const leave = memberships(SET_B).map((e) => `del ${e}\n`).join("");
+  assert.equal(c, { ebtablesBefore: l2, ipsetBefore: leave, iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`, nd, ...chainGoes), ipsetAfter: `destroy ${SET_B}\n`, ebtablesAfter: "", changes: [] });
   assert.equal(d, { ...c, iptables: tx(`-D sg6-port ${spec(RULE_B)}`, nd, `-D sg6-drop ${spec(DROP_B)}`, ...chainGoes) }, "the same scripts without reading the kernel");
   assert.ok(planChange(read(converged()), ONLY_A, OPTIONS).changes.includes(`destroy set ${SET_B}`));
 });
@@ -795,7 +810,7 @@ change("a port goes: its rules leave in the transaction, its set is destroyed af
 change("a port comes: its set is created and filled before the transaction that makes a rule name it", () => {
   const { change: c, delta: d } = bothPlans(ONLY_A, DESIRED);
   const before = `create ${CREATE_B}\n` + SRC_B.map((e) => `add ${e}\n`).join("");
-  const after = "";
+  const after = memberships(SET_B).map((e) => `add ${e}\n`).join("");
   const l2 = `*nat\n${L2_B.map((r) => `-I sg6-l2 1 ${spec(r)}`).sort().join("\n")}\n`;
   const nd = `-I sg6-nd 1 ${spec(ND_B)}`;
   const chainComes = ["-N sg6-nd-vnet4", ...NDC_B];
@@ -1148,12 +1163,13 @@ drift("the simulated kernel is honest: failed transactions change nothing, refer
   assert.throws(() => iptablesRestore(k, tx(`-I sg6-port 1 ${spec(RULE_A.replaceAll("vnet3", "vnet5"))}`)), /set sg6-s-vnet5 does not exist/);
   assert.throws(() => iptablesRestore(k, tx("-A sg6-guard -g sg6-nope")), /no chain sg6-nope/);
   assert.is(normalised(k), saved);
+  assert.throws(() => ipsetRestore(k, `destroy ${SET_B}\n`), /member of sg6-c-/);
+  ipsetRestore(k, memberships(SET_B).map((e) => `del ${e}\n`).join(""));
   assert.throws(() => ipsetRestore(k, `destroy ${SET_B}\n`), /in use/);
   assert.throws(() => ipsetRestore(k, `create ${CREATE_B}\n`), /already exists/);
   assert.throws(() => ipsetRestore(k, "add sg6-s-vnet5 ::\n"), /no set/);
   assert.throws(() => ipsetRestore(k, `add ${SET_B} 2001:db8:1::10,physdev:vnet4\n`), /not an IPv6/);
   assert.throws(() => ipsetRestore(k, `del ${SET_B} 2001:db8:1::10\n`), /not in/);
-  assert.is(normalised(k), saved);
   // once no rule names it, the set can go
   iptablesRestore(k, tx(`-D sg6-port ${spec(RULE_B)}`));
   ipsetRestore(k, `destroy ${SET_B}\n`);
