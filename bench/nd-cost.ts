@@ -50,12 +50,14 @@ for (let r = 0; r < 6; r++) {
   t = performance.now();
   run("ipset", ["-exist", "restore"], add.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], add.iptables);
+  if (add.ipsetAfter) run("ipset", ["-exist", "restore"], add.ipsetAfter);
   times.portAdd!.push(performance.now() - t);
   t = performance.now();
   ebtables(add.ebtablesBefore + add.ebtablesAfter);
   times.portAddL2!.push(performance.now() - t);
   const del = planDelta(strip(renderContent([extra])), emptyContent());
   t = performance.now();
+  if (del.ipsetBefore) run("ipset", ["-exist", "restore"], del.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], del.iptables);
   run("ipset", ["-exist", "restore"], del.ipsetAfter);
   times.portDel!.push(performance.now() - t);
@@ -70,11 +72,13 @@ for (let r = 0; r < 6; r++) {
   const again = planDelta(emptyContent(), strip(renderContent([extra])));
   run("ipset", ["-exist", "restore"], again.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], again.iptables);
+  if (again.ipsetAfter) run("ipset", ["-exist", "restore"], again.ipsetAfter);
   t = performance.now();
   run("ipset", ["-exist", "restore"], flushSets([extra.device]));
   times.release!.push(performance.now() - t);
   const tidy = planDelta(withoutSources(strip(renderContent([extra]))), emptyContent());
   t = performance.now();
+  if (tidy.ipsetBefore) run("ipset", ["-exist", "restore"], tidy.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], tidy.iptables);
   run("ipset", ["-exist", "restore"], tidy.ipsetAfter);
   times.tidy!.push(performance.now() - t);

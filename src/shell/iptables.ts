@@ -286,10 +286,18 @@ export class IptablesBackend implements Dataplane {
     }
     await this.run(planDelta(before, after));
     this.inSync = true;
-    // the event path checks the hooks too: another writer's rule ahead of sg6's jump is repaired here
-    const repaired = await this.repairHooks();
-    if (repaired.length) this.onHookRepair?.(repaired);
+    // Without a hook watch the event path checks the hooks: another writer's rule ahead of sg6's
+    // jump is repaired here. It reads both hooked chains (ip6tables-legacy reads its whole table
+    // for it: ~0.5 s at 5,000 ports), so at most once a second; with the watch running it is the
+    // watch's job.
+    if (!this.onHookRepair && Date.now() - this.hooksCheckedAt >= 1000) {
+      this.hooksCheckedAt = Date.now();
+      await this.repairHooks();
+    }
   }
+
+  /** when the event path last read the hooks (ms since the epoch) */
+  private hooksCheckedAt = 0;
 
   /** Remove what released ports left (rules, ND chain, layer-2 rule, set) in one batch. */
   async tidy(): Promise<string[]> {
