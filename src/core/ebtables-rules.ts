@@ -142,7 +142,7 @@ export function planL2(snapshot: L2Snapshot, bound: ReadonlySet<string>, foreign
   const plan: L2Plan = { before: [], after: [], changes: [] };
   const want = new Set([...bound, ...foreign]);
   const macChain = snapshot.chains.get(CHAIN_L2_MAC);
-  if (!macChain || macChain.policy !== "RETURN" || macChain.rules.join("\n") !== L2_MAC_RULES.join("\n")) {
+  if (macChain?.policy !== "RETURN" || macChain.rules.join("\n") !== L2_MAC_RULES.join("\n")) {
     plan.before.push(`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES);
     plan.changes.push(macChain ? `rewrite ebtables chain ${CHAIN_L2_MAC}` : `create ebtables chain ${CHAIN_L2_MAC}`);
   }

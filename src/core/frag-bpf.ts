@@ -59,7 +59,9 @@ export function wholeChainProgram(): BpfInsn[] {
   const code: Pending[] = [];
   const labels = new Map<Label, number>();
   const at = (label: Label) => labels.set(label, code.length);
-  const emit = (insn: Pending) => code.push(insn);
+  const emit = (insn: Pending) => {
+    code.push(insn);
+  };
 
   emit({ code: LD_B_ABS, k: 6 }); // A = the IPv6 header's next header
   emit({ code: LDX_IMM, k: 40 }); // X = where that header starts
@@ -90,7 +92,9 @@ export function wholeChainProgram(): BpfInsn[] {
   at("cut");
   emit({ code: RET_K, k: 0 });
   at("upper");
-  NEEDED.forEach(([proto], i) => emit({ code: JEQ_K, k: proto, jt: `need${proto}`, ...(i === NEEDED.length - 1 ? { jf: "whole" } : {}) }));
+  NEEDED.forEach(([proto], i) => {
+    emit({ code: JEQ_K, k: proto, jt: `need${proto}`, ...(i === NEEDED.length - 1 ? { jf: "whole" } : {}) });
+  });
   at("whole");
   emit({ code: RET_K, k: 1 });
   for (const [proto, bytes] of NEEDED) {

@@ -16,7 +16,6 @@ import {
   planChange,
   planDelta,
   renderContent,
-  HOOKS,
   CHAIN_DROP,
   TABLE,
   COUNTED_REASONS,
