@@ -695,14 +695,25 @@ function ipsetBefore(delta: ContentDelta): string[] {
   return [
     ...delta.addSets.map((name) => `create ${portSetCreate(name)}`),
     ...delta.addSrc.filter((e) => fresh.has(setOfEntry(e))).map((e) => `add ${e}`),
-    ...delta.delSrc.map((e) => `del ${e}`),
+    ...delta.delSrc.filter((e) => !isMembership(e)).map((e) => `del ${e}`),
   ];
 }
 
-/** ipset lines run after it: sources of existing ports added once the rules changed, sets no rule uses destroyed. */
+/** a port set's membership of a counting set ("sg6-c-<reason> sg6-s-<tap>"): counting only, never what passes */
+const isMembership = (entry: string) => !entry.startsWith(PORT_SET_PREFIX);
+
+/**
+ * ipset lines run after it: sources of existing ports added once the rules changed, port sets
+ * leaving the counting sets (no ipset run of their own before the rules: a removed port costs none
+ * more than it did), then sets no rule uses destroyed.
+ */
 function ipsetAfter(delta: ContentDelta): string[] {
   const fresh = new Set(delta.addSets);
-  return [...delta.addSrc.filter((e) => !fresh.has(setOfEntry(e))).map((e) => `add ${e}`), ...delta.delSets.map((name) => `destroy ${name}`)];
+  return [
+    ...delta.addSrc.filter((e) => !fresh.has(setOfEntry(e))).map((e) => `add ${e}`),
+    ...delta.delSrc.filter(isMembership).map((e) => `del ${e}`),
+    ...delta.delSets.map((name) => `destroy ${name}`),
+  ];
 }
 
 /** Scripts for one incremental change when the kernel is known to hold `from` (no read-back). */
