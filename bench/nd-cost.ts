@@ -34,7 +34,7 @@ run(`ip6tables-${variant}-restore`, ["--noflush"], s.iptables);
 // layer 2 as the agent has it (ebtables-nft, two rules per port in sg6-l2): timed apart as portAddL2/portDelL2
 const ebtables = (script: string) => script && run("ebtables-nft-restore", ["--noflush"], script);
 ebtables(s.ebtablesBefore + s.ebtablesAfter);
-const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [], countersSave: [], countersChain: [], portAddL2: [], portDelL2: [], ip6tablesNoop: [], hookCheck: [], countersL2: [] };
+const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [], countersSave: [], countersChain: [], portAddL2: [], portDelL2: [], ip6tablesNoop: [], hookCheck: [], countersL2: [], countersReasons: [] };
 /** the table the rendered layout lives in (raw since the guard moved to PREROUTING; filter before) */
 const table = s.iptables.split("\n")[0]!.slice(1);
 const extra = b(n + 1);
@@ -93,11 +93,18 @@ for (let r = 0; r < 6; r++) {
   t = performance.now();
   read("ebtables-nft-save", ["-c", "-t", "nat"]);
   times.countersL2!.push(performance.now() - t);
+  // the per-port reason counters (list:set members' counters), when the layout has them
+  const countSets = s.ipsetBefore.split("\n").filter((l) => / list:set /.test(l)).map((l) => l.split(" ")[1]!);
+  if (countSets.length) {
+    t = performance.now();
+    for (const set of countSets) read("ipset", ["save", set]);
+    times.countersReasons!.push(performance.now() - t);
+  }
   // what the hook watch and the event path read to find a displaced jump: the two hooked chains alone
   t = performance.now();
   read(`ip6tables-${variant}`, ["-w", "-t", table, "-S", table === "raw" ? "PREROUTING" : "FORWARD"]);
   read("ebtables-nft", ["-t", "nat", "-L", "PREROUTING"]);
   times.hookCheck!.push(performance.now() - t);
 }
-const med = (a: number[]) => a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1);
+const med = (a: number[]) => (a.length ? a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1) : "-");
 console.log(JSON.stringify({ variant, n, nd: withNd, ...Object.fromEntries(Object.entries(times).map(([k, v]) => [k, med(v)])) }));
