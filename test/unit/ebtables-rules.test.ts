@@ -19,6 +19,7 @@ import {
   purgeL2,
   type L2Snapshot,
 } from "../../src/core/ebtables-rules.js";
+import { parseCountSet } from "../../src/shell/iptables.js";
 
 const SCOPE = { bridges: ["cloudbr0"], portPrefix: "vnet" };
 const BOUND = new Set([...l2PortRules("vnet3", "52:54:00:12:34:56"), ...l2PortRules("vnet4", "52:54:00:AB:CD:EF")]);
@@ -146,3 +147,15 @@ l2("drop counters per port from ebtables-nft-save -c, tagged drops all together;
 });
 
 l2.run();
+
+const counts = suite("per-port reason counters");
+
+counts("ipset save of a counting set: each port set's packets, by tap", () => {
+  const text = ["create sg6-c-ra-guard list:set size 65536 counters", "add sg6-c-ra-guard sg6-s-vnet1 packets 2 bytes 180", "add sg6-c-ra-guard sg6-s-vnet22 packets 0 bytes 0", "add other x packets 9 bytes 9", ""].join("\n");
+  assert.equal([...parseCountSet(text)], [
+    ["vnet1", 2],
+    ["vnet22", 0],
+  ]);
+});
+
+counts.run();
