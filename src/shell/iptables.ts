@@ -393,10 +393,18 @@ export class IptablesBackend implements Dataplane {
       }
     };
     const monitor = spawn("nft", ["monitor", "rules"], { stdio: ["ignore", "pipe", "ignore"] });
-    monitor.on("error", () => undefined);
     createInterface({ input: monitor.stdout }).on("line", (line) => {
       if (/^(add|insert|delete|replace) rule (ip6 raw|bridge nat) PREROUTING /.test(line)) void check();
     });
+    let polling = this.variant === "legacy";
+    // no nft program, or the monitor died: poll on every variant rather than go blind
+    const fallBack = () => {
+      if (stopped || polling) return;
+      polling = true;
+      void poll();
+    };
+    monitor.on("error", fallBack);
+    monitor.on("exit", fallBack);
     // legacy: poll, but never spend more than a fifth of the time reading (the whole table is read:
     // ~40 ms at 1,000 ports, more at 5,000)
     let timer: NodeJS.Timeout | undefined;
@@ -406,7 +414,7 @@ export class IptablesBackend implements Dataplane {
       if (!stopped) timer = setTimeout(() => void poll(), Math.max(pollMs, 4 * (Date.now() - started)));
       timer?.unref();
     };
-    if (this.variant === "legacy") void poll();
+    if (polling) void poll();
     else void check();
     return {
       stop: () => {
