@@ -247,6 +247,12 @@ function enforcementSuite(variant: Variant) {
     await expectDrop(lab, "vnet1", { ...frame(vm1, { src: "::", dst: "ff02::1", kind: "ra" }), to: [vm2.at, vm3.at] }, "RA from ::");
   });
 
+  check("an MLD query (130) from a VM reaches no other VM (a VM is never the querier)", async (lab) => {
+    const { vm1, vm2, vm3, router } = lab;
+    await expectDrop(lab, "vnet1", { ...frame(vm1, { src: vm1.ll, dst: "ff02::1", kind: "mldq" }), to: [vm2.at, vm3.at, router.at] }, "MLD query to ff02::1");
+    await expectPass({ ...frame(vm1, { src: vm1.ll, dst: "ff02::16", kind: "mld" }), to: router.at }, "its MLD report still passes");
+  });
+
   check("Redirect (137) and Router Renumbering (138) are dropped", async (lab) => {
     const { vm1, vm2, router } = lab;
     await expectDrop(lab, "vnet1", { ...frame(vm1, { src: vm1.ll, dst: vm2.ll, dstMac: vm2.mac, kind: "redirect", target: vm1.ll }), to: vm2.at }, "Redirect to vm2");
