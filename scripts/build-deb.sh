@@ -2,7 +2,7 @@
 # Builds OUTDIR/sg6_<version>_amd64.deb (default OUTDIR: .) with dpkg-deb from the built tree
 # (npm ci && npm run build first). amd64 because of the netlink module's native prebuild.
 # Layout: /usr/lib/sg6 (dist, production node_modules, package.json), /usr/bin/sg6, the unit and
-# the libvirtd/virtqemud drop-ins in /lib/systemd/system, modules-load.d and sysctl.d entries in
+# the libvirtd/virtqemud drop-ins in /usr/lib/systemd/system, modules-load.d and sysctl.d entries in
 # /usr/lib, /etc/sg6/agent.toml as a conffile, maintainer scripts from debian/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,9 @@ chmod 0755 "$lib/dist/cli.js"
 ln -s ../lib/sg6/dist/cli.js "$pkg/usr/bin/sg6"
 
 # systemd: the unit, libvirt's drop-ins, module and sysctl at boot
-unit=$pkg/lib/systemd/system
+# /usr/lib/systemd/system: on a merged-/usr system (Debian 12 and 13) /lib is a symlink, and dpkg
+# would warn on purge that "/lib/systemd/system" is not empty; systemd reads both
+unit=$pkg/usr/lib/systemd/system
 install -d "$unit/libvirtd.service.d" "$unit/virtqemud.service.d" "$pkg/usr/lib/modules-load.d" "$pkg/usr/lib/sysctl.d"
 install -m 0644 systemd/sg6.service "$unit/sg6.service"
 install -m 0644 systemd/libvirtd.service.d/sg6.conf "$unit/libvirtd.service.d/sg6.conf"

@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // sg6: the command line. Each command is a thin shell over src/commands/*.
+// first: a global the NATS client needs, on Node 18
+import "./node18.js";
 import { parseArgs } from "node:util";
 import { addrCommand } from "./commands/addr.js";
 import { loadConfig, oneLine, processIo, UsageError } from "./commands/common.js";
@@ -15,9 +17,11 @@ commands:
   agent                          the daemon: re-assert saved state, consume events, repair drift
   reconcile [--dry-run] [--json] [--offline]
                                  the saved state caught up with the stream (or alone), fix the kernel;
-                                 takes the state_dir lock (stop the agent first), --dry-run does not
+                                 runs inside the agent when it runs (its control socket), else takes
+                                 the state_dir lock (--dry-run does not)
                                  exit 0 in sync, 3 drift found with --dry-run, 1 error
-  status [--json]                VMs and NICs enforced here: device, addresses, prefix, drops
+  status [--json]                VMs and NICs enforced here: device, addresses, prefix, drops by
+                                 reason; the agent's health; unguarded members of guarded bridges
   addr --network P/64 --mac M    print the SLAAC and link-local address of a NIC
   publish allocate --host H --vm V --mac M --network P [--delegated D] [--secondary A]... [--device T] [--generation G]
   publish release --host H --vm V [--generation G]

@@ -24,6 +24,39 @@ export class Metrics {
     labelNames: ["device"] as const,
     registers: [this.registry],
   });
+  /** the kernel's per-port, per-reason drop counters (a counter: it only resets when a port's rules are made anew) */
+  readonly drops = new Counter({
+    name: "sg6_drops_total",
+    help: "Frames dropped from each guarded port, by reason (src/core/drop-reasons.ts), as the kernel counts them",
+    labelNames: ["vm", "device", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly unguarded = new Gauge({
+    name: "sg6_unguarded_bridge_members",
+    help: "Members of guarded bridges that are not guarded (name without port_prefix) and not listed in uplinks: they pass everything",
+    registers: [this.registry],
+  });
+  readonly unguardedInfo = new Gauge({
+    name: "sg6_unguarded_bridge_member_info",
+    help: "One series per unguarded member of a guarded bridge (value 1), naming it",
+    labelNames: ["bridge", "device"] as const,
+    registers: [this.registry],
+  });
+  readonly consumerPending = new Gauge({
+    name: "sg6_consumer_pending",
+    help: "Messages of this host's durable consumer not yet acked (not delivered plus delivered and unacked), at the last scrape",
+    registers: [this.registry],
+  });
+  readonly lastEvent = new Gauge({
+    name: "sg6_last_event_timestamp_seconds",
+    help: "When the agent last decided an event (applied, ignored or rejected)",
+    registers: [this.registry],
+  });
+  readonly driftChecks = new Counter({
+    name: "sg6_drift_checks_total",
+    help: "Completed comparisons of the kernel with the desired state, with or without repairs (drift timer, resync from the stream, sg6 reconcile)",
+    registers: [this.registry],
+  });
   readonly natsConnected = new Gauge({ name: "sg6_nats_connected", help: "1 while connected to NATS", registers: [this.registry] });
   readonly lastResync = new Gauge({ name: "sg6_last_resync_timestamp_seconds", help: "When the kernel was last checked for drift", registers: [this.registry] });
   readonly driftRepairs = new Counter({ name: "sg6_drift_repairs_total", help: "Kernel changes made by drift repair", registers: [this.registry] });

@@ -33,6 +33,8 @@ export interface Config {
   pdLength: number;
   bridges: string[];
   portPrefix: string;
+  /** members of the bridges known not to be VM ports (bond, router): not guarded, not reported */
+  uplinks: string[];
   stateDir: string;
   backend: Backend;
   resyncInterval: number;
@@ -47,7 +49,7 @@ export { IFNAME_RE };
 type Table = Record<string, unknown>;
 
 const TOP_KEYS = new Set([
-  "host", "networks", "pd_pool", "pd_length", "bridges", "port_prefix", "state_dir", "backend", "resync_interval", "nats", "metrics",
+  "host", "networks", "pd_pool", "pd_length", "bridges", "port_prefix", "uplinks", "state_dir", "backend", "resync_interval", "nats", "metrics",
 ]);
 const NATS_KEYS = new Set(["servers", "stream", "replicas", "creds", "user", "password", "token", "nkey_seed", "tls_ca", "tls_cert", "tls_key"]);
 const METRICS_KEYS = new Set(["listen"]);
@@ -168,6 +170,15 @@ export function parseConfig(text: string): Config {
   const portPrefix = str(doc, "port_prefix", "", "vnet");
   if (!PORT_PREFIX_RE.test(portPrefix)) fail("port_prefix", `"${portPrefix}" must be 1-14 characters of [A-Za-z0-9_.-]`);
 
+  const uplinkList = doc.uplinks ?? [];
+  if (!Array.isArray(uplinkList)) fail("uplinks", "must be a list of interface names");
+  const uplinks = uplinkList.map((u: unknown, i) => {
+    if (typeof u !== "string" || !IFNAME_RE.test(u)) fail(`uplinks[${i}]`, `${JSON.stringify(u)} is not a valid interface name`);
+    // a port_prefix member of a guarded bridge is guarded whatever this list says
+    if (u.startsWith(portPrefix)) fail(`uplinks[${i}]`, `"${u}" starts with port_prefix "${portPrefix}": such a member is a guarded VM port`);
+    return u;
+  });
+
   const stateDir = str(doc, "state_dir", "", "/var/lib/sg6");
   if (!stateDir.startsWith("/")) fail("state_dir", `"${stateDir}" must be an absolute path`);
 
@@ -208,5 +219,5 @@ export function parseConfig(text: string): Config {
     fail("metrics.listen", `"${listen}" must be host:port (port 0-65535) or ""`);
   }
 
-  return { host, networks, pdPool: pool.text, pdLength, bridges, portPrefix, stateDir, backend, resyncInterval, nats, metrics: { listen } };
+  return { host, networks, pdPool: pool.text, pdLength, bridges, portPrefix, uplinks, stateDir, backend, resyncInterval, nats, metrics: { listen } };
 }

@@ -14,7 +14,7 @@
 //
 // Every ip6tables rule carries its id (a hash of its body) in a comment: rules are compared by id,
 // so the spelling ip6tables-save prints never matters and a rule whose body changes is rewritten.
-import { CHAIN_L2, emptyL2, isL2PortRule, l2PortRules, planL2, l2Script, l2Delete, l2Insert, type L2Snapshot } from "./ebtables-rules.js";
+import { CHAIN_L2, HOOK_L2, emptyL2, isL2PortRule, l2LineKey, parseL2Rule, l2PortRules, planL2, l2Script, l2Delete, l2Insert, unknownL2Rules, unknownRuleNote, type L2Snapshot } from "./ebtables-rules.js";
 import type { PortBinding } from "./model.js";
 import type { PortScope } from "./ports.js";
 import { groupsWords, maskGroups, prefixBits } from "./addressing.js";
@@ -165,6 +165,29 @@ export function normalisedCreate(create: string): string {
   return create.replace(/ hashsize \d+/, "");
 }
 
+/** ipset create options valued by a word (the rest are flags) */
+const VALUED_OPTIONS = new Set(["family", "hashsize", "maxelem", "netmask", "bitmask", "timeout", "range", "markmask", "size", "bucketsize", "initval"]);
+/** flags that only add data to members (a tool or an operator may add them): no other behaviour */
+const HARMLESS_FLAGS = new Set(["counters", "comment", "skbinfo"]);
+
+/**
+ * Whether a set read back (`ipset save`'s create line, normalised) has the settings sg6 asks for:
+ * the same name, type and options in any order, whatever data-only flags it carries as well.
+ */
+export function sameSetSettings(have: string, want: string): boolean {
+  const settings = (create: string) => {
+    const [name, type, ...words] = create.split(" ").filter(Boolean);
+    const options: string[] = [];
+    for (let i = 0; i < words.length; i++) {
+      const word = words[i]!;
+      if (VALUED_OPTIONS.has(word)) options.push(`${word} ${words[++i] ?? ""}`);
+      else if (!HARMLESS_FLAGS.has(word)) options.push(word);
+    }
+    return [name, type, ...options.sort()].join("\n");
+  };
+  return settings(have) === settings(want);
+}
+
 /**
  * The one rule that lets a port's traffic on: this tap, this MAC, a source from this port's set.
  * (One shared hash:net,iface set keyed by port cannot work: the ip6tables set match looks the
@@ -186,10 +209,12 @@ export function dropRule(device: string): string {
  */
 export function parsePortDrops(listing: string): Map<string, number> {
   const drops = new Map<string, number>();
-  const pattern = new RegExp(`^-A ${CHAIN_DROP} -m physdev --physdev-in (\\S+) .*-c (\\d+) \\d+ -j DROP$`);
+  // what the rule does, not where the tool puts each option: a drop rule of sg6-drop with a port and counters
   for (const line of listing.split("\n")) {
-    const match = pattern.exec(line);
-    if (match) drops.set(match[1]!, (drops.get(match[1]!) ?? 0) + Number(match[2]));
+    if (!line.startsWith(`-A ${CHAIN_DROP} `) || !/ -j DROP( |$)/.test(line)) continue;
+    const port = / --physdev-in (\S+)/.exec(line);
+    const counters = / -c (\d+) \d+/.exec(line);
+    if (port && counters) drops.set(port[1]!, (drops.get(port[1]!) ?? 0) + Number(counters[1]));
   }
   return drops;
 }
@@ -576,15 +601,28 @@ const keysOf = (lines: readonly string[]) => lines.map(ruleKey).join("\n");
  * in one transaction, source and layer-2 additions last). `foreignL2` are the layer-2 rules of
  * ports named like guarded ones on other bridges (left alone).
  */
-export function planChange(snapshot: KernelSnapshot, desired: PortContent, options: ScaffoldOptions, foreignL2: readonly string[] = []): ChangeScript {
+export function planChange(
+  read: KernelSnapshot,
+  desired: PortContent,
+  options: ScaffoldOptions,
+  foreignL2: readonly string[] = [],
+  settled: ReadonlySet<string> = new Set(),
+): ChangeScript {
   const before: string[] = [];
   const after: string[] = [];
   const ipt: string[] = [];
   const changes: string[] = [];
 
+  // Lines of sg6's chains without an sg6 id: reported once each; the chain holding one is rewritten
+  // (flushed and refilled: removing it never depends on reading it right). One still there after that
+  // (`settled`: the caller saw it reported and repaired before) is left out of the comparison, so
+  // it never becomes the same repair at every drift check.
+  changes.push(...unknownRules(read).filter((line) => !settled.has(line)).map(unknownRuleNote));
+  const snapshot = settled.size ? withoutLines(read, settled) : read;
+
   // Port sets that exist with other settings cannot be swapped under rules that use them.
   for (const [name, set] of snapshot.sets) {
-    if (name.startsWith(PORT_SET_PREFIX) && set.create !== normalisedCreate(portSetCreate(name))) {
+    if (name.startsWith(PORT_SET_PREFIX) && !sameSetSettings(set.create, normalisedCreate(portSetCreate(name)))) {
       throw new Error(`ipset ${name} exists with other settings ("${set.create}"); run "sg6 purge" first`);
     }
   }
@@ -637,7 +675,12 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
     const keys = have.map(ruleKey);
     const body = keys.slice(0, -1);
     const lastKey = ruleKey(last);
-    const wellFormed = keys.length > 0 && keys[keys.length - 1] === lastKey && new Set(body).size === body.length && !body.includes(lastKey);
+    // a line without an sg6 id makes the chain rewritten too: a delete by its listed text needs an
+    // exact listing, and the stand-in for rules a tool cannot list (unreadableRule) has none, nor
+    // has an nft-native rule the nf_tables variants translate (`ip6 saddr { a, b } accept` lists
+    // as `-j ACCEPT`); a failed delete would fail every repair of the host
+    const wellFormed =
+      keys.length > 0 && keys[keys.length - 1] === lastKey && new Set(body).size === body.length && !body.includes(lastKey) && have.every((line) => idIn(line) !== undefined);
     const dels = delta.delRules.filter((line) => chainOf(line) === chain);
     const adds = delta.addRules.filter((line) => chainOf(line) === chain);
     if (wellFormed) {
@@ -679,9 +722,40 @@ export function planChange(snapshot: KernelSnapshot, desired: PortContent, optio
   ipt.push(...portChains.last, ...strays.map((chain) => `-X ${chain}`));
   after.push(...straySets.map((name) => `destroy ${name}`));
 
-  const l2 = planL2(snapshot.l2 ?? emptyL2(), desired.l2Rules, foreignL2, options.portPrefix);
+  const l2 = planL2(snapshot.l2 ?? emptyL2(), desired.l2Rules, foreignL2, options.portPrefix, settled);
   changes.push(...l2.changes);
   return script({ l2Before: l2.before, ipsetBefore: before, iptables: ipt, ipsetAfter: after, l2After: l2.after }, changes);
+}
+
+/**
+ * Lines of sg6's own chains that sg6 cannot identify: ip6tables rules without an sg6 id in the
+ * chains of the layout (stray chains go whole anyway), sg6-l2 rules the layer-2 parser cannot read.
+ * The caller that applied a plan keeps them and passes them as the next planChange's `settled`.
+ */
+export function unknownRules(snapshot: Pick<KernelSnapshot, "chains" | "l2">): string[] {
+  const layout = new Set<string>(CHAINS);
+  const out: string[] = [];
+  for (const [chain, lines] of snapshot.chains) {
+    if (!layout.has(chain) && !chain.startsWith(PORT_ND_PREFIX)) continue;
+    for (const line of lines) if (idIn(line) === undefined) out.push(line);
+  }
+  return [...out, ...unknownL2Rules(snapshot.l2)];
+}
+
+/**
+ * The line that stands for the rules of a chain the tool could not list (it stops at an
+ * nft-native rule it cannot translate): it has no sg6 id and no layer-2 reading, so it is an
+ * unknown rule, and its chain is rewritten (flushed), which needs no listing.
+ */
+export function unreadableRule(chain: string, tool: string, why: string): string {
+  const reason = why.trim().split("\n")[0] ?? "";
+  return `-A ${chain} (rules ${tool} cannot list: ${reason})`;
+}
+
+/** The snapshot without the given lines (in sg6's ip6tables and ebtables chains). */
+function withoutLines(snapshot: KernelSnapshot, lines: ReadonlySet<string>): KernelSnapshot {
+  const chains = new Map([...snapshot.chains].map(([name, rules]) => [name, rules.filter((line) => !lines.has(line))]));
+  return { ...snapshot, chains };
 }
 
 const setOfEntry = (entry: string) => entry.slice(0, entry.indexOf(" "));
@@ -764,9 +838,11 @@ export function hookRepair(l3Hook: readonly string[], l2Hook: readonly string[],
     out.iptables = `*${TABLE}\n${[...ours.map(deleteLine), insertLine(jump)].join("\n")}\nCOMMIT\n`;
     out.changes.push(ours.length ? `move the PREROUTING jump to the top (found ${ours.length}, first: ${rules[0] === undefined ? "none" : shown(rules[0])})` : "add the PREROUTING jump");
   }
-  const listed = l2Hook.map((line) => line.trim()).filter((line) => line.startsWith("-"));
-  const l2Ours = listed.filter((line) => line.endsWith(` -j ${CHAIN_L2}`));
-  if (!(l2Ours.length === 1 && listed[0] === l2HookListed(portPrefix))) {
+  // compared by meaning (parseL2Rule), as planL2 does: the tool's spelling varies by version
+  const listed = l2Hook.map((line) => line.trim()).filter((line) => line.startsWith("-") || line.startsWith("!"));
+  const l2Ours = listed.filter((line) => (parseL2Rule(`-A ${HOOK_L2} ${line}`)?.target ?? line.split(" ").at(-1)) === CHAIN_L2);
+  const jumpKey = l2LineKey(`-A ${HOOK_L2} ${l2HookListed(portPrefix)}`);
+  if (!(l2Ours.length === 1 && listed[0] !== undefined && l2LineKey(`-A ${HOOK_L2} ${listed[0]}`) === jumpKey)) {
     out.ebtables.push(...l2Ours.map((line) => `-D PREROUTING ${line}`), `-I PREROUTING 1 ${l2HookListed(portPrefix)}`);
     out.changes.push(l2Ours.length ? `move the ebtables PREROUTING jump to the top (found ${l2Ours.length}, first: ${listed[0]})` : "add the ebtables PREROUTING jump");
   }

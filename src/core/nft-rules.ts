@@ -10,7 +10,7 @@
 import { groupsHex, groupsText, maskGroups, parseAddress, prefixBits } from "./addressing.js";
 import type { PortBinding } from "./model.js";
 import { isForeignPort, type LinkInfo } from "./ports.js";
-import { ID_PREFIX, ruleId } from "./rule-id.js";
+import { ID_PREFIX, idIn, ruleId } from "./rule-id.js";
 
 export const FAMILY = "bridge";
 export const TABLE = "sg6";
@@ -298,7 +298,7 @@ export interface SetShape {
 
 export interface ChainShape {
   base?: { type: string; hook: string; prio: number; policy: string };
-  /** the rules' comments, in order ("" for a rule without one) */
+  /** the rules' comments, in order; a rule without an sg6 id as its description (see NftSnapshot.unknown) */
   rules: string[];
 }
 
@@ -310,6 +310,8 @@ export interface NftSnapshot {
   counters: Map<string, number>;
   /** foreign set elements as listed: interface names (device present) or index numbers */
   foreign: string[];
+  /** rules of sg6's chains without an sg6 id, described as `<chain>: [comment "…"] <expressions as JSON>` */
+  unknown: string[];
 }
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -338,11 +340,42 @@ function elementText(set: string, value: Json): string {
   return fail(`${set} element`, value);
 }
 
+/** The datatype a `typeof` expression gives a set's key field. */
+function typeofField(expr: Json | undefined): string {
+  if (isObject(expr) && isObject(expr.meta)) {
+    const key = expr.meta.key;
+    if (key === "iifname" || key === "oifname" || key === "ibrname" || key === "obrname") return "ifname";
+    if (key === "iif" || key === "oif") return "iface_index";
+  }
+  if (isObject(expr) && isObject(expr.payload)) {
+    const { protocol, field } = expr.payload;
+    if (protocol === "ip6" && (field === "saddr" || field === "daddr")) return "ipv6_addr";
+    if (protocol === "ether" && (field === "saddr" || field === "daddr")) return "ether_addr";
+    // a raw payload (`@th,64,128`): nft has no type for it but a number of its length
+    if (typeof expr.payload.base === "string" && typeof expr.payload.len === "number") return "integer";
+  }
+  return `typeof ${JSON.stringify(expr)}`;
+}
+
+/**
+ * A set's key type as sg6 compares it: the datatype names `type` lists. nft 1.0.6 prints a set
+ * declared with `typeof` by its datatypes, nft 1.1.3 by the expressions (`{"typeof": …}`): both
+ * come out the same here.
+ */
+export function setTypeOf(type: Json | undefined): string {
+  if (isObject(type) && "typeof" in type) {
+    const expr = type.typeof;
+    const fields = isObject(expr) && Array.isArray(expr.concat) ? expr.concat.map(typeofField) : [typeofField(expr)];
+    return JSON.stringify(fields.length === 1 ? fields[0] : fields);
+  }
+  return JSON.stringify(type ?? null);
+}
+
 /** Parse `nft -j list table bridge sg6` (or `list set`). */
 export function parseNftJson(text: string): NftSnapshot {
   const doc = JSON.parse(text) as Json;
   if (!isObject(doc) || !Array.isArray(doc.nftables)) fail("document", doc);
-  const snapshot: NftSnapshot = { sets: new Map(), chains: new Map(), counters: new Map(), foreign: [] };
+  const snapshot: NftSnapshot = { sets: new Map(), chains: new Map(), counters: new Map(), foreign: [], unknown: [] };
   for (const item of doc.nftables) {
     if (!isObject(item)) continue;
     if (isObject(item.set)) {
@@ -361,7 +394,7 @@ export function parseNftJson(text: string): NftSnapshot {
         }
         if (name === SET_FOREIGN) snapshot.foreign.push(key);
       }
-      snapshot.sets.set(name, { type: JSON.stringify(set.type ?? null), flags, counter, elements });
+      snapshot.sets.set(name, { type: setTypeOf(set.type), flags, counter, elements });
     } else if (isObject(item.chain)) {
       const chain = item.chain;
       if (chain.table !== TABLE || chain.family !== FAMILY || typeof chain.name !== "string") continue;
@@ -375,7 +408,14 @@ export function parseNftJson(text: string): NftSnapshot {
       if (rule.table !== TABLE || rule.family !== FAMILY || typeof rule.chain !== "string") continue;
       const chain = snapshot.chains.get(rule.chain);
       if (!chain) fail("rule before its chain", rule);
-      chain.rules.push(typeof rule.comment === "string" ? rule.comment : "");
+      const comment = typeof rule.comment === "string" ? rule.comment : undefined;
+      if (comment !== undefined && idIn(comment) !== undefined) chain.rules.push(comment);
+      else {
+        // not a rule sg6 wrote (or one whose id was lost): described by what it does
+        const described = `${rule.chain}: ${comment !== undefined ? `comment ${JSON.stringify(comment)} ` : ""}${JSON.stringify(rule.expr ?? null)}`;
+        chain.rules.push(described);
+        snapshot.unknown.push(described);
+      }
     }
   }
   return snapshot;
@@ -465,10 +505,16 @@ function elementDelta(from: NftContent, to: NftContent): { lines: string[]; chan
   return { lines: [...deletions, ...additions], changes };
 }
 
-/** Why the kernel's skeleton is not the one sg6 renders for `lengths`; empty if it is. */
-export function skeletonDrift(snapshot: NftSnapshot | undefined, options: NftOptions, lengths: number[]): string[] {
+/**
+ * Why the kernel's skeleton is not the one sg6 renders for `lengths`; empty if it is. A rule of
+ * sg6's chains without an sg6 id is reported as "unknown rule in sg6's chain: …" (and the table is
+ * rebuilt, which removes it); `settled` are such rules the caller saw reported and rebuilt away
+ * before that are listed again (the rebuild cannot remove them): left out, so they never make the
+ * same rebuild at every drift check.
+ */
+export function skeletonDrift(snapshot: NftSnapshot | undefined, options: NftOptions, lengths: number[], settled: ReadonlySet<string> = new Set()): string[] {
   if (!snapshot) return [`table ${FAMILY} ${TABLE} is missing`];
-  const drift: string[] = [];
+  const drift: string[] = snapshot.unknown.filter((rule) => !settled.has(rule)).map((rule) => `unknown rule in sg6's chain: ${rule}`);
   const sets = setSpecs(lengths);
   for (const spec of sets) {
     const have = snapshot.sets.get(spec.name);
@@ -487,7 +533,8 @@ export function skeletonDrift(snapshot: NftSnapshot | undefined, options: NftOpt
     }
     if (JSON.stringify(have.base ?? null) !== JSON.stringify(spec.base ?? null)) drift.push(`chain ${spec.name} has another hook, priority or policy`);
     const want = spec.rules.map((r) => r.comment);
-    if (have.rules.join("\n") !== want.join("\n")) drift.push(`chain ${spec.name} has ${have.rules.length} rules that are not sg6's ${want.length}`);
+    const rules = settled.size ? have.rules.filter((rule) => !settled.has(rule)) : have.rules;
+    if (rules.join("\n") !== want.join("\n")) drift.push(`chain ${spec.name} has ${rules.length} rules that are not sg6's ${want.length}`);
   }
   for (const name of snapshot.chains.keys()) if (!chains.some((c) => c.name === name)) drift.push(`unknown chain ${name}`);
   return drift;
@@ -516,8 +563,9 @@ export function planReconcile(
   foreign: number[],
   links: LinkInfo[],
   options: NftOptions,
+  settled: ReadonlySet<string> = new Set(),
 ): NftPlan {
-  const drift = skeletonDrift(snapshot, options, lengths);
+  const drift = skeletonDrift(snapshot, options, lengths, settled);
   if (drift.length || !snapshot) {
     const script = `table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}\n${renderTable(options, lengths, desired, foreign)}`;
     let size = foreign.length;

@@ -3,7 +3,7 @@
 import { spawn } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import { createInterface } from "node:readline";
-import { parseEbtablesSave, parseL2Drops, parseL2TaggedDrops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
+import { HOOK_L2, TABLE_L2, parseEbtablesSave, parseL2Drops, parseL2TaggedDrops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import type { ReasonCounts } from "../core/drop-reasons.js";
 import {
   emptyContent,
@@ -12,10 +12,12 @@ import {
   iptablesSaveParser,
   mergedContent,
   withoutSources,
-  parseIptablesSave,
   planChange,
   planDelta,
+  unknownRules,
+  unreadableRule,
   renderContent,
+  HOOKS,
   CHAIN_DROP,
   TABLE,
   COUNTED_REASONS,
@@ -24,6 +26,7 @@ import {
   hookRepair,
   parsePortDrops,
   type ChangeScript,
+  type Hook,
   type KernelSnapshot,
   ndMatchFor,
   type NdMatch,
@@ -97,17 +100,66 @@ export async function saveTable(variant: Variant, table: string = TABLE): Promis
 const OWN_TABLES = [TABLE, "filter"] as const;
 
 /**
+ * What the nf_tables variants say when a rule of the table is one they cannot list (an nft-native
+ * rule added to their chains with `nft`): the listing stops there and exits non-zero.
+ */
+const CANNOT_LIST = /Parsing nftables rule failed/;
+
+/**
  * The snapshot's rules and sets, parsed line by line as the tools print them: at thousands of
  * ports the listings are megabytes, and only sg6's part is kept (never the whole text as well).
  */
-async function readTable(variant: Variant): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
-  const parser = iptablesSaveParser();
+async function readTable(variant: Variant, table: string = TABLE): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
+  const parser = iptablesSaveParser(table);
   const command = `ip6tables-${variant}-save`;
-  const args = ["-t", TABLE];
-  const result = await execLines(command, args, (line) => parser.line(line));
-  if (result.code !== 0) throw new ExecError(command, args, result);
-  return parser.result();
+  const args = ["-t", table];
+  let lastChain: string | undefined;
+  const result = await execLines(command, args, (line) => {
+    parser.line(line);
+    if (line.startsWith("-A ")) {
+      const end = line.indexOf(" ", 3);
+      lastChain = end < 0 ? line.slice(3) : line.slice(3, end);
+    }
+  });
+  if (result.code === 0) return parser.result();
+  if (variant !== "nft" || !CANNOT_LIST.test(result.stderr)) throw new ExecError(command, args, result);
+  return readTableByChain(table, parser.result(), lastChain, result.stderr);
 }
+
+/**
+ * ip6tables-nft-save stopped at a rule it cannot list: read the rest of sg6's chains (their names
+ * were listed before the rules) and of the hooks one at a time. The listing goes chain by chain, so
+ * a chain with rules listed before the chain of the last listed rule (`lastChain`) is complete. A
+ * chain of sg6's that cannot be listed holds such a rule: it reads as one unreadable line, which
+ * planChange reports and removes with its chain (a flush needs no listing). sg6 cannot check its
+ * jump in a hook that cannot be listed: that is an error. In a table other than sg6's (the earlier
+ * layout's filter table) only sg6's chains are read.
+ */
+async function readTableByChain(table: string, partial: Pick<KernelSnapshot, "hooks" | "chains">, lastChain: string | undefined, why: string): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
+  const hooks = { ...partial.hooks };
+  const chains = new Map(partial.chains);
+  const isHook = (chain: string): chain is Hook => table === TABLE && (HOOKS as readonly string[]).includes(chain);
+  const listedBefore = (chain: string, rules: readonly string[]) => rules.length > 0 && chain !== lastChain;
+  const rest = [
+    ...(table === TABLE ? HOOKS.filter((hook) => !listedBefore(hook, hooks[hook])) : []),
+    ...[...chains].filter(([chain, rules]) => !listedBefore(chain, rules)).map(([chain]) => chain),
+  ];
+  for (const chain of rest) {
+    const listed = await execRaw("ip6tables-nft", ["-w", LOCK_WAIT_S, "-t", table, "-S", chain]);
+    if (listed.code === 0) {
+      const rules = listed.stdout.split("\n").filter((line) => line.startsWith("-A "));
+      if (isHook(chain)) hooks[chain] = rules;
+      else chains.set(chain, rules);
+    } else if (isHook(chain)) {
+      throw new BackendError(`ip6tables-nft cannot list a rule of ${table} ${chain} (${firstLine(listed.stderr || why)}): sg6 cannot check its jump there; remove that rule (nft list chain ip6 ${table} ${chain})`);
+    } else {
+      chains.set(chain, [unreadableRule(chain, "ip6tables-nft", listed.stderr || why)]);
+    }
+  }
+  return { hooks, chains };
+}
+
+const firstLine = (text: string) => text.trim().split("\n")[0] ?? "";
 
 async function readSets(): Promise<KernelSnapshot["sets"]> {
   const parser = ipsetSaveParser();
@@ -117,7 +169,56 @@ async function readSets(): Promise<KernelSnapshot["sets"]> {
 }
 
 async function ebtablesSave(): Promise<L2Snapshot> {
-  return parseEbtablesSave(await exec(EBTABLES_SAVE, ["-t", "nat"]));
+  const saved = await execRaw(EBTABLES_SAVE, ["-t", "nat"]);
+  if (saved.code === 0) return parseEbtablesSave(saved.stdout);
+  if (!CANNOT_LIST.test(saved.stderr)) throw new ExecError(EBTABLES_SAVE, ["-t", "nat"], saved);
+  // as readTableByChain: the hook and sg6's chains one at a time (`-L` lists a chain's rules without `-A chain`)
+  const partial = parseEbtablesSave(saved.stdout);
+  const snapshot: L2Snapshot = { hook: [], chains: new Map() };
+  for (const chain of [HOOK_L2, ...partial.chains.keys()]) {
+    const listed = await execRaw("ebtables-nft", ["-t", TABLE_L2, "-L", chain]);
+    const rules = listed.stdout.split("\n").filter((line) => line.trim() && !line.startsWith("Bridge ")).map((line) => `-A ${chain} ${line.trim()}`);
+    if (chain === HOOK_L2) {
+      if (listed.code !== 0) throw new BackendError(`ebtables-nft cannot list a rule of ${TABLE_L2} ${HOOK_L2} (${firstLine(listed.stderr)}): sg6 cannot check its jump there; remove that rule (nft list chain bridge ${TABLE_L2} ${HOOK_L2})`);
+      snapshot.hook = rules;
+    } else {
+      const policy = partial.chains.get(chain)!.policy;
+      snapshot.chains.set(chain, { policy, rules: listed.code === 0 ? rules : [unreadableRule(chain, "ebtables-nft", listed.stderr || saved.stderr)] });
+    }
+  }
+  return snapshot;
+}
+
+/**
+ * What removes every sg6 object of one table of a variant: from its save text, or (ip6tables-nft
+ * cannot list a rule of the table) from the table read chain by chain, the jumps from the built-in
+ * chains listed one at a time.
+ */
+async function tableRemoval(variant: Variant, table: string): Promise<{ remove: string[]; what: string[] }> {
+  const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", table]);
+  if (saved.code === 0) return removalLines(saved.stdout, table);
+  if (variant !== "nft" || !CANNOT_LIST.test(saved.stderr)) throw new ExecError(`ip6tables-${variant}-save`, ["-t", table], saved);
+  const { chains } = await readTable(variant, table);
+  const jumps: string[] = [];
+  for (const builtIn of BUILT_IN[table] ?? []) {
+    const listed = await execRaw("ip6tables-nft", ["-w", LOCK_WAIT_S, "-t", table, "-S", builtIn]);
+    if (listed.code === 0) jumps.push(...listed.stdout.split("\n").filter((line) => line.startsWith("-A ") && / -[jg] sg6/.test(line)));
+  }
+  return {
+    remove: [...jumps.map((rule) => `-D ${rule.split(" ").slice(1).join(" ")}`), ...[...chains.keys()].map((c) => `-F ${c}`), ...[...chains.keys()].map((c) => `-X ${c}`)],
+    what: [...jumps.map((rule) => `${rule.split(" ")[1]} jump`), ...[...chains.keys()].map((c) => `chain ${c}`)],
+  };
+}
+
+/** The built-in chains of the tables sg6 has written (where its jumps can be). */
+const BUILT_IN: Record<string, readonly string[]> = { raw: ["PREROUTING", "OUTPUT"], filter: ["INPUT", "FORWARD", "OUTPUT"] };
+
+/** `ebtables-nft-save -c -t nat` for the counters; "" when a rule of the table cannot be listed (the next reconcile rewrites its chain). */
+async function ebtablesCounters(): Promise<string> {
+  const args = ["-c", "-t", "nat"];
+  const saved = await execRaw(EBTABLES_SAVE, args);
+  if (saved.code !== 0 && !CANNOT_LIST.test(saved.stderr)) throw new ExecError(EBTABLES_SAVE, args, saved);
+  return saved.code === 0 ? saved.stdout : "";
 }
 
 /** Read the switches the backend needs (undefined: the key does not exist). */
@@ -180,6 +281,12 @@ export class IptablesBackend implements Dataplane {
   private purgeOtherPending = false;
   /** ports of the last desired state reconciled (also dry), for limits() */
   private lastDesiredPorts = 0;
+  /**
+   * lines of sg6's chains it could not identify at the last applied reconcile (reported then, and
+   * rewritten away): if the next reconcile reads the same line back, the rewrite cannot remove it,
+   * and it is not reported or repaired again (see planChange)
+   */
+  private settledUnknown: ReadonlySet<string> = new Set();
 
   constructor(
     readonly variant: Variant,
@@ -212,9 +319,8 @@ export class IptablesBackend implements Dataplane {
     // listing legacy tables instantiates them; /proc tells whether any exist without touching them
     if (other === "legacy" && !(await legacyTablesExist())) return;
     for (const table of OWN_TABLES) {
-      const text = await execRaw(`ip6tables-${other}-save`, ["-t", table]);
-      if (text.code !== 0) continue; // that variant is not usable here, so it cannot hold anything
-      const { chains } = parseIptablesSave(text.stdout, table);
+      // a variant that is not usable here cannot hold anything
+      const { chains } = (await readTable(other, table).catch(() => undefined)) ?? { chains: new Map<string, string[]>() };
       if (chains.size === 0) continue;
       throw new BackendError(
         `sg6 chains exist in ip6tables-${other} (${[...chains.keys()].join(", ")}) while this host uses ip6tables-${this.variant}; run "sg6 purge" to clean both`,
@@ -225,10 +331,8 @@ export class IptablesBackend implements Dataplane {
   /** The filter-table layout of earlier versions (jumps from FORWARD/INPUT): removed once the raw guard is in place. */
   private async oldLayout(dryRun: boolean): Promise<string[]> {
     if (this.variant === "legacy" && !(await legacyTablesExist(["filter"]))) return [];
-    const saved = await execRaw(`ip6tables-${this.variant}-save`, ["-t", "filter"]);
-    if (saved.code !== 0) return [];
-    const lines = removalLines(saved.stdout, "filter");
-    if (!lines.remove.length) return [];
+    const lines = await tableRemoval(this.variant, "filter").catch(() => undefined);
+    if (!lines?.remove.length) return [];
     if (!dryRun) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*filter\n${lines.remove.join("\n")}\nCOMMIT\n` });
     return lines.what.map((what) => `remove the earlier layout's ${what} (filter table)`);
   }
@@ -248,7 +352,7 @@ export class IptablesBackend implements Dataplane {
     // the switches first: rules are worth nothing while bridged IPv6 bypasses them
     const switches = await ensureSwitches(dryRun);
     const [snapshot, links] = await Promise.all([this.snapshot(), listLinks()]);
-    const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options));
+    const script = planChange(snapshot, desired, this.options, l2ForeignRules(links, this.options), this.settledUnknown);
     // the earlier layout (filter FORWARD/INPUT) goes once the raw guard is in place
     const old = await this.oldLayout(true);
     if (!dryRun) {
@@ -256,6 +360,7 @@ export class IptablesBackend implements Dataplane {
       // between the rule transaction and the set removals: the old rules may still name a set that goes
       await this.run(script, async () => void (old.length && (await this.oldLayout(false))));
       this.inSync = true;
+      this.settledUnknown = new Set(unknownRules(snapshot));
       this.leftovers.clear(); // whatever released ports left is gone with the rest of the drift
       if (this.purgeOtherPending && this.switchOver) {
         script.changes.push(...(await this.switchOver.purge()));
@@ -324,7 +429,8 @@ export class IptablesBackend implements Dataplane {
     const notes: string[] = [];
     await this.checkOtherVariant();
     const ebtables = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
-    if (ebtables.code !== 0) throw new BackendError(`backend "iptables" needs ${EBTABLES_SAVE} (Debian package ebtables) for layer 2: ${ebtables.stderr.trim()}`);
+    // a rule the tool cannot list makes the listing fail, yet the tool is there (reconcile reads around it)
+    if (ebtables.code !== 0 && !CANNOT_LIST.test(ebtables.stderr)) throw new BackendError(`backend "iptables" needs ${EBTABLES_SAVE} (Debian package ebtables) for layer 2: ${ebtables.stderr.trim()}`);
     // switching backend: the nftables table goes once these rules enforce (no unguarded gap)
     this.purgeOtherPending = this.switchOver ? await this.switchOver.present().catch(() => false) : false;
     if (this.purgeOtherPending) notes.push("found the nftables backend's table; it is removed once the ip6tables rules are in place");
@@ -457,10 +563,11 @@ export class IptablesBackend implements Dataplane {
     const listArgs = ["-w", LOCK_WAIT_S, "-t", TABLE, "-S", CHAIN_DROP, "-v"];
     const [listing, l2, ...counted] = await Promise.all([
       execRaw(listCommand, listArgs),
-      exec(EBTABLES_SAVE, ["-c", "-t", "nat"]),
+      ebtablesCounters(),
       ...COUNTED_REASONS.map((reason) => execRaw("ipset", ["save", countSetName(reason)])),
     ]);
-    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr);
+    // as dropCounters: no drop chain, or one the tool cannot list, has no layer-3 counters to read
+    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr) || CANNOT_LIST.test(listing.stderr);
     if (listing.code !== 0 && !missing) throw new ExecError(listCommand, listArgs, listing);
     const byPort = new Map<string, ReasonCounts>();
     const add = (device: string, reason: keyof ReasonCounts, count: number) => {
@@ -485,18 +592,19 @@ export class IptablesBackend implements Dataplane {
 
   /** Tagged frames dropped at layer 2, all ports together. */
   async tagDrops(): Promise<number> {
-    return parseL2TaggedDrops(await exec(EBTABLES_SAVE, ["-c", "-t", "nat"]));
+    return parseL2TaggedDrops(await ebtablesCounters());
   }
 
   /** Dropped packets per bound port: its rule in sg6-drop (ip6tables) plus its wrong-MAC rule in sg6-l2 (ebtables). */
   async dropCounters(): Promise<Map<string, number>> {
     const listCommand = `ip6tables-${this.variant}`;
     const listArgs = ["-w", LOCK_WAIT_S, "-t", TABLE, "-S", CHAIN_DROP, "-v"];
-    const [listing, l2] = await Promise.all([execRaw(listCommand, listArgs), exec(EBTABLES_SAVE, ["-c", "-t", "nat"])]);
+    const [listing, l2] = await Promise.all([execRaw(listCommand, listArgs), ebtablesCounters()]);
     // no drop chain (nothing applied yet, or removed by hand: drift repair sees to that) means no
     // layer-3 counters; ip6tables-nft 1.8.9 words a missing chain as "incompatible". Anything else
     // is an error: the watchdog probes the dataplane through this read.
-    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr);
+    // a rule the tool cannot list (the next reconcile rewrites its chain) leaves no counters to read either
+    const missing = /No chain\/target\/match by that name|is incompatible/.test(listing.stderr) || CANNOT_LIST.test(listing.stderr);
     if (listing.code !== 0 && !missing) throw new ExecError(listCommand, listArgs, listing);
     const drops = parseL2Drops(l2);
     const l3 = listing.code === 0 ? parsePortDrops(listing.stdout) : new Map<string, number>();
@@ -507,9 +615,8 @@ export class IptablesBackend implements Dataplane {
   /** Remove every sg6 object from ebtables and both ip6tables variants, then the sets (no rule refers to them by then). */
   static async purge(): Promise<string[]> {
     const removed: string[] = [];
-    const l2 = await execRaw(EBTABLES_SAVE, ["-t", "nat"]).catch(() => undefined);
-    if (l2 && l2.code === 0) {
-      const snapshot = parseEbtablesSave(l2.stdout);
+    const snapshot = await ebtablesSave().catch(() => undefined);
+    if (snapshot) {
       const lines = purgeL2(snapshot);
       if (lines.length) {
         await exec(EBTABLES_RESTORE, ["--noflush"], { input: l2Script(lines) });
@@ -519,10 +626,8 @@ export class IptablesBackend implements Dataplane {
     for (const variant of ["legacy", "nft"] as const) {
       for (const table of OWN_TABLES) {
         if (variant === "legacy" && !(await legacyTablesExist([table]))) continue;
-        const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", table]);
-        if (saved.code !== 0) continue;
-        const lines = removalLines(saved.stdout, table);
-        if (!lines.remove.length) continue;
+        const lines = await tableRemoval(variant, table).catch(() => undefined);
+        if (!lines?.remove.length) continue;
         await exec(`ip6tables-${variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: `*${table}\n${lines.remove.join("\n")}\nCOMMIT\n` });
         removed.push(...lines.what.map((what) => `ip6tables-${variant}: ${what} (${table})`));
       }
@@ -542,8 +647,8 @@ export async function iptablesObjectsExist(): Promise<boolean> {
   for (const variant of ["legacy", "nft"] as const) {
     for (const table of OWN_TABLES) {
       if (variant === "legacy" && !(await legacyTablesExist([table]))) continue;
-      const saved = await execRaw(`ip6tables-${variant}-save`, ["-t", table]);
-      if (saved.code === 0 && parseIptablesSave(saved.stdout, table).chains.size > 0) return true;
+      const read = await readTable(variant, table).catch(() => undefined);
+      if (read && read.chains.size > 0) return true;
     }
   }
   return false;

@@ -43,7 +43,8 @@ export async function readTable(): Promise<NftSnapshot | undefined> {
   const result = await execRaw("nft", ["-j", "list", "table", FAMILY, TABLE]);
   if (result.code !== 0) {
     if (NO_TABLE.test(result.stderr)) return undefined;
-    throw new NftBackendError(`nft -j list table ${FAMILY} ${TABLE} failed: ${result.stderr.trim()}`);
+    // nft 1.0.6 dies of a signal (no stderr) listing sets a newer nft made: say so rather than nothing
+    throw new NftBackendError(`nft -j list table ${FAMILY} ${TABLE} failed: ${result.stderr.trim() || `exit ${result.code}${result.code >= 128 ? " (killed by a signal: an nft older than the one that made the table?)" : ""}`}`);
   }
   return parseNftJson(result.stdout);
 }
@@ -87,6 +88,8 @@ export class NftBackend implements Dataplane {
   private refreshTimer: NodeJS.Timeout | undefined;
   /** foreign ports as last written by this process (the watcher skips writes that change nothing) */
   private lastForeign: string | undefined;
+  /** rules without an sg6 id read at the last applied reconcile (reported then, and rebuilt away): see skeletonDrift */
+  private settledUnknown: ReadonlySet<string> = new Set();
 
   constructor(options: NftBackendOptions) {
     this.options = { bridges: [...options.bridges], portPrefix: options.portPrefix };
@@ -132,11 +135,12 @@ export class NftBackend implements Dataplane {
       const [snapshot, links] = await Promise.all([readTable(), listLinks()]);
       const foreign = foreignPorts(links, this.options);
       const lengths = wantedLengths(bindings, snapshot);
-      const plan = planReconcile(snapshot, lengths, desired, foreign, links, this.options);
+      const plan = planReconcile(snapshot, lengths, desired, foreign, links, this.options, this.settledUnknown);
       if (dryRun) return plan.changes;
       this.inSync = false;
       await nftScript(plan.script);
       this.inSync = true;
+      this.settledUnknown = new Set(snapshot?.unknown ?? []);
       this.lengths = lengths;
       this.lastForeign = foreign.join(",");
       const changes = [...plan.changes];

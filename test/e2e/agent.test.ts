@@ -101,10 +101,14 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
 
     const dry = await h.cli(["reconcile", "--dry-run"]);
     assert.is(dry.code, 3, `dry run reports drift: ${dry.stdout}${dry.stderr}`);
-    // one writer of the kernel and the state files: while the agent runs, reconcile says who holds the lock
+    // one writer of the kernel and the state files: an agent that holds the lock but does not answer
+    // on its control socket (stopped here) makes reconcile say who holds the lock
+    process.kill(h.agent!.pid!, "SIGSTOP");
     const locked = await h.cli(["reconcile", "--json"]);
+    process.kill(h.agent!.pid!, "SIGCONT");
     assert.is(locked.code, 1, locked.stdout + locked.stderr);
-    assert.match(locked.stderr, new RegExp(`^sg6 reconcile: .* is locked by pid ${h.agent!.pid} \\(sg6 agent, since `));
+    assert.match(locked.stderr, /^sg6 reconcile: WARNING: the agent's control socket .* does not answer/);
+    assert.match(locked.stderr, new RegExp(`^sg6 reconcile: .* is locked by pid ${h.agent!.pid} \\(sg6 agent, since `, "m"));
     await h.stopAgent();
     const fix = await h.cli(["reconcile", "--json"]);
     assert.is(fix.code, 0, fix.stderr);
@@ -129,6 +133,23 @@ test("the resync timer repairs drift by itself", async () => {
     await waitFor("timer repaired the set", async () => (await h.ipsetEntries()).length === 2, 5000);
     await waitFor("timer removed the rogue rule", async () => !(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"])).includes("-A sg6-port -j ACCEPT"), 5000);
     await h.waitForLog("drift repaired");
+  });
+});
+
+test("another writer's rule ahead of sg6's hooks is put behind them by the hook watch, long before the timer", async () => {
+  await withHarness({ resyncInterval: 3600 }, async (h) => {
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: randomMac(), device: "vnet1" }));
+    await h.startAgent();
+    await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
+    const from = h.logs.length;
+    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-t", "raw", "-I", "PREROUTING", "1", "-j", "ACCEPT"]);
+    await h.hv.ns.run("ebtables-nft", ["-t", "nat", "-I", "PREROUTING", "1", "-j", "ACCEPT"]);
+    const first = async (command: string, args: string[]) => (await h.hv.ns.run(command, args)).split("\n").find((l) => l.startsWith("-A PREROUTING ")) ?? "";
+    await waitFor("sg6's raw PREROUTING jump first again", async () => / -j sg6-fwd$/.test(await first(`ip6tables-${h.variant}-save`, ["-t", "raw"])), 5000);
+    await waitFor("sg6's ebtables PREROUTING jump first again", async () => / -j sg6-l2$/.test(await first("ebtables-nft-save", ["-t", "nat"])), 5000);
+    await h.waitForLog("another writer got ahead of sg6's hook; repaired", 5000, from);
+    // the watch starts once the chains its jumps name exist: no failed check at start-up
+    assert.not.ok(h.logs.some((line) => line.includes("hook check failed")), h.logs.filter((line) => line.includes("hook check failed")).join("\n"));
   });
 });
 

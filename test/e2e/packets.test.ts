@@ -230,7 +230,8 @@ test("a tap that appears before its event passes nothing, and its own sources pa
     const from = mark(h);
     const t0 = performance.now();
     await h.publish(h.subject("vm3"), h.allocation("vm3", 1, { mac: vm3.mac, delegated: pd }));
-    await waitForLogLine(h, ['"vm":"vm3"', '"msg":"enforced"'], from);
+    // "enforced", or "accepted; waiting for its tap" when the agent has not seen the port yet
+    await waitForLogLine(h, ['"vm":"vm3"', '"kind":"vm.allocated"'], from);
     const logMs = performance.now() - t0;
     // the agent logs "enforced" only after the kernel holds the result; on a busy machine its port
     // may have been seen only after the event (then a port change binds it): wait for the binding
@@ -255,7 +256,9 @@ test("a tap created after its event (no device) is guarded at once: its /128 pas
     const mac = randomMac();
     const from = mark(h);
     await h.publish(h.subject("vm4"), h.allocation("vm4", 1, { mac, delegated: "2001:db8:ff00:40::/60" }));
-    await waitForLogLine(h, ['"vm":"vm4"', '"msg":"enforced"'], from);
+    // no tap yet: the agent says the allocation waits for it (and what for), not "enforced"
+    const waiting = await waitForLogLine(h, ['"vm":"vm4"', '"msg":"accepted; waiting for its tap"'], from);
+    assert.match(waiting, /"for":"no bridge port with this MAC yet"/);
     assert.is((await h.portRules()).length, 0, "nothing bound before the tap exists");
 
     const { vm: vm4, join } = await detachedVm(h, "vnet4", mac);

@@ -3,14 +3,17 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { jetstream, jetstreamManager, type JetStreamClient } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Cleanup, Hypervisor, sleep, waitFor } from "./netns.js";
 import { startNats, type NatsServer } from "./nats-server.js";
 import { ensureStream } from "../../src/nats/stream.js";
+import { controlSocketPath } from "../../src/shell/control-client.js";
 
-export const ROOT = resolve(import.meta.dirname, "../..");
+// (not import.meta.dirname: Node 18, the lowest supported, has no such field)
+export const ROOT = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 export const CLI = join(ROOT, "dist/cli.js");
 const BRIDGE = join(ROOT, "test/support/ns-tcp-bridge.mjs");
 export const HOST = "kvm-01";
@@ -203,6 +206,8 @@ export class AgentHarness {
 
   async destroy(): Promise<void> {
     if (this.agent) await this.stopAgent("SIGKILL").catch(() => undefined);
+    // a killed agent leaves its control socket in /run/sg6
+    rmSync(controlSocketPath(join(this.dir, "state")), { force: true });
     await sleep(10);
     await this.cleanup.run();
   }

@@ -133,12 +133,12 @@ export class DataplaneDriver {
     });
   }
 
-  /** Start a driver in namespace `ns` for one ip6tables variant. */
-  static start(ns: string, variant: DriverBackend, bridges = ["cloudbr0"], portPrefix = "vnet"): DataplaneDriver {
+  /** Start a driver in namespace `ns` for one ip6tables variant (`env`: e.g. a PATH to another release's tools). */
+  static start(ns: string, variant: DriverBackend, bridges = ["cloudbr0"], portPrefix = "vnet", env?: NodeJS.ProcessEnv): DataplaneDriver {
     const child = spawn(
       "ip",
       ["netns", "exec", ns, process.execPath, "--import", "tsx", fileURLToPath(import.meta.url), variant, bridges.join(","), portPrefix],
-      { cwd: REPO, stdio: ["pipe", "pipe", "pipe"] },
+      { cwd: REPO, stdio: ["pipe", "pipe", "pipe"], ...(env ? { env } : {}) },
     );
     return new DataplaneDriver(child);
   }

@@ -11,6 +11,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
   return {
     ...POLICY,
     bridges: ["br0"],
+    uplinks: [],
     stateDir: "/nonexistent",
     backend: "iptables",
     resyncInterval: 60,

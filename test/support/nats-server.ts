@@ -1,6 +1,8 @@
 // Real nats-server processes for tests: loopback only, random free ports, a temp store dir each,
 // everything removed by stop() — also when a test fails half way.
 import { spawn, type ChildProcess } from "node:child_process";
+// (not the global crypto: Node 18 has none)
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, readFileSync, mkdirSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
@@ -307,7 +309,7 @@ const dec = new TextDecoder();
 function signJwt(issuer: KeyPair, claims: Record<string, unknown>): string {
   const header = b64url(JSON.stringify({ typ: "JWT", alg: "ed25519-nkey" }));
   const now = Math.floor(Date.now() / 1000);
-  const body = { jti: b64url(crypto.getRandomValues(new Uint8Array(16))), iat: now, iss: issuer.getPublicKey(), ...claims };
+  const body = { jti: b64url(randomBytes(16)), iat: now, iss: issuer.getPublicKey(), ...claims };
   const payload = b64url(JSON.stringify(body));
   const sig = issuer.sign(new TextEncoder().encode(`${header}.${payload}`));
   return `${header}.${payload}.${b64url(sig)}`;

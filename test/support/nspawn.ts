@@ -1,6 +1,7 @@
-// A throw-away copy of this machine's root, booted under a real systemd with systemd-nspawn.
+// A throw-away copy of a root, booted under a real systemd with systemd-nspawn: this machine's
+// own root, or a stock Debian root made by scripts/debian-root.sh (debianRoot()).
 //
-// The root is an overlay: lower = this machine's / (read-only to it), upper = a tmpfs, so the
+// The root is an overlay: lower = that root (read-only to it), upper = a tmpfs, so the
 // container can install packages and write /etc and /usr while nothing reaches the real disk.
 // (`--volatile=yes` would keep /usr read-only, which a dpkg test cannot live with.) The container
 // gets its own network namespace (--private-network): its firewall and links are not the host's.
@@ -8,6 +9,7 @@ import { spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { execRaw } from "../../src/shell/exec.js";
 import { runId } from "./netns.js";
 
@@ -47,7 +49,18 @@ listen = ""
 `;
 }
 
+/** The cached stock Debian root of a suite (bookworm = 12, trixie = 13), made when missing. */
+export async function debianRoot(suite: "bookworm" | "trixie"): Promise<string> {
+  const script = fileURLToPath(new URL("../../scripts/debian-root.sh", import.meta.url));
+  // debootstrap of a missing root: minutes, over the network
+  const made = await execRaw("bash", [script, suite], { timeoutMs: 1_200_000 });
+  if (made.code !== 0) throw new Error(`scripts/debian-root.sh ${suite}: ${made.stderr.trim()}`);
+  return made.stdout.trim();
+}
+
 export class BootRoot {
+  /** @param lower the root the overlay copies: this machine's / or a cached stock root */
+  constructor(readonly lower = "/") {}
   readonly name = `sg6boot-${runId()}`;
   readonly base = mkdtempSync(join(tmpdir(), "sg6-boot-"));
   readonly root = join(this.base, "root");
@@ -62,7 +75,7 @@ export class BootRoot {
     this.mounted.unshift(tmp);
     mkdirSync(join(tmp, "up"));
     mkdirSync(join(tmp, "work"));
-    await must("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=/,upperdir=${tmp}/up,workdir=${tmp}/work`, this.root]);
+    await must("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${this.lower},upperdir=${tmp}/up,workdir=${tmp}/work`, this.root]);
     this.mounted.unshift(this.root);
     // services this machine enables are not part of the test: only what the test installs runs
     const wants = join(this.root, "etc/systemd/system/multi-user.target.wants");
@@ -100,6 +113,23 @@ export class BootRoot {
     clearTimeout(timer);
     const console = (await execRaw("tail", ["-c", "4000", consolePath])).stdout;
     return { code, timedOut, console };
+  }
+
+  /** Runs a command chrooted into the (not booted) overlay, on this machine's network, with binds. */
+  async chroot(command: string[], binds: Record<string, string> = {}, timeoutMs = 600_000): Promise<{ code: number; output: string }> {
+    const mounted: string[] = [];
+    try {
+      for (const [inside, outside] of Object.entries(binds)) {
+        const target = join(this.root, inside);
+        mkdirSync(target, { recursive: true });
+        await must("mount", ["--bind", outside, target]);
+        mounted.unshift(target);
+      }
+      const run = await execRaw("chroot", [this.root, ...command], { timeoutMs });
+      return { code: run.code, output: run.stdout + run.stderr };
+    } finally {
+      for (const target of mounted) await execRaw("umount", [target]);
+    }
   }
 
   async destroy(): Promise<void> {

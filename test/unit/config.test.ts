@@ -13,8 +13,9 @@ pd_pool = "2001:db8:ff00::/40"
 pd_length = 60
 bridges = ["cloudbr0"]
 port_prefix = "vnet"
+uplinks = ["bond0"]             # members of the bridges that are known not to be VM ports
 state_dir = "/var/lib/sg6"
-backend = "iptables"            # ip6tables + ipset; "nftables" once it exists
+backend = "iptables"            # ip6tables + ipset (+ ebtables for layer 2), or "nftables"
 resync_interval = 60            # seconds between drift checks of the daemon
 
 [nats]
@@ -74,6 +75,7 @@ accepted("the contract's example parses to the values it spells out", () => {
     pdLength: 60,
     bridges: ["cloudbr0"],
     portPrefix: "vnet",
+    uplinks: ["bond0"],
     stateDir: "/var/lib/sg6",
     backend: "iptables",
     resyncInterval: 60,
@@ -90,7 +92,8 @@ accepted("docs/agent.toml.example is the contract's example", async () => {
 
 accepted("defaults: only host, networks and pd_pool are required", () => {
   const config = parseConfig(MINIMAL);
-  assert.equal(plain(config), plain(parseConfig(CONTRACT_EXAMPLE)));
+  assert.equal(plain(config), { ...(plain(parseConfig(CONTRACT_EXAMPLE)) as object), uplinks: [] });
+  assert.equal(config.uplinks, []);
   assert.is(config.pdLength, 60);
   assert.equal(config.bridges, ["cloudbr0"]);
   assert.is(config.portPrefix, "vnet");
@@ -276,6 +279,16 @@ rejected("bridges and port_prefix: interface names", () => {
   rejects(withLine("port_prefix", 'port_prefix = ""'), "port_prefix");
   rejects(withLine("port_prefix", 'port_prefix = "vnet+"'), "port_prefix");
   rejects(withLine("port_prefix", 'port_prefix = "abcdefghijklmno"'), "port_prefix");
+});
+
+rejected("uplinks: a list of interface names, none named like a guarded port", () => {
+  rejects(withLine("uplinks", 'uplinks = "bond0"'), "uplinks", /list/);
+  rejects(withLine("uplinks", 'uplinks = ["bond 0"]'), "uplinks[0]", /interface name/);
+  rejects(withLine("uplinks", 'uplinks = ["bond0", 7]'), "uplinks[1]", /interface name/);
+  rejects(withLine("uplinks", 'uplinks = ["bond0", "averyveryverylonguplink"]'), "uplinks[1]");
+  rejects(withLine("uplinks", 'uplinks = ["vnet0"]'), "uplinks[0]", /port_prefix/);
+  assert.equal(parseConfig(withLine("uplinks", 'uplinks = ["bond0", "eth1.100", "tenant0"]')).uplinks, ["bond0", "eth1.100", "tenant0"]);
+  assert.equal(parseConfig(withLine("uplinks", "uplinks = []")).uplinks, []);
 });
 
 rejected("state_dir: absolute path", () => {

@@ -17,6 +17,7 @@ import {
   parseL2TaggedDrops,
   planL2,
   purgeL2,
+  unknownL2Rules,
   type L2Snapshot,
 } from "../../src/core/ebtables-rules.js";
 import { parseCountSet } from "../../src/shell/iptables.js";
@@ -144,6 +145,28 @@ l2("drop counters per port from ebtables-nft-save -c, tagged drops all together;
   assert.equal([...parseL2Drops(counted.join("\n"))], [["vnet3", 5]]);
   assert.is(parseL2TaggedDrops(counted.join("\n")), 11);
   assert.equal(purgeL2(parseEbtablesSave(converged())), ["-D PREROUTING -i vnet+ -j sg6-l2", `-F ${CHAIN_L2}`, `-F ${CHAIN_L2_MAC}`, `-X ${CHAIN_L2}`, `-X ${CHAIN_L2_MAC}`]);
+});
+
+l2("read back by meaning: Debian 13's spelling (`! -s`, MAC case) of the port rules and sg6-l2-mac is in sync; counters too", () => {
+  const trixie = converged().replace(/-s ! (\S+)/g, (_all, mac: string) => `! -s ${mac.toUpperCase()}`);
+  assert.match(trixie, /! -s 52:54:00:AB:CD:EF -i vnet4 -j sg6-l2-mac/);
+  assert.equal(planL2(parseEbtablesSave(trixie), BOUND, [], "vnet"), { before: [], after: [], changes: [] });
+  assert.is(parseEbtablesSave(trixie).chains.get(CHAIN_L2)!.rules.filter(isL2PortRule).length, BOUND.size);
+  const counted = ["[5:300] -A sg6-l2 ! -s 52:54:00:12:34:56 -i vnet3 -j sg6-l2-mac", "[4:1] -A sg6-l2 -p 0x8100 -j DROP", "[3:1] -A sg6-l2 -p s-tag -j DROP", "[7:1] -A sg6-l2 -p 802_1Q -i vnet3 -j DROP"];
+  assert.equal([...parseL2Drops(counted.join("\n"))], [["vnet3", 5]]);
+  assert.is(parseL2TaggedDrops(counted.join("\n")), 7, "the tail's drops by ethertype name or number; not a rule of another shape");
+});
+
+l2("sg6-l2-mac: its rules compared by key; a missing DROP or an unreadable line rewrites it; settled, left alone", () => {
+  const noDrop = converged().replace("-A sg6-l2-mac -j DROP\n", "");
+  const plan = planL2(parseEbtablesSave(noDrop), BOUND, [], "vnet");
+  assert.equal(plan.before, [`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES]);
+  assert.equal(plan.changes, [`rewrite ebtables chain ${CHAIN_L2_MAC}`]);
+  const odd = "-A sg6-l2-mac -p IPv6 -X 1 -j DROP";
+  const snapshot = parseEbtablesSave(converged().replace("-A sg6-l2-mac -j DROP\n", `-A sg6-l2-mac -j DROP\n${odd}\n`));
+  assert.equal(unknownL2Rules(snapshot), [odd]);
+  assert.equal(planL2(snapshot, BOUND, [], "vnet").changes, [`rewrite ebtables chain ${CHAIN_L2_MAC}`]);
+  assert.equal(planL2(snapshot, BOUND, [], "vnet", new Set([odd])), { before: [], after: [], changes: [] });
 });
 
 l2.run();

@@ -896,12 +896,14 @@ drift("a flushed sg6-drop chain", () => {
   repairs((k) => (k.filter.get(CHAIN_DROP)!.length = 0), { iptables: tx(DROP_A, DROP_B, DROP_DEFAULT) }, /add rule sg6-drop/);
 });
 
+// a line without an sg6 id is reported and its chain rewritten: deleting it by its listed text can
+// fail (ip6tables-nft lists some nft-native rules as another rule), and would fail every repair
 drift("a rogue -A sg6-port -j ACCEPT inserted at the top", () => {
-  repairs((k) => k.filter.get(CHAIN_PORT)!.unshift("-A sg6-port -j ACCEPT"), { iptables: tx("-D sg6-port -j ACCEPT") }, /remove rule sg6-port -j ACCEPT/);
+  repairs((k) => k.filter.get(CHAIN_PORT)!.unshift("-A sg6-port -j ACCEPT"), { iptables: tx("-F sg6-port", RULE_A, RULE_B, PORT_DEFAULT) }, /unknown rule in sg6's chain: -A sg6-port -j ACCEPT/);
 });
 
 drift("a rogue rule between the port rules", () => {
-  repairs((k) => k.filter.get(CHAIN_PORT)!.splice(1, 0, "-A sg6-port -j ACCEPT"), { iptables: tx("-D sg6-port -j ACCEPT") });
+  repairs((k) => k.filter.get(CHAIN_PORT)!.splice(1, 0, "-A sg6-port -j ACCEPT"), { iptables: tx("-F sg6-port", RULE_A, RULE_B, PORT_DEFAULT) });
 });
 
 drift("a rogue rule appended after the default drop: the chain is rewritten", () => {
@@ -921,7 +923,7 @@ drift("the guard's rule for :: gone (everything from :: would pass)", () => {
 });
 
 drift("a rogue ACCEPT in sg6-drop", () => {
-  repairs((k) => k.filter.get(CHAIN_DROP)!.unshift("-A sg6-drop -j ACCEPT"), { iptables: tx("-D sg6-drop -j ACCEPT") });
+  repairs((k) => k.filter.get(CHAIN_DROP)!.unshift("-A sg6-drop -j ACCEPT"), { iptables: tx("-F sg6-drop", DROP_A, DROP_B, DROP_DEFAULT) });
 });
 
 drift("the port rule, drop rule and set of a VM that is gone: the set goes after its rule", () => {
@@ -973,7 +975,7 @@ drift("a port rule with the wrong MAC", () => {
 
 drift("a port rule naming another port's set (edited by hand: no sg6 id)", () => {
   const crossed = RULE_B.replace(SET_B, SET_A).replace(/ -m comment --comment \S+/, "");
-  repairs((k) => k.filter.get(CHAIN_PORT)!.splice(1, 1, crossed), { iptables: tx(`-D sg6-port ${spec(crossed)}`, `-I sg6-port 1 ${spec(RULE_B)}`) });
+  repairs((k) => k.filter.get(CHAIN_PORT)!.splice(1, 1, crossed), { iptables: tx("-F sg6-port", RULE_A, RULE_B, PORT_DEFAULT) });
 });
 
 drift("rule identity is the id: how ip6tables-save spells a rule (case, quotes) is no drift", () => {
@@ -1115,7 +1117,7 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
     entries: new Set([...members(SRC_A).filter((e) => e !== "::").map((e) => `${e},physdev:vnet3`)]),
   });
   k.filter.delete(CHAIN_GUARD);
-  k.filter.set("sg6-src", GUARD.map((r) => r.replace("-A sg6-guard", "-A sg6-src")).toSpliced(3, 1, "-A sg6-src -m set ! --match-set sg6-src src,src -g sg6-drop"));
+  k.filter.set("sg6-src", GUARD.map((r, i) => (i === 3 ? "-A sg6-src -m set ! --match-set sg6-src src,src -g sg6-drop" : r.replace("-A sg6-guard", "-A sg6-src"))));
   k.filter.set(CHAIN_PORT, [oldRule(RULE_A), oldRule(RULE_B), PORT_DEFAULT]);
   assertConsistent(k, "the old layout");
 
@@ -1127,10 +1129,11 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
       iptables: tx(
         "-N sg6-guard",
         ...GUARD,
-        `-D sg6-port ${spec(oldRule(RULE_A))}`,
-        `-D sg6-port ${spec(oldRule(RULE_B))}`,
-        `-I sg6-port 1 ${spec(RULE_A)}`,
-        `-I sg6-port 1 ${spec(RULE_B)}`,
+        // the old rules have no sg6 id: their chain is rewritten
+        "-F sg6-port",
+        RULE_A,
+        RULE_B,
+        PORT_DEFAULT,
         "-F sg6-src",
         "-X sg6-src",
       ),
@@ -1146,7 +1149,7 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
     if (phase === "ipsetBefore") assert.is(JSON.stringify([...k.filter]), saved, `${when}: no rule changes outside the transaction`);
   });
   for (const chain of ["PREROUTING", CHAIN_GUARD, CHAIN_FWD, CHAIN_DROP]) assert.equal(k.filter.get(chain), clean.filter.get(chain), chain);
-  assert.equal(k.filter.get(CHAIN_PORT), [RULE_B, RULE_A, PORT_DEFAULT], "new port rules inserted at the top, the default drop still last");
+  assert.equal(k.filter.get(CHAIN_PORT), [RULE_A, RULE_B, PORT_DEFAULT], "the chain rewritten: port rules, the default drop last");
   for (const set of [SET_A, SET_B]) assert.equal(k.sets.get(set), clean.sets.get(set), set);
   // the old chain and the old set are gone (the chain in the transaction, the set after it)
   assert.not.ok(k.filter.has("sg6-src"), "the old chain was removed");
@@ -1292,6 +1295,13 @@ hooks("in place: nothing to do; libvirt's jumps (or an ACCEPT) ahead of sg6's: m
   const gone = hookRepair(["-P PREROUTING ACCEPT"], [], "vnet");
   assert.is(gone.iptables, `*raw\n-I PREROUTING 1 ${spec(JUMP)}\nCOMMIT\n`);
   assert.equal(gone.changes, ["add the PREROUTING jump", "add the ebtables PREROUTING jump"]);
+});
+
+hooks("the ebtables jump is compared by meaning, not by how the tool lists it", () => {
+  const spelled = ["Bridge chain: PREROUTING, entries: 2, policy: ACCEPT", "--in-if vnet+ --jump sg6-l2", "-i eth0 -j ACCEPT"];
+  assert.equal(hookRepair(["-P PREROUTING ACCEPT", JUMP], spelled, "vnet"), { iptables: "", ebtables: [], changes: [] });
+  const twice = hookRepair(["-P PREROUTING ACCEPT", JUMP], ["-i vnet+ -j sg6-l2", "--in-if vnet+ --jump sg6-l2"], "vnet");
+  assert.equal(twice.ebtables, ["-D PREROUTING -i vnet+ -j sg6-l2", "-D PREROUTING --in-if vnet+ --jump sg6-l2", "-I PREROUTING 1 -i vnet+ -j sg6-l2"]);
 });
 
 hooks.run();

@@ -7,6 +7,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { ipsetSaveParser, iptablesSaveParser, parseIpsetSave, parseIptablesSave, type KernelSnapshot, type SaveParser } from "../../src/core/iptables-rules.js";
 import { execLines, execRaw } from "../../src/shell/exec.js";
+import { fixture, RELEASES } from "../support/tool-fixtures.js";
 
 /** parseIptablesSave as it was (whole text, split into lines). */
 function referenceIptables(text: string): Pick<KernelSnapshot, "hooks" | "chains"> {
@@ -109,6 +110,25 @@ parsers("a real listing: chains, hooks, sets and members as the earlier parsers 
   const sets = ["create sg6-s-vnet3 hash:net family inet6 hashsize 128 maxelem 64 bucketsize 12 initval 0x8a3e1f00", "add sg6-s-vnet3 ::", "add sg6-s-vnet3 2001:db8:1::10 packets 1", ""].join("\n");
   assert.equal(parseIpsetSave(sets), referenceIpset(sets));
   assert.equal([...parseIpsetSave(sets).get("sg6-s-vnet3")!.entries], ["::", "2001:db8:1::10"]);
+});
+
+parsers("every captured tool listing (test/fixtures/tools/) parses the same line by line as whole", () => {
+  for (const release of RELEASES) {
+    for (const name of ["ip6tables-nft-save.txt", "ip6tables-legacy-save.txt", "ip6tables-nft-save.drift.txt", "ip6tables-legacy-save.drift.txt"]) {
+      const text = fixture("iptables", release.iptables, name);
+      const whole = parseIptablesSave(text);
+      assert.ok(whole.chains.size >= 7, `${release.iptables}/${name}: sg6's chains are there`);
+      assert.equal(fedInLines(iptablesSaveParser(), text), whole);
+      assert.equal(whole, referenceIptables(text));
+    }
+    for (const name of ["ipset-save.txt", "ipset-save.drift.txt"]) {
+      const text = fixture("ipset", release.ipset, name);
+      const whole = parseIpsetSave(text);
+      assert.ok(whole.size >= 2, `${release.ipset}/${name}: sg6's sets are there`);
+      assert.equal(fedInLines(ipsetSaveParser(), text), whole);
+      assert.equal(whole, referenceIpset(text));
+    }
+  }
 });
 
 parsers.run();

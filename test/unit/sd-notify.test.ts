@@ -4,12 +4,14 @@ import * as assert from "uvu/assert";
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { pino } from "pino";
 import { notifySocket, SdNotify, statusText, watchdogIntervalMs } from "../../src/shell/sd-notify.js";
 
-const SINK = resolve(import.meta.dirname, "../support/notify_sink.py");
+// (not import.meta.dirname: Node 18, the lowest supported, has no such field)
+const SINK = fileURLToPath(new URL("../support/notify_sink.py", import.meta.url));
 const quiet = pino({ level: "silent" });
 
 /** A notify socket stand-in; `next()` resolves with the next datagram's text. */
