@@ -30,7 +30,8 @@ export interface Dataplane {
   membership?(): { mode: "kernel" | "agent"; detail: string };
   /**
    * Watch the kernel's hooks and put sg6's jumps back at once when another writer gets ahead of them
-   * (the agent starts it after prepare(); `onRepair` hears what was repaired, for the log). Optional.
+   * (the agent starts it once its start-up reconcile has made the chains the jumps name, and stops
+   * it on shutdown; `onRepair` hears what was repaired, for the log). Optional.
    */
   watchHooks?(onRepair: (changes: string[]) => void): { stop(): void };
   /** Kernel settings the backend depends on, as they are now (for `sg6 status`); optional. */
