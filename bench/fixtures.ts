@@ -111,7 +111,7 @@ export function bindingsOf(config: Config, n: number): PortBinding[] {
   return bindings;
 }
 
-export const emptySnapshot = (): KernelSnapshot => ({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() });
+export const emptySnapshot = (): KernelSnapshot => ({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() });
 
 /**
  * The floor: what the kernel tools alone need, as one `ipset restore` and one `ip6tables-restore`

@@ -254,7 +254,7 @@ async function kernelDump(backend: BackendName, variant: Variant): Promise<strin
   const sets = parseIpsetSave((await execRaw("ipset", ["save"])).stdout);
   const l2 = (await execRaw("ebtables-nft-save", ["-t", "nat"])).stdout.split("\n").filter((l) => l.includes("sg6"));
   const lines = [
-    ...[...hooks.FORWARD, ...hooks.INPUT].filter((l) => l.includes("sg6")),
+    ...hooks.PREROUTING.filter((l) => l.includes("sg6")),
     ...l2,
     ...[...chains].flatMap(([name, rules]) => [`:${name}`, ...rules]),
     ...[...sets].flatMap(([name, set]) => [`set ${name} ${set.create}`, ...[...set.entries].map((e) => `entry ${name} ${e}`)]),

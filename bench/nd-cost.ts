@@ -26,7 +26,7 @@ const mac = (i: number) => `52:54:01:${((i >> 16) & 255).toString(16).padStart(2
 const b = (i: number, pd = i) => ({ vm: `vm${i}`, device: `vnet${i}`, mac: mac(i), sources: [`fe80::${i.toString(16)}/128`, `2001:db8:1::${i.toString(16)}/128`, `2001:db8:${(0x1000 + (pd >> 12)).toString(16)}:${((pd & 0xfff) << 4).toString(16)}::/60`] });
 const strip = (c: PortContent): PortContent => (withNd ? c : { ...c, ndRules: new Set(), ndChains: new Map() });
 const all = Array.from({ length: n }, (_, i) => b(i));
-const s = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, strip(renderContent(all)), { bridges: ["cloudbr0"], portPrefix: "vnet" });
+const s = planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, strip(renderContent(all)), { bridges: ["cloudbr0"], portPrefix: "vnet" });
 const run = (cmd: string, args: string[], input: string) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "inherit"] });
 const read = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ["ignore", "ignore", "inherit"] });
 run("ipset", ["-exist", "restore"], s.ipsetBefore + s.ipsetAfter);
@@ -34,7 +34,9 @@ run(`ip6tables-${variant}-restore`, ["--noflush"], s.iptables);
 // layer 2 as the agent has it (ebtables-nft, two rules per port in sg6-l2): timed apart as portAddL2/portDelL2
 const ebtables = (script: string) => script && run("ebtables-nft-restore", ["--noflush"], script);
 ebtables(s.ebtablesBefore + s.ebtablesAfter);
-const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [], countersSave: [], countersChain: [], portAddL2: [], portDelL2: [], ip6tablesNoop: [] };
+const times: Record<string, number[]> = { prefix: [], portAdd: [], portDel: [], release: [], tidy: [], countersSave: [], countersChain: [], portAddL2: [], portDelL2: [], ip6tablesNoop: [], hookCheck: [], countersL2: [], countersReasons: [] };
+/** the table the rendered layout lives in (raw since the guard moved to PREROUTING; filter before) */
+const table = s.iptables.split("\n")[0]!.slice(1);
 const extra = b(n + 1);
 for (let r = 0; r < 6; r++) {
   const [x, y] = r % 2 ? [b(0, 900000), b(0)] : [b(0), b(0, 900000)];
@@ -48,12 +50,14 @@ for (let r = 0; r < 6; r++) {
   t = performance.now();
   run("ipset", ["-exist", "restore"], add.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], add.iptables);
+  if (add.ipsetAfter) run("ipset", ["-exist", "restore"], add.ipsetAfter);
   times.portAdd!.push(performance.now() - t);
   t = performance.now();
   ebtables(add.ebtablesBefore + add.ebtablesAfter);
   times.portAddL2!.push(performance.now() - t);
   const del = planDelta(strip(renderContent([extra])), emptyContent());
   t = performance.now();
+  if (del.ipsetBefore) run("ipset", ["-exist", "restore"], del.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], del.iptables);
   run("ipset", ["-exist", "restore"], del.ipsetAfter);
   times.portDel!.push(performance.now() - t);
@@ -62,27 +66,45 @@ for (let r = 0; r < 6; r++) {
   times.portDelL2!.push(performance.now() - t);
   // what any ip6tables transaction costs at this size before it does anything
   t = performance.now();
-  run(`ip6tables-${variant}-restore`, ["--noflush"], "*filter\nCOMMIT\n");
+  run(`ip6tables-${variant}-restore`, ["--noflush"], `*${table}\nCOMMIT\n`);
   times.ip6tablesNoop!.push(performance.now() - t);
   // the release as the agent runs it: the set emptied at once, the rules in a later tidy
   const again = planDelta(emptyContent(), strip(renderContent([extra])));
   run("ipset", ["-exist", "restore"], again.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], again.iptables);
+  if (again.ipsetAfter) run("ipset", ["-exist", "restore"], again.ipsetAfter);
   t = performance.now();
   run("ipset", ["-exist", "restore"], flushSets([extra.device]));
   times.release!.push(performance.now() - t);
   const tidy = planDelta(withoutSources(strip(renderContent([extra]))), emptyContent());
   t = performance.now();
+  if (tidy.ipsetBefore) run("ipset", ["-exist", "restore"], tidy.ipsetBefore);
   run(`ip6tables-${variant}-restore`, ["--noflush"], tidy.iptables);
   run("ipset", ["-exist", "restore"], tidy.ipsetAfter);
   times.tidy!.push(performance.now() - t);
   // the drop counters (watchdog probe, metrics scrape): the whole table's save against the one chain sg6 reads
   t = performance.now();
-  read(`ip6tables-${variant}-save`, ["-c", "-t", "filter"]);
+  read(`ip6tables-${variant}-save`, ["-c", "-t", table]);
   times.countersSave!.push(performance.now() - t);
   t = performance.now();
-  read(`ip6tables-${variant}`, ["-w", "-t", "filter", "-S", "sg6-drop", "-v"]);
+  read(`ip6tables-${variant}`, ["-w", "-t", table, "-S", "sg6-drop", "-v"]);
   times.countersChain!.push(performance.now() - t);
+  // the layer-2 counters (mac drops per port) that dropCounters/dropsByReason read beside it
+  t = performance.now();
+  read("ebtables-nft-save", ["-c", "-t", "nat"]);
+  times.countersL2!.push(performance.now() - t);
+  // the per-port reason counters (list:set members' counters), when the layout has them
+  const countSets = s.ipsetBefore.split("\n").filter((l) => / list:set /.test(l)).map((l) => l.split(" ")[1]!);
+  if (countSets.length) {
+    t = performance.now();
+    for (const set of countSets) read("ipset", ["save", set]);
+    times.countersReasons!.push(performance.now() - t);
+  }
+  // what the hook watch and the event path read to find a displaced jump: the two hooked chains alone
+  t = performance.now();
+  read(`ip6tables-${variant}`, ["-w", "-t", table, "-S", table === "raw" ? "PREROUTING" : "FORWARD"]);
+  read("ebtables-nft", ["-t", "nat", "-L", "PREROUTING"]);
+  times.hookCheck!.push(performance.now() - t);
 }
-const med = (a: number[]) => a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1);
+const med = (a: number[]) => (a.length ? a.sort((p, q) => p - q)[a.length >> 1]!.toFixed(1) : "-");
 console.log(JSON.stringify({ variant, n, nd: withNd, ...Object.fromEntries(Object.entries(times).map(([k, v]) => [k, med(v)])) }));

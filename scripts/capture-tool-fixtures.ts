@@ -8,8 +8,8 @@ import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { emptyL2, l2PortRules } from "../src/core/ebtables-rules.js";
-import { ndDispatch, ndMatchFor, planChange, portRule, renderContent, type KernelSnapshot } from "../src/core/iptables-rules.js";
+import { CHAIN_L2_MAC, emptyL2, l2PortRules } from "../src/core/ebtables-rules.js";
+import { COUNTED_REASONS, countSetName, ndDispatch, ndMatchFor, planChange, portRule, renderContent, TABLE, type KernelSnapshot } from "../src/core/iptables-rules.js";
 import { lengthsOf, renderContent as renderNft, renderTable } from "../src/core/nft-rules.js";
 import { DRIFT, FIXTURE_BINDINGS, FIXTURE_DIR, FIXTURE_OPTIONS, RELEASES, type Release } from "../test/support/tool-fixtures.js";
 
@@ -46,7 +46,7 @@ const spec = (line: string) => line.split(" ").slice(2);
 const withCounters = (script: string) =>
   script
     .replace(/^-A sg6-drop -m physdev --physdev-in vnet(\d+) (.*)$/gm, (_all, n: string, rest: string) => `-A sg6-drop -c ${7 * Number(n)} ${700 * Number(n)} -m physdev --physdev-in vnet${n} ${rest}`)
-    .replace(/^(-A sg6-l2 .* -i vnet(\d+) -j DROP)$/gm, (_all, line: string, n: string) => `${line} -c ${3 * Number(n)} ${300 * Number(n)}`);
+    .replace(/^(-A sg6-l2 .* -i vnet(\d+) -j sg6-l2-mac)$/gm, (_all, line: string, n: string) => `${line} -c ${3 * Number(n)} ${300 * Number(n)}`);
 
 function write(dir: string, name: string, text: string): void {
   mkdirSync(join(FIXTURE_DIR, dir), { recursive: true });
@@ -54,7 +54,7 @@ function write(dir: string, name: string, text: string): void {
 }
 
 function loadIptables(s: Scratch, variant: "legacy" | "nft"): void {
-  const empty: KernelSnapshot = { hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map(), l2: emptyL2() };
+  const empty: KernelSnapshot = { hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map(), l2: emptyL2() };
   const script = planChange(empty, renderContent(FIXTURE_BINDINGS, ndMatchFor(variant)), FIXTURE_OPTIONS);
   s.run("ebtables-nft-restore", ["--noflush"], withCounters(script.ebtablesBefore));
   s.run("ipset", ["-exist", "restore"], script.ipsetBefore);
@@ -68,10 +68,10 @@ function driftIptables(s: Scratch, variant: "legacy" | "nft"): void {
   const port1 = byDevice(DRIFT.missingRulePort);
   const port3 = byDevice("vnet3");
   const lines = [
-    "*filter",
+    `*${TABLE}`,
     `-D sg6-port ${spec(portRule(port1.device, port1.mac)).join(" ")}`,
     `-I sg6-port 1 ${DRIFT.extraIp6tables}`,
-    "-I FORWARD 1 -j ACCEPT",
+    "-I PREROUTING 1 -j ACCEPT",
     `-D sg6-nd ${spec(ndDispatch(port3.device)).join(" ")}`,
     `-F ${DRIFT.missingChain}`,
     `-X ${DRIFT.missingChain}`,
@@ -80,17 +80,21 @@ function driftIptables(s: Scratch, variant: "legacy" | "nft"): void {
     "",
   ];
   s.run(`ip6tables-${variant}-restore`, ["--noflush"], lines.join("\n"));
+  // a port set cannot go while a counting set holds it
+  for (const reason of COUNTED_REASONS) s.run("ipset", ["del", countSetName(reason), DRIFT.missingSet]);
   s.run("ipset", ["destroy", DRIFT.missingSet]);
   s.run("ipset", ["del", DRIFT.missingMember.set, DRIFT.missingMember.entry]);
 }
 
 function driftL2(s: Scratch): void {
   const port2 = FIXTURE_BINDINGS.find((b) => b.device === DRIFT.changedL2Port)!;
-  const accepted = l2PortRules(port2.device, port2.mac)[1];
-  s.run("ebtables-nft", ["-t", "nat", "-D", "sg6-l2", ...spec(accepted)]);
-  s.run("ebtables-nft", ["-t", "nat", "-I", "sg6-l2", "1", "-p", "IPv6", "-s", DRIFT.changedL2Mac, "-i", port2.device, "-j", "RETURN"]);
+  const own = l2PortRules(port2.device, port2.mac)[0];
+  s.run("ebtables-nft", ["-t", "nat", "-D", "sg6-l2", ...spec(own)]);
+  s.run("ebtables-nft", ["-t", "nat", "-I", "sg6-l2", "1", ...spec(l2PortRules(port2.device, DRIFT.changedL2Mac)[0])]);
   s.run("ebtables-nft", ["-t", "nat", "-I", "sg6-l2", "1", "-p", "IPv6", "--ip6-src", "2001:db8::/32", "-j", "ACCEPT"]);
   s.run("ebtables-nft", ["-t", "nat", "-I", "PREROUTING", "1", "-j", "ACCEPT"]);
+  // sg6-l2-mac's drop gone (a wrong MAC would only be logged)
+  s.run("ebtables-nft", ["-t", "nat", "-D", CHAIN_L2_MAC, "-j", "DROP"]);
 }
 
 function captureIptables(release: Release, root: string): void {
@@ -100,8 +104,8 @@ function captureIptables(release: Release, root: string): void {
     const s = new Scratch(root);
     try {
       loadIptables(s, variant);
-      const save = () => s.run(`ip6tables-${variant}-save`, ["-t", "filter"]);
-      const drops = () => s.run(`ip6tables-${variant}`, ["-w", "5", "-t", "filter", "-S", "sg6-drop", "-v"]);
+      const save = () => s.run(`ip6tables-${variant}-save`, ["-t", TABLE]);
+      const drops = () => s.run(`ip6tables-${variant}`, ["-w", "5", "-t", TABLE, "-S", "sg6-drop", "-v"]);
       write(dir, `ip6tables-${variant}-save.txt`, save());
       write(dir, `ip6tables-${variant}-S-sg6-drop-v.txt`, drops());
       if (variant === "nft") {

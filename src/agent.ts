@@ -34,6 +34,8 @@ export class Agent {
   private control: ControlServer | undefined;
   /** the kernel's drop log, read beside enforcement for sg6 drops */
   private dropLog: DropLog | undefined;
+  /** the dataplane's watch of its hook jumps (backends that have one) */
+  private hookWatch: { stop(): void } | undefined;
   private readonly startedAt = new Date().toISOString();
   private natsHealth: AgentHealth["nats"] = { connected: false, since: null, lastError: "not connected yet" };
   private lastEvent: AgentHealth["lastEvent"] = null;
@@ -101,6 +103,9 @@ export class Agent {
     // only the count: from nothing the list of changes has an entry per rule and set member
     const changed = (await this.enforcer.serial(() => this.enforcer.reconcile())).length;
     log.info({ vms: this.enforcer.state.vms.size, changes: changed }, "saved state re-asserted");
+    // another writer (libvirt, firewalld, …) inserting ahead of sg6's jumps is repaired at once, not
+    // at the next drift check; started once the reconcile above has made the chains the jumps name
+    this.hookWatch = dataplane.watchHooks?.((changes) => log.warn({ changes }, "another writer got ahead of sg6's hook; repaired"));
     this.compactHeap();
     // Ready for systemd (libvirtd is ordered after this): every guarded port now has its rules or
     // drops all IPv6 (fail closed). NATS is not needed for that, and may well be down at boot.
@@ -423,6 +428,7 @@ export class Agent {
     await this.dropLog?.stop();
     this.notify.stopWatchdog();
     if (this.timer) clearInterval(this.timer);
+    this.hookWatch?.stop();
     await this.intake?.stop();
     await this.enforcer?.serial(async () => undefined);
     await this.control?.hangUp();

@@ -3,38 +3,54 @@
 // database. Pure: no I/O; src/shell/iptables.ts runs ebtables-nft-save/-restore.
 //
 //   PREROUTING  -i vnet+ -j sg6-l2                                   (first, single)
-//   sg6-l2      -i vnet9 -j RETURN                (a port named like a guarded one on another bridge)
-//               -p IPv6 -s ! 52:54:00:12:34:56 -i vnet3 -j DROP      (per bound port: another MAC,
-//                                                                    counted as the port's drops)
-//               -p IPv6 -s 52:54:00:12:34:56 -i vnet3 -j RETURN      (per bound port: its MAC)
-//               -p 802_1Q -j DROP ; -p S-TAG -j DROP                 (tagged frames: 802.1Q, 802.1ad)
-//               -p IPv6 -j DROP                         (wrong source MAC, or a port with no allocation)
+//   sg6-l2      -s ! 52:54:00:12:34:56 -i vnet3 -j sg6-l2-mac        (per bound port: another MAC,
+//                                                 any protocol; counted as the port's "mac" drops)
+//               -p 802_1Q … -j NFLOG-watcher CONTINUE ; -p 802_1Q -j DROP   (tagged frames: 802.1Q,
+//               -p S-TAG  … -j NFLOG-watcher CONTINUE ; -p S-TAG -j DROP     VLAN 0 included, 802.1ad)
+//   sg6-l2-mac  (rate-limited log "sg6 mac") ; -j DROP
+//
+// Every rule of sg6-l2 drops, so their order does not matter and no port is exempt by name: a port
+// that moves onto another bridge keeps being checked here (tagged frames from every vnet* port are
+// dropped, whatever its bridge), and whether a port's IPv6 is guarded is decided by ip6tables at
+// packet time (`-i <bridge>` in raw PREROUTING: the bridge the frame entered). A port without an
+// allocation has no rule here; its IPv6 is dropped at layer 3.
 //
 // ebtables-nft has no comment match, so a rule's identity is its meaning: each rule, rendered or
 // read back, is parsed into a structure ({chain, proto, src, in, target, …}) and compared by its
 // canonical key, never by text: ebtables-nft 1.8.9 prints a negated source `-s ! MAC`, 1.8.11
 // `! -s MAC`, MACs may come in either case and protocols by name or number.
-import { isForeignPort, type LinkInfo, type PortScope } from "./ports.js";
+import type { LinkInfo, PortScope } from "./ports.js";
 
 export const TABLE_L2 = "nat";
 export const HOOK_L2 = "PREROUTING";
 export const CHAIN_L2 = "sg6-l2";
+/** where a frame from a bound port with another source MAC goes: logged, then dropped */
+export const CHAIN_L2_MAC = "sg6-l2-mac";
+/** ebtables' nflog watcher, rate-limited (10 frames/s, burst 5 per reason: see LOG_LIMIT in iptables-rules.ts) */
+const l2Log = (reason: string) => `--limit 10/sec --limit-burst 5 --nflog-prefix "sg6 ${reason}" --nflog-group 6 -j CONTINUE`;
 
-/** The fixed end of sg6-l2, in order. */
-export const L2_TAIL = [`-A ${CHAIN_L2} -p 802_1Q -j DROP`, `-A ${CHAIN_L2} -p S-TAG -j DROP`, `-A ${CHAIN_L2} -p IPv6 -j DROP`] as const;
+/** The fixed end of sg6-l2, in order: tagged frames (802.1Q, VLAN 0 included, and 802.1ad), logged and dropped. */
+export const L2_TAIL = [
+  `-A ${CHAIN_L2} -p 802_1Q ${l2Log("tagged")}`,
+  `-A ${CHAIN_L2} -p 802_1Q -j DROP`,
+  `-A ${CHAIN_L2} -p S-TAG ${l2Log("tagged")}`,
+  `-A ${CHAIN_L2} -p S-TAG -j DROP`,
+] as const;
+
+/** sg6-l2-mac's rules, in order. */
+export const L2_MAC_RULES = [`-A ${CHAIN_L2_MAC} ${l2Log("mac")}`, `-A ${CHAIN_L2_MAC} -j DROP`] as const;
 
 export function l2Jump(portPrefix: string): string {
   return `-A ${HOOK_L2} -i ${portPrefix}+ -j ${CHAIN_L2}`;
 }
 
 /**
- * A bound port's IPv6 goes on (to ip6tables) only with its NIC's MAC; with another it is dropped
- * by a rule of its own (whose counter counts the port's layer-2 drops). The two never both match,
- * so their order does not matter.
+ * A bound port's frames, of any protocol (IPv6, IPv4, ARP, …), go on only with its NIC's MAC: with
+ * another they are dropped (the rule's counter counts the port's "mac" drops) before the bridge
+ * learns that MAC. One rule a port.
  */
-export function l2PortRules(device: string, mac: string): [string, string] {
-  const m = mac.toLowerCase();
-  return [`-A ${CHAIN_L2} -p IPv6 -s ! ${m} -i ${device} -j DROP`, `-A ${CHAIN_L2} -p IPv6 -s ${m} -i ${device} -j RETURN`];
+export function l2PortRules(device: string, mac: string): [string] {
+  return [`-A ${CHAIN_L2} -s ! ${mac.toLowerCase()} -i ${device} -j ${CHAIN_L2_MAC}`];
 }
 
 /** A negatable ebtables match's value. */
@@ -189,36 +205,54 @@ export function l2LineKey(line: string): string | undefined {
   return rule && l2Key(rule);
 }
 
-/** Whether an sg6-l2 rule has the shape of a bound port's rule: a port and a source MAC (not a foreign port's, not the tail). */
+/** Whether a parsed rule is a bound port's: in sg6-l2, on one port, another source MAC sent to sg6-l2-mac. */
+function isPortRule(rule: L2Rule | undefined): rule is L2Rule & { in: L2Value; src: L2Value } {
+  return !!rule && rule.chain === CHAIN_L2 && !!rule.in && !rule.in.negated && !!rule.src?.negated && rule.target === CHAIN_L2_MAC;
+}
+
+/** Whether an sg6-l2 rule has the shape of a bound port's rule (not the tail), however the tool spelled it. */
 export function isL2PortRule(line: string): boolean {
-  const rule = parseL2Rule(line);
-  return !!rule && rule.chain === CHAIN_L2 && !!rule.in && !rule.in.negated && !!rule.src && (rule.target === "DROP" || rule.target === "RETURN");
+  return isPortRule(parseL2Rule(line));
 }
 
 /**
  * Per-port drop counts from `ebtables-nft-save -c -t nat`: the packets of each port's rule that
- * drops another source MAC (a negated source, in sg6-l2, on one port), whatever its other matches.
+ * sends another source MAC to sg6-l2-mac (a negated source, in sg6-l2, on one port): the port's
+ * "mac" drops, whatever the frame's protocol.
  */
 export function parseL2Drops(text: string): Map<string, number> {
   const drops = new Map<string, number>();
   for (const line of text.split("\n")) {
     if (!line.includes(CHAIN_L2)) continue;
     const rule = parseL2Rule(line);
-    if (!rule || rule.chain !== CHAIN_L2 || rule.target !== "DROP" || !rule.src?.negated || !rule.in || rule.in.negated) continue;
+    if (!isPortRule(rule)) continue;
     drops.set(rule.in.value, (drops.get(rule.in.value) ?? 0) + (rule.packets ?? 0));
   }
   return drops;
 }
 
-/** A port of a bridge sg6 does not guard is left alone. */
-export function l2ForeignRule(device: string): string {
-  return `-A ${CHAIN_L2} -i ${device} -j RETURN`;
+/** the tail's ethertypes (canonical: see canonicalProto) */
+const TAGGED = new Set(["802_1q", "s-tag"]);
+
+/** Tagged frames dropped by sg6-l2 (all guarded-looking ports together: the tail has no port). */
+export function parseL2TaggedDrops(text: string): number {
+  let count = 0;
+  for (const line of text.split("\n")) {
+    if (!line.includes(CHAIN_L2)) continue;
+    const rule = parseL2Rule(line);
+    if (!rule || rule.chain !== CHAIN_L2 || rule.target !== "DROP" || rule.in || rule.src || rule.proto?.negated) continue;
+    if (rule.proto && TAGGED.has(rule.proto.value)) count += rule.packets ?? 0;
+  }
+  return count;
 }
 
-
-/** The foreign ports' rules for the links now present. */
-export function l2ForeignRules(links: readonly LinkInfo[], scope: PortScope): string[] {
-  return links.filter((l) => isForeignPort(l.ifname, l.master, scope)).map((l) => l2ForeignRule(l.ifname));
+/**
+ * Formerly the exemption of ports named like guarded ones on other bridges (`-i vnet9 -j RETURN`).
+ * A port is no longer exempt by name (a name does not change when the port moves to a guarded
+ * bridge): nothing is rendered. Kept so callers need no change.
+ */
+export function l2ForeignRules(_links: readonly LinkInfo[], _scope: PortScope): string[] {
+  return [];
 }
 
 /** What ebtables-nft-save -t nat shows of sg6: the hook chain's rules and sg6 chains (with policy). */
@@ -292,6 +326,14 @@ export function planL2(snapshot: L2Snapshot, bound: ReadonlySet<string>, foreign
   for (const line of [...bound, ...foreign]) want.set(renderedKey(line), line);
   const wantLines = [...want.values()].sort();
   const tailKeys = L2_TAIL.map(renderedKey);
+  // sg6-l2-mac: exactly its rules, in order (compared by key; a settled unreadable line left out)
+  const macChain = snapshot.chains.get(CHAIN_L2_MAC);
+  const macKeys = (macChain?.rules ?? []).filter((line) => !settled.has(line) || l2LineKey(line) !== undefined).map(l2LineKey);
+  const macWant = L2_MAC_RULES.map(renderedKey);
+  if (macChain?.policy !== "RETURN" || macKeys.length !== macWant.length || macKeys.some((key, i) => key !== macWant[i])) {
+    plan.before.push(`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES);
+    plan.changes.push(macChain ? `rewrite ebtables chain ${CHAIN_L2_MAC}` : `create ebtables chain ${CHAIN_L2_MAC}`);
+  }
   const chain = snapshot.chains.get(CHAIN_L2);
   if (!chain) {
     plan.before.push(`:${CHAIN_L2} RETURN`, ...wantLines, ...L2_TAIL);
@@ -336,16 +378,16 @@ export function planL2(snapshot: L2Snapshot, bound: ReadonlySet<string>, foreign
   }
   // sg6 chains this layout does not use
   for (const name of snapshot.chains.keys()) {
-    if (name === CHAIN_L2) continue;
+    if (name === CHAIN_L2 || name === CHAIN_L2_MAC) continue;
     plan.after.push(`-F ${name}`, `-X ${name}`);
     plan.changes.push(`remove ebtables chain ${name} (not part of this layout)`);
   }
   return plan;
 }
 
-/** Lines of sg6-l2 that parseL2Rule cannot read, as listed. */
+/** Lines of sg6's chains (sg6-l2, sg6-l2-mac) that parseL2Rule cannot read, as listed. */
 export function unknownL2Rules(snapshot: L2Snapshot | undefined): string[] {
-  return (snapshot?.chains.get(CHAIN_L2)?.rules ?? []).filter((line) => l2LineKey(line) === undefined);
+  return [CHAIN_L2, CHAIN_L2_MAC].flatMap((name) => (snapshot?.chains.get(name)?.rules ?? []).filter((line) => l2LineKey(line) === undefined));
 }
 
 /** Lines that remove every sg6 object from the ebtables nat table. */

@@ -2,8 +2,10 @@
 // Pure: no I/O. The shell in src/shell/iptables.ts feeds it ip6tables-save / ipset save /
 // ebtables-nft-save output.
 //
-// Layout (see docs/dataplane.md): a constant scaffold of chains hooked from FORWARD (bridged) and
-// INPUT (delivered to the hypervisor); per bound port one rule that checks MAC and source together
+// Layout (see docs/dataplane.md): a constant scaffold of chains in the raw table, hooked from
+// PREROUTING (priority -300: before the filter, mangle and nat tables every other writer uses, and
+// before the bridge, routing or local delivery decide anything, so bridged, routed and delivered
+// frames are judged in one place); per bound port one rule that checks MAC and source together
 // against the port's own ipset, one that counts its drops, a chain of its own (sg6-nd-<tap>, one
 // `bpf` rule per seven owned addresses) that lets its Neighbor Advertisements (and DAD probes) name
 // only its own targets, and one ebtables rule that lets its IPv6 past layer 2 only with the NIC's
@@ -12,11 +14,13 @@
 //
 // Every ip6tables rule carries its id (a hash of its body) in a comment: rules are compared by id,
 // so the spelling ip6tables-save prints never matters and a rule whose body changes is rewritten.
-import { CHAIN_L2, emptyL2, isL2PortRule, l2PortRules, planL2, l2Script, l2Delete, l2Insert, unknownL2Rules, unknownRuleNote, type L2Snapshot } from "./ebtables-rules.js";
+import { CHAIN_L2, HOOK_L2, emptyL2, isL2PortRule, l2LineKey, parseL2Rule, l2PortRules, planL2, l2Script, l2Delete, l2Insert, unknownL2Rules, unknownRuleNote, type L2Snapshot } from "./ebtables-rules.js";
 import type { PortBinding } from "./model.js";
 import type { PortScope } from "./ports.js";
 import { groupsWords, maskGroups, prefixBits } from "./addressing.js";
 import { bytecode, targetPrograms } from "./nd-bpf.js";
+import { wholeChainProgram } from "./frag-bpf.js";
+import type { DropReason } from "./drop-reasons.js";
 import { ID_PREFIX, idIn, ruleId } from "./rule-id.js";
 
 export const CHAIN_FWD = "sg6-fwd";
@@ -24,10 +28,19 @@ export const CHAIN_PORT = "sg6-port";
 export const CHAIN_GUARD = "sg6-guard";
 export const CHAIN_ND = "sg6-nd";
 export const CHAIN_DROP = "sg6-drop";
+/** first fragments go here: their header chain must be whole (RFC 7112) */
+export const CHAIN_FRAG = "sg6-frag";
+/** the table sg6's ip6tables chains live in (see the header comment) */
+export const TABLE = "raw";
+/** layer-3 drop reasons: each has a chain that logs (rate-limited) and goes on to sg6-drop */
+export const L3_REASONS = ["source", "nd-target", "fragment", "ra-guard", "mld-query", "dhcpv6"] as const satisfies readonly DropReason[];
+export type L3Reason = (typeof L3_REASONS)[number];
+/** sg6-r-<reason>: the chain a drop of that reason goes to */
+export const reasonChain = (reason: L3Reason): string => `sg6-r-${reason}`;
 /** in creation order: every jump target exists before the rules that name it */
-export const CHAINS = [CHAIN_DROP, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD] as const;
-/** the built-in chains sg6 hooks: bridged frames and frames delivered to the hypervisor's own stack */
-export const HOOKS = ["FORWARD", "INPUT"] as const;
+export const CHAINS = [CHAIN_DROP, ...L3_REASONS.map(reasonChain), CHAIN_FRAG, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD] as const;
+/** the built-in chain sg6 hooks: every frame from a bridge port, bridged, routed or delivered */
+export const HOOKS = ["PREROUTING"] as const;
 export type Hook = (typeof HOOKS)[number];
 /** per-port source sets are named sg6-s-<tap> (ipset names hold 31 characters, taps 15) */
 export const PORT_SET_PREFIX = "sg6-s-";
@@ -42,24 +55,47 @@ export type ScaffoldOptions = PortScope;
  */
 export function rule(chain: string, matches: string, target: string): string {
   const body = `${chain} ${matches ? `${matches} ` : ""}${target}`;
-  return `-A ${chain} ${matches ? `${matches} ` : ""}-m comment --comment ${ID_PREFIX}${ruleId(body)} ${target}`;
+  // a rule without a target only counts (the reason chains' per-port counting rules)
+  return `-A ${chain} ${matches ? `${matches} ` : ""}-m comment --comment ${ID_PREFIX}${ruleId(body)}${target ? ` ${target}` : ""}`;
 }
 
 /** What identifies a rule read back: its id, or (a rule sg6 did not write) its whole text. */
 export const ruleKey = (line: string): string => idIn(line) ?? line;
 
-/** The hooks' jumps to sg6, each kept first and single in its chain. */
+/**
+ * The hook's jump to sg6, kept first and single in raw PREROUTING. No --physdev-is-bridged: at
+ * PREROUTING nothing is decided yet, so one jump sees what the bridge forwards, what the
+ * hypervisor routes on (forwarding = 1) and what it delivers to itself.
+ */
 export function hookJumps(portPrefix: string): Record<Hook, string> {
-  return {
-    FORWARD: rule("FORWARD", `-m physdev --physdev-in ${portPrefix}+ --physdev-is-bridged`, `-j ${CHAIN_FWD}`),
-    // frames from a guarded port to the hypervisor's own addresses on the bridge
-    INPUT: rule("INPUT", `-m physdev --physdev-in ${portPrefix}+`, `-j ${CHAIN_FWD}`),
-  };
+  return { PREROUTING: rule("PREROUTING", `-m physdev --physdev-in ${portPrefix}+`, `-j ${CHAIN_FWD}`) };
 }
 
-/** The FORWARD jump (kept for callers that only know that hook). */
-export function forwardJump(portPrefix: string): string {
-  return hookJumps(portPrefix).FORWARD;
+/** Rate limit of each drop log rule: 9 reasons (7 here, 2 at layer 2) stay under 100 frames/s, burst 50. */
+export const LOG_LIMIT = "-m limit --limit 10/sec --limit-burst 5";
+/** netlink log group of the drop log (operator-explain's `sg6 drops` reads it) */
+export const LOG_GROUP = 6;
+
+/**
+ * Reasons counted per port in the kernel: a `list:set` with counters per reason whose members are
+ * the port sets (sg6-c-<reason> holds sg6-s-<tap>). A frame that reaches these reasons passed
+ * sg6-port, so its source is in its own port's set and in no other (sources are unique per host):
+ * the member it matches is its port's, and that member's counter grows. `source` is not among them
+ * (its frames' sources are not their port's); it is the port's drops less the counted ones.
+ */
+export const COUNTED_REASONS = ["nd-target", "fragment", "ra-guard", "mld-query", "dhcpv6"] as const satisfies readonly L3Reason[];
+export const countSetName = (reason: L3Reason): string => `sg6-c-${reason}`;
+/** `create` line of a reason's counting set (as ipset save prints it) */
+export const countSetCreate = (reason: L3Reason): string => `${countSetName(reason)} list:set size 65536 counters`;
+
+/** The rules of a reason's chain: count per port, log (rate-limited, prefix "sg6 <reason>"), then on to sg6-drop to be counted and dropped. */
+export function reasonRules(reason: L3Reason): string[] {
+  const chain = reasonChain(reason);
+  // a DAD probe comes from ::, which is in every port's set: it is not counted per reason
+  const count = (COUNTED_REASONS as readonly string[]).includes(reason)
+    ? [rule(chain, `${reason === "nd-target" ? "! -s ::/128 " : ""}-m set --match-set ${countSetName(reason)} src`, "")]
+    : [];
+  return [...count, rule(chain, LOG_LIMIT, `-j NFLOG --nflog-prefix "sg6 ${reason}" --nflog-group ${LOG_GROUP}`), rule(chain, "", `-g ${CHAIN_DROP}`)];
 }
 
 const ICMP6 = "-p ipv6-icmp -m icmp6 --icmpv6-type";
@@ -76,31 +112,37 @@ export function scaffoldRules(options: ScaffoldOptions): Record<string, string[]
     // not make an RA pass. The icmp6/udp/tcp matches drop a packet whose header they cannot read
     // (xtables "hotdrop"): a first fragment without the whole header chain never gets through.
     [CHAIN_GUARD]: [
+      // a first fragment must hold its whole header chain (sg6-frag, an xtables match on both variants)
+      g("-m frag --fragfirst", `-j ${CHAIN_FRAG}`),
       // sg6-nd reads the target at a fixed offset: an NA or DAD probe behind an extension header is dropped
-      g(`-s ::/128 ${ICMP6} 135 ${NOT_NEXT_ICMP6}`, `-g ${CHAIN_DROP}`),
+      g(`-s ::/128 ${ICMP6} 135 ${NOT_NEXT_ICMP6}`, `-g ${reasonChain("nd-target")}`),
       g(`-s ::/128 ${ICMP6} 135`, `-g ${CHAIN_ND}`),
       g(`-s ::/128 ${ICMP6} 131`, "-j RETURN"),
       g(`-s ::/128 ${ICMP6} 143`, "-j RETURN"),
-      g("-s ::/128", `-g ${CHAIN_DROP}`),
-      g(`${ICMP6} 134`, `-g ${CHAIN_DROP}`),
-      g(`${ICMP6} 137`, `-g ${CHAIN_DROP}`),
-      g(`${ICMP6} 138`, `-g ${CHAIN_DROP}`),
-      g("-p udp -m udp --dport 546", `-g ${CHAIN_DROP}`),
-      g("-p udp -m udp --sport 547", `-g ${CHAIN_DROP}`),
-      g(`${ICMP6} 136 ${NOT_NEXT_ICMP6}`, `-g ${CHAIN_DROP}`),
+      g("-s ::/128", `-g ${reasonChain("source")}`),
+      g(`${ICMP6} 134`, `-g ${reasonChain("ra-guard")}`),
+      g(`${ICMP6} 137`, `-g ${reasonChain("ra-guard")}`),
+      g(`${ICMP6} 138`, `-g ${reasonChain("ra-guard")}`),
+      // a VM is never the link's querier: a query ends other VMs' memberships in the snooping table
+      g(`${ICMP6} 130`, `-g ${reasonChain("mld-query")}`),
+      g("-p udp -m udp --dport 546", `-g ${reasonChain("dhcpv6")}`),
+      g("-p udp -m udp --sport 547", `-g ${reasonChain("dhcpv6")}`),
+      g(`${ICMP6} 136 ${NOT_NEXT_ICMP6}`, `-g ${reasonChain("nd-target")}`),
       g(`${ICMP6} 136`, `-g ${CHAIN_ND}`),
       g("-p tcp -m tcp", "-j RETURN"),
     ],
+    [CHAIN_FRAG]: [rule(CHAIN_FRAG, `-m bpf --bytecode "${bytecode(wholeChainProgram())}"`, "-j RETURN"), rule(CHAIN_FRAG, "", `-g ${reasonChain("fragment")}`)],
+    ...Object.fromEntries(L3_REASONS.map((reason) => [reasonChain(reason), reasonRules(reason)])),
     [CHAIN_FWD]: options.bridges.map((bridge) => rule(CHAIN_FWD, `-i ${bridge}`, `-g ${CHAIN_PORT}`)),
   };
 }
 
 /** The last rule of sg6-port: whatever no port rule took (unbound port, wrong MAC or source) is dropped. */
-export const PORT_DEFAULT = rule(CHAIN_PORT, "", `-j ${CHAIN_DROP}`);
+export const PORT_DEFAULT = rule(CHAIN_PORT, "", `-g ${reasonChain("source")}`);
 /** The last rule of sg6-drop: drops of ports without a counting rule (unbound guarded ports). */
 export const DROP_DEFAULT = rule(CHAIN_DROP, "", "-j DROP");
 /** The last rule of sg6-nd: a target the port does not own (or an NA with extension headers). */
-export const ND_DEFAULT = rule(CHAIN_ND, "", `-j ${CHAIN_DROP}`);
+export const ND_DEFAULT = rule(CHAIN_ND, "", `-g ${reasonChain("nd-target")}`);
 
 /** Chains with rules per bound port, in any order, and a fixed last rule. */
 export const PER_PORT_CHAINS = [
@@ -207,7 +249,7 @@ export function ndChainRules(device: string, sources: readonly string[], match: 
     match === "bpf"
       ? targetPrograms(sources).map((program) => `-m bpf --bytecode "${bytecode(program)}"`)
       : sources.map((source) => (source.endsWith("/128") ? stringTarget(source) : `-m u32 --u32 ${u32Target(source)}`));
-  return [...tests.map((test) => rule(chain, test, "-j RETURN")), rule(chain, "", `-g ${CHAIN_DROP}`)];
+  return [...tests.map((test) => rule(chain, test, "-j RETURN")), rule(chain, "", `-g ${reasonChain("nd-target")}`)];
 }
 
 /**
@@ -279,6 +321,8 @@ export function renderContent(bindings: Iterable<PortBinding>, ndMatch: NdMatch 
     content.portSets.add(set);
     // :: is in every port's set so DAD and MLD from :: are MAC-checked like everything else
     content.srcEntries.add(`${set} ::`);
+    // the port's set is a member of each reason's counting set (its per-port counters)
+    for (const reason of COUNTED_REASONS) content.srcEntries.add(`${countSetName(reason)} ${set}`);
     for (const source of binding.sources) content.srcEntries.add(`${set} ${setEntry(source)}`);
     content.ndRules.add(ndDispatch(binding.device));
     content.ndChains.set(portNdChain(binding.device), ndChainRules(binding.device, binding.sources, ndMatch));
@@ -302,7 +346,8 @@ export function mergedContent(a: PortContent, b: PortContent): PortContent {
 
 /** The content of ports whose sets were flushed (released at once, their rules not yet removed). */
 export function withoutSources(content: PortContent): PortContent {
-  return { ...content, srcEntries: new Set() };
+  // the sets' memberships of the counting sets stay until the sets go
+  return { ...content, srcEntries: new Set([...content.srcEntries].filter((entry) => !entry.startsWith(PORT_SET_PREFIX))) };
 }
 
 /** `ipset restore` lines that empty the ports' sets: the port rule then matches no source at all. */
@@ -389,7 +434,7 @@ function chainLines(delta: Pick<ContentDelta, "newChains" | "refillChains" | "de
 
 /** What sg6 found of its own in the kernel. */
 export interface KernelSnapshot {
-  /** FORWARD's and INPUT's rules, in order, as ip6tables-save spells them */
+  /** raw PREROUTING's rules, in order, as ip6tables-save spells them */
   hooks: Record<Hook, string[]>;
   /** sg6 chains -> their rules in order; a missing key means the chain does not exist */
   chains: Map<string, string[]>;
@@ -409,16 +454,16 @@ export interface SaveParser<T> {
   result(): T;
 }
 
-/** Parse the filter table of ip6tables-save line by line, keeping the hooked chains and every sg6 chain. */
-export function iptablesSaveParser(): SaveParser<Pick<KernelSnapshot, "hooks" | "chains">> {
-  const hooks: Record<Hook, string[]> = { FORWARD: [], INPUT: [] };
+/** Parse one table (sg6's, by default) of ip6tables-save line by line, keeping the hooked chain and every sg6 chain. */
+export function iptablesSaveParser(table: string = TABLE): SaveParser<Pick<KernelSnapshot, "hooks" | "chains">> {
+  const hooks: Record<Hook, string[]> = { PREROUTING: [] };
   const chains = new Map<string, string[]>();
   let inFilter = false;
   return {
     line(raw) {
       const line = raw.trim();
       if (line.startsWith("*")) {
-        inFilter = line === "*filter";
+        inFilter = line === `*${table}`;
         return;
       }
       if (!inFilter || line === "" || line.startsWith("#")) return;
@@ -432,7 +477,7 @@ export function iptablesSaveParser(): SaveParser<Pick<KernelSnapshot, "hooks" | 
       // the chain name is the second word; only lines we keep are copied
       const end = line.indexOf(" ", 3);
       const chain = end < 0 ? line.slice(3) : line.slice(3, end);
-      if (chain === "FORWARD" || chain === "INPUT") hooks[chain].push(line);
+      if (chain === "PREROUTING") hooks[chain].push(line);
       else if (chain.startsWith("sg6")) {
         const rules = chains.get(chain);
         if (rules) rules.push(line);
@@ -443,9 +488,9 @@ export function iptablesSaveParser(): SaveParser<Pick<KernelSnapshot, "hooks" | 
   };
 }
 
-/** Parse the filter table of ip6tables-save, keeping the hooked chains and every sg6 chain. */
-export function parseIptablesSave(text: string): Pick<KernelSnapshot, "hooks" | "chains"> {
-  return feedLines(iptablesSaveParser(), text);
+/** Parse one table of ip6tables-save, keeping the hooked chain and every sg6 chain. */
+export function parseIptablesSave(text: string, table: string = TABLE): Pick<KernelSnapshot, "hooks" | "chains"> {
+  return feedLines(iptablesSaveParser(table), text);
 }
 
 /** Parse `ipset save` output line by line, keeping sg6 sets; drops counters and the kernel's hash seed. */
@@ -502,9 +547,11 @@ export function contentOf(snapshot: KernelSnapshot): PortContent {
   content.ndRules = rules(CHAIN_ND, ND_DEFAULT);
   for (const [name, lines] of snapshot.chains) if (name.startsWith(PORT_ND_PREFIX)) content.ndChains.set(name, lines);
   for (const line of snapshot.l2?.chains.get(CHAIN_L2)?.rules ?? []) if (isL2PortRule(line)) content.l2Rules.add(line);
+  const counting = new Set<string>(COUNTED_REASONS.map(countSetName));
   for (const [name, set] of snapshot.sets) {
-    if (!name.startsWith(PORT_SET_PREFIX)) continue;
-    content.portSets.add(name);
+    const isPortSet = name.startsWith(PORT_SET_PREFIX);
+    if (!isPortSet && !counting.has(name)) continue;
+    if (isPortSet) content.portSets.add(name);
     for (const entry of set.entries) content.srcEntries.add(`${name} ${entry}`);
   }
   return content;
@@ -539,7 +586,7 @@ function script(parts: Partial<Record<"l2Before" | "ipsetBefore" | "iptables" | 
   return {
     ebtablesBefore: l2Script(parts.l2Before ?? []),
     ipsetBefore: lines(parts.ipsetBefore),
-    iptables: parts.iptables?.length ? `*filter\n${parts.iptables.join("\n")}\nCOMMIT\n` : "",
+    iptables: parts.iptables?.length ? `*${TABLE}\n${parts.iptables.join("\n")}\nCOMMIT\n` : "",
     ipsetAfter: lines(parts.ipsetAfter),
     ebtablesAfter: l2Script(parts.l2After ?? []),
     changes,
@@ -580,6 +627,12 @@ export function planChange(
     }
   }
   const delta = diffContent(contentOf(snapshot), desired);
+  // the counting sets exist before any rule names them or any port set joins them
+  for (const reason of COUNTED_REASONS) {
+    if (snapshot.sets.has(countSetName(reason))) continue;
+    before.push(`create ${countSetCreate(reason)}`);
+    changes.push(`create set ${countSetName(reason)}`);
+  }
   before.push(...ipsetBefore(delta));
   after.push(...ipsetAfter(delta));
   changes.push(
@@ -605,7 +658,7 @@ export function planChange(
     ...delta.refillChains.map(([name, rules]) => `refill chain ${name} (${rules.length} rules)`),
     ...delta.delChains.map((name) => `remove chain ${name}`),
   );
-  for (const chain of [CHAIN_GUARD, CHAIN_FWD]) {
+  for (const chain of Object.keys(wanted)) {
     const have = snapshot.chains.get(chain) ?? [];
     const want = wanted[chain]!;
     if (keysOf(have) !== keysOf(want)) {
@@ -651,7 +704,8 @@ export function planChange(
     changes.push(`remove chain ${chain} (not part of this layout)`);
   }
   const strays = [...snapshot.chains.keys()].filter(stray);
-  const straySets = [...snapshot.sets.keys()].filter((name) => !name.startsWith(PORT_SET_PREFIX));
+  const countSets = new Set<string>(COUNTED_REASONS.map(countSetName));
+  const straySets = [...snapshot.sets.keys()].filter((name) => !name.startsWith(PORT_SET_PREFIX) && !countSets.has(name));
   changes.push(...straySets.map((name) => `destroy set ${name} (not part of this layout)`));
 
   // The jumps from the hooked chains: exactly one each, first.
@@ -715,14 +769,25 @@ function ipsetBefore(delta: ContentDelta): string[] {
   return [
     ...delta.addSets.map((name) => `create ${portSetCreate(name)}`),
     ...delta.addSrc.filter((e) => fresh.has(setOfEntry(e))).map((e) => `add ${e}`),
-    ...delta.delSrc.map((e) => `del ${e}`),
+    ...delta.delSrc.filter((e) => !isMembership(e)).map((e) => `del ${e}`),
   ];
 }
 
-/** ipset lines run after it: sources of existing ports added once the rules changed, sets no rule uses destroyed. */
+/** a port set's membership of a counting set ("sg6-c-<reason> sg6-s-<tap>"): counting only, never what passes */
+const isMembership = (entry: string) => !entry.startsWith(PORT_SET_PREFIX);
+
+/**
+ * ipset lines run after it: sources of existing ports added once the rules changed, port sets
+ * leaving the counting sets (no ipset run of their own before the rules: a removed port costs none
+ * more than it did), then sets no rule uses destroyed.
+ */
 function ipsetAfter(delta: ContentDelta): string[] {
   const fresh = new Set(delta.addSets);
-  return [...delta.addSrc.filter((e) => !fresh.has(setOfEntry(e))).map((e) => `add ${e}`), ...delta.delSets.map((name) => `destroy ${name}`)];
+  return [
+    ...delta.addSrc.filter((e) => !fresh.has(setOfEntry(e))).map((e) => `add ${e}`),
+    ...delta.delSrc.filter(isMembership).map((e) => `del ${e}`),
+    ...delta.delSets.map((name) => `destroy ${name}`),
+  ];
 }
 
 /** Scripts for one incremental change when the kernel is known to hold `from` (no read-back). */
@@ -751,4 +816,35 @@ export function planDelta(from: PortContent, to: PortContent): ChangeScript {
       ...delta.addL2,
     ],
   );
+}
+
+/** ebtables -L PREROUTING prints rules without "-A PREROUTING": the jump as it shows there. */
+export function l2HookListed(portPrefix: string): string {
+  return `-i ${portPrefix}+ -j ${CHAIN_L2}`;
+}
+
+/**
+ * The hooks as they are now (raw PREROUTING from `ip6tables -t raw -S PREROUTING`, the bridge nat
+ * PREROUTING's rules from `ebtables -t nat -L PREROUTING`) -> what puts sg6's jumps back first and
+ * single: an ip6tables-restore input, ebtables-restore lines, and what was wrong. Empty when both
+ * are in place. The watcher runs it on every change another writer makes to those chains.
+ */
+export function hookRepair(l3Hook: readonly string[], l2Hook: readonly string[], portPrefix: string): { iptables: string; ebtables: string[]; changes: string[] } {
+  const out = { iptables: "", ebtables: [] as string[], changes: [] as string[] };
+  const jump = hookJumps(portPrefix).PREROUTING;
+  const rules = l3Hook.filter((line) => line.startsWith("-A PREROUTING "));
+  const ours = rules.filter((line) => line.endsWith(` -j ${CHAIN_FWD}`) || line.endsWith(` -g ${CHAIN_FWD}`));
+  if (!(ours.length === 1 && rules[0] !== undefined && ruleKey(rules[0]) === ruleKey(jump))) {
+    out.iptables = `*${TABLE}\n${[...ours.map(deleteLine), insertLine(jump)].join("\n")}\nCOMMIT\n`;
+    out.changes.push(ours.length ? `move the PREROUTING jump to the top (found ${ours.length}, first: ${rules[0] === undefined ? "none" : shown(rules[0])})` : "add the PREROUTING jump");
+  }
+  // compared by meaning (parseL2Rule), as planL2 does: the tool's spelling varies by version
+  const listed = l2Hook.map((line) => line.trim()).filter((line) => line.startsWith("-") || line.startsWith("!"));
+  const l2Ours = listed.filter((line) => (parseL2Rule(`-A ${HOOK_L2} ${line}`)?.target ?? line.split(" ").at(-1)) === CHAIN_L2);
+  const jumpKey = l2LineKey(`-A ${HOOK_L2} ${l2HookListed(portPrefix)}`);
+  if (!(l2Ours.length === 1 && listed[0] !== undefined && l2LineKey(`-A ${HOOK_L2} ${listed[0]}`) === jumpKey)) {
+    out.ebtables.push(...l2Ours.map((line) => `-D PREROUTING ${line}`), `-I PREROUTING 1 ${l2HookListed(portPrefix)}`);
+    out.changes.push(l2Ours.length ? `move the ebtables PREROUTING jump to the top (found ${l2Ours.length}, first: ${listed[0]})` : "add the ebtables PREROUTING jump");
+  }
+  return out;
 }

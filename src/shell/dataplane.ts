@@ -24,10 +24,16 @@ export interface Dataplane {
   untidy?(): number;
   /** Dropped packets per guarded port. */
   dropCounters(): Promise<Map<string, number>>;
-  /** Dropped packets per guarded port and reason (optional here until every backend has it). */
+  /** Dropped packets per guarded port and reason (src/core/drop-reasons.ts). */
   dropsByReason?(): Promise<Map<string, ReasonCounts>>;
-  /** Whether bridge membership of a port is decided in the kernel at packet time or by the agent (optional here until every backend has it). */
+  /** Whether a port's membership of a guarded bridge is decided in the kernel at packet time or by the agent (start-up log, `sg6 status`). */
   membership?(): { mode: "kernel" | "agent"; detail: string };
+  /**
+   * Watch the kernel's hooks and put sg6's jumps back at once when another writer gets ahead of them
+   * (the agent starts it once its start-up reconcile has made the chains the jumps name, and stops
+   * it on shutdown; `onRepair` hears what was repaired, for the log). Optional.
+   */
+  watchHooks?(onRepair: (changes: string[]) => void): { stop(): void };
   /** Kernel settings the backend depends on, as they are now (for `sg6 status`); optional. */
   kernelSwitches?(): Promise<{ key: string; want: string; have: string | undefined }[]>;
   /** What this backend cannot enforce on this host, for `sg6 status`; optional. */

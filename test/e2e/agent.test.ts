@@ -93,11 +93,11 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
     await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac, device: "vnet1", delegated: "2001:db8:ff00:10::/60" }));
     await h.startAgent();
     await waitFor("enforced", async () => (await h.ipsetEntries()).length === 3);
-    const before = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
+    const before = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"]);
     const ipt = `ip6tables-${h.variant}`;
-    await h.hv.ns.run(ipt, ["-F", "sg6-guard"]);
+    await h.hv.ns.run(ipt, ["-t", "raw", "-F", "sg6-guard"]);
     await h.hv.ns.run("ipset", ["flush", "sg6-s-vnet1"]);
-    await h.hv.ns.run(ipt, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
+    await h.hv.ns.run(ipt, ["-t", "raw", "-I", "sg6-port", "1", "-j", "ACCEPT"]);
 
     const dry = await h.cli(["reconcile", "--dry-run"]);
     assert.is(dry.code, 3, `dry run reports drift: ${dry.stdout}${dry.stderr}`);
@@ -116,7 +116,7 @@ test("operator drift (flushed chain, flushed set, rogue ACCEPT) is repaired by s
     assert.is(report.source, "stream");
     assert.ok(report.changes.length >= 3, `changes reported: ${report.changes.join("; ")}`);
     const strip = (t: string) => t.split("\n").filter((l) => l.startsWith("-A") || l.startsWith(":sg6")).sort().join("\n");
-    assert.is(strip(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])), strip(before), "rules back as they were");
+    assert.is(strip(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"])), strip(before), "rules back as they were");
     assert.is((await h.ipsetEntries()).length, 3);
     const again = await h.cli(["reconcile", "--json"]);
     assert.equal(JSON.parse(again.stdout).changes, [], "a second reconcile has nothing to do");
@@ -129,10 +129,27 @@ test("the resync timer repairs drift by itself", async () => {
     await h.startAgent();
     await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
     await h.hv.ns.run("ipset", ["flush", "sg6-s-vnet1"]);
-    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-I", "sg6-port", "1", "-j", "ACCEPT"]);
+    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-t", "raw", "-I", "sg6-port", "1", "-j", "ACCEPT"]);
     await waitFor("timer repaired the set", async () => (await h.ipsetEntries()).length === 2, 5000);
-    await waitFor("timer removed the rogue rule", async () => !(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"])).includes("-A sg6-port -j ACCEPT"), 5000);
+    await waitFor("timer removed the rogue rule", async () => !(await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"])).includes("-A sg6-port -j ACCEPT"), 5000);
     await h.waitForLog("drift repaired");
+  });
+});
+
+test("another writer's rule ahead of sg6's hooks is put behind them by the hook watch, long before the timer", async () => {
+  await withHarness({ resyncInterval: 3600 }, async (h) => {
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: randomMac(), device: "vnet1" }));
+    await h.startAgent();
+    await waitFor("enforced", async () => (await h.ipsetEntries()).length === 2);
+    const from = h.logs.length;
+    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-t", "raw", "-I", "PREROUTING", "1", "-j", "ACCEPT"]);
+    await h.hv.ns.run("ebtables-nft", ["-t", "nat", "-I", "PREROUTING", "1", "-j", "ACCEPT"]);
+    const first = async (command: string, args: string[]) => (await h.hv.ns.run(command, args)).split("\n").find((l) => l.startsWith("-A PREROUTING ")) ?? "";
+    await waitFor("sg6's raw PREROUTING jump first again", async () => / -j sg6-fwd$/.test(await first(`ip6tables-${h.variant}-save`, ["-t", "raw"])), 5000);
+    await waitFor("sg6's ebtables PREROUTING jump first again", async () => / -j sg6-l2$/.test(await first("ebtables-nft-save", ["-t", "nat"])), 5000);
+    await h.waitForLog("another writer got ahead of sg6's hook; repaired", 5000, from);
+    // the watch starts once the chains its jumps name exist: no failed check at start-up
+    assert.not.ok(h.logs.some((line) => line.includes("hook check failed")), h.logs.filter((line) => line.includes("hook check failed")).join("\n"));
   });
 });
 
@@ -288,7 +305,7 @@ test("an invalid config stops the agent before it touches anything", async () =>
     assert.is(code, 1);
     // its output may still be in the pipe when "exit" fires: wait for the line itself
     assert.match(await h.waitForLog("config: pd_length: must be an integer"), /config: pd_length: must be an integer/);
-    const saved = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "filter"]);
+    const saved = await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"]);
     assert.not.match(saved, /sg6/, "no sg6 object was created");
   });
 });

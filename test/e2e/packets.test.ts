@@ -51,7 +51,7 @@ async function withLab(body: (lab: Lab) => Promise<void>): Promise<void> {
 
 /** ip6tables-save and ipset save of the hypervisor, for failure reports. */
 async function kernelDump(h: AgentHarness): Promise<string> {
-  const ipt = await h.hv.ns.try(`ip6tables-${h.variant}-save`, ["-c", "-t", "filter"]);
+  const ipt = await h.hv.ns.try(`ip6tables-${h.variant}-save`, ["-c", "-t", "raw"]);
   const ipset = await h.hv.ns.try("ipset", ["save"]);
   return `--- ip6tables-${h.variant}-save -c ---\n${ipt.stdout}${ipt.stderr}--- ipset save ---\n${ipset.stdout}${ipset.stderr}`;
 }

@@ -247,6 +247,12 @@ function enforcementSuite(variant: Variant) {
     await expectDrop(lab, "vnet1", { ...frame(vm1, { src: "::", dst: "ff02::1", kind: "ra" }), to: [vm2.at, vm3.at] }, "RA from ::");
   });
 
+  check("an MLD query (130) from a VM reaches no other VM (a VM is never the querier)", async (lab) => {
+    const { vm1, vm2, vm3, router } = lab;
+    await expectDrop(lab, "vnet1", { ...frame(vm1, { src: vm1.ll, dst: "ff02::1", kind: "mldq" }), to: [vm2.at, vm3.at, router.at] }, "MLD query to ff02::1");
+    await expectPass({ ...frame(vm1, { src: vm1.ll, dst: "ff02::16", kind: "mld" }), to: router.at }, "its MLD report still passes");
+  });
+
   check("Redirect (137) and Router Renumbering (138) are dropped", async (lab) => {
     const { vm1, vm2, router } = lab;
     await expectDrop(lab, "vnet1", { ...frame(vm1, { src: vm1.ll, dst: vm2.ll, dstMac: vm2.mac, kind: "redirect", target: vm1.ll }), to: vm2.at }, "Redirect to vm2");
@@ -320,9 +326,10 @@ function enforcementSuite(variant: Variant) {
     assert.not.ok(await ping(vm9.ns, ROUTER_IP, 1), "vm9 pinged the router");
   });
 
-  check("IPv4 is left alone (even from an unallocated guarded tap)", async (lab) => {
-    await expectPass(toRouter(lab, lab.vm9, "10.9.0.9", { kind: "udp4", dst: "10.9.0.1" }), "IPv4 UDP from vnet9");
-    await expectPass(toRouter(lab, lab.vm1, "10.9.0.10", { kind: "udp4", dst: "10.9.0.1", from: { ...lab.vm1.from, mac: randomMac() } }), "IPv4 from vnet1 with another MAC");
+  check("IPv4 is left alone, but for a wrong source MAC on a bound port (any protocol is dropped there)", async (lab) => {
+    await expectPass(toRouter(lab, lab.vm9, "10.9.0.9", { kind: "udp4", dst: "10.9.0.1" }), "IPv4 UDP from vnet9 (no allocation)");
+    await expectPass(toRouter(lab, lab.vm1, "10.9.0.10", { kind: "udp4", dst: "10.9.0.1" }), "IPv4 from vnet1 with its own MAC");
+    await expectDrop(lab, "vnet1", toRouter(lab, lab.vm1, "10.9.0.10", { kind: "udp4", dst: "10.9.0.1", from: { ...lab.vm1.from, mac: randomMac() } }), "IPv4 from vnet1 with another MAC");
   });
 
   check("vnet* ports of a bridge that is not configured are never matched", async (lab) => {

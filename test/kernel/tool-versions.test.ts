@@ -94,10 +94,10 @@ for (const release of ["12", "13"] as const) {
       local.add(() => driver.stop());
       await driver.reconcile(FIXTURE_BINDINGS);
       // nft-native rules that ip6tables-nft and ebtables-nft cannot translate back
-      await hv.ns.run("nft", ["insert", "rule", "ip6", "filter", "sg6-port", "ip6", "flowlabel", "5", "accept"]);
+      await hv.ns.run("nft", ["insert", "rule", "ip6", "raw", "sg6-port", "ip6", "flowlabel", "5", "accept"]);
       await hv.ns.run("nft", ["insert", "rule", "bridge", "nat", "sg6-l2", "ip6", "flowlabel", "5", "accept"]);
       // control: the save listings fail with them there (before, every drift check failed here, repairing nothing)
-      for (const [save, table] of [["ip6tables-nft-save", "filter"], ["ebtables-nft-save", "nat"]] as const) {
+      for (const [save, table] of [["ip6tables-nft-save", "raw"], ["ebtables-nft-save", "nat"]] as const) {
         const listed = await hv.ns.try(tool(save), ["-t", table]);
         assert.is.not(listed.code, 0, `${save} cannot list it`);
         assert.match(listed.stderr, /Parsing nftables rule failed/);
@@ -109,16 +109,16 @@ for (const release of ["12", "13"] as const) {
         "unknown rule in sg6's chain: -A sg6-l2 (rules ebtables-nft cannot list: Error: unknown payload offset)",
       ]);
       assert.equal(await driver.reconcile(FIXTURE_BINDINGS), [], "the next drift check finds nothing");
-      assert.not.match(await hv.ns.run("nft", ["list", "chain", "ip6", "filter", "sg6-port"]), /flowlabel/, "gone from sg6-port");
+      assert.not.match(await hv.ns.run("nft", ["list", "chain", "ip6", "raw", "sg6-port"]), /flowlabel/, "gone from sg6-port");
       assert.not.match(await hv.ns.run("nft", ["list", "chain", "bridge", "nat", "sg6-l2"]), /flowlabel/, "gone from sg6-l2");
       assert.equal(Object.keys(await driver.drops()).sort(), ["vnet1", "vnet2", "vnet3"]);
       // with such rules there again, the drop readers still answer and purge still removes everything
-      await hv.ns.run("nft", ["insert", "rule", "ip6", "filter", "sg6-port", "ip6", "flowlabel", "5", "accept"]);
+      await hv.ns.run("nft", ["insert", "rule", "ip6", "raw", "sg6-port", "ip6", "flowlabel", "5", "accept"]);
       await hv.ns.run("nft", ["insert", "rule", "bridge", "nat", "sg6-l2", "ip6", "flowlabel", "5", "accept"]);
       assert.equal(Object.keys(await driver.drops()).sort(), ["vnet1", "vnet2", "vnet3"]);
       const removed = await driver.purge();
-      assert.ok(removed.includes("ip6tables-nft: chain sg6-port") && removed.includes("ebtables: chain sg6-l2"), JSON.stringify(removed));
-      assert.is.not((await hv.ns.try("nft", ["list", "chain", "ip6", "filter", "sg6-port"])).code, 0, "sg6-port is gone");
+      assert.ok(removed.includes("ip6tables-nft: chain sg6-port (raw)") && removed.includes("ebtables: chain sg6-l2"), JSON.stringify(removed));
+      assert.is.not((await hv.ns.try("nft", ["list", "chain", "ip6", "raw", "sg6-port"])).code, 0, "sg6-port is gone");
       assert.is.not((await hv.ns.try("nft", ["list", "chain", "bridge", "nat", "sg6-l2"])).code, 0, "sg6-l2 is gone");
     } finally {
       await local.run();

@@ -177,12 +177,12 @@ export class AgentHarness {
       .sort();
   }
 
-  /** Taps whose IPv6 layer 2 lets the NIC's MAC through (the last step of binding a port). */
+  /** Taps whose layer 2 checks the NIC's MAC (the last step of binding a port). */
   async l2Ports(): Promise<string[]> {
     const out = await this.hv.ns.run("ebtables-nft-save", []);
     return out
       .split("\n")
-      .map((l) => /^-A sg6-l2 -p IPv6 -s [0-9a-f:]+ -i (\S+) -j RETURN$/.exec(l)?.[1])
+      .map((l) => /^-A sg6-l2 -s ! [0-9a-f:]+ -i (\S+) -j sg6-l2-mac$/.exec(l)?.[1])
       .filter((dev): dev is string => dev !== undefined)
       .sort();
   }
@@ -194,7 +194,7 @@ export class AgentHarness {
   }
 
   async portRules(): Promise<string[]> {
-    const out = await this.hv.ns.run(`ip6tables-${this.variant}-save`, ["-t", "filter"]);
+    const out = await this.hv.ns.run(`ip6tables-${this.variant}-save`, ["-t", "raw"]);
     return out.split("\n").filter((l) => l.startsWith("-A sg6-port ") && l.includes("--physdev-in"));
   }
 

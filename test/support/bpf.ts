@@ -20,6 +20,8 @@ export function parseBytecode(text: string): BpfInsn[] {
  */
 export function runBpf(program: readonly BpfInsn[], packet: Uint8Array): number {
   let a = 0;
+  let x = 0;
+  const mem = new Array<number>(16).fill(0);
   for (let pc = 0; pc < program.length; pc++) {
     const { code, jt, jf, k } = program[pc]!;
     switch (code) {
@@ -30,6 +32,31 @@ export function runBpf(program: readonly BpfInsn[], packet: Uint8Array): number 
       case 0x30: // ldb [k]
         if (k + 1 > packet.length) return 0;
         a = packet[k]!;
+        break;
+      case 0x50: // ldb [x + k]
+        if (x + k + 1 > packet.length) return 0;
+        a = packet[x + k]!;
+        break;
+      case 0x00: // ld #k
+        a = k >>> 0;
+        break;
+      case 0x01: // ldx #k
+        x = k >>> 0;
+        break;
+      case 0x61: // ldx M[k]
+        x = mem[k]!;
+        break;
+      case 0x02: // st M[k]
+        mem[k] = a;
+        break;
+      case 0x04: // add #k
+        a = (a + k) >>> 0;
+        break;
+      case 0x0c: // add x
+        a = (a + x) >>> 0;
+        break;
+      case 0x64: // lsh #k
+        a = (a << k) >>> 0;
         break;
       case 0x54: // and #k
         a = (a & k) >>> 0;

@@ -11,6 +11,9 @@
 //   {"op":"drops"}                            -> {"ok":true,"drops":{"vnet1":N,…}}
 //   {"op":"save"}                             -> {"ok":true,"iptables":"…","ipset":"…"}
 //   {"op":"purge"}                            -> {"ok":true,"removed":[…]}
+//   {"op":"watch"}                            -> {"ok":true}            (watchHooks: repairs kept for "repairs")
+//   {"op":"repairs"}                          -> {"ok":true,"repairs":[{"at":ms,"changes":[…]},…]}
+//   {"op":"reasons"}                          -> {"ok":true,"drops":{"vnet1":{"mac":N,…},…},"membership":{…}}
 // Failures answer {"ok":false,"error":"…"}; the driver keeps running.
 // DataplaneDriver below is the test side of that protocol.
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
@@ -31,7 +34,10 @@ type Request =
   | { op: "tidy" }
   | { op: "drops" }
   | { op: "save" }
-  | { op: "purge" };
+  | { op: "purge" }
+  | { op: "watch" }
+  | { op: "repairs" }
+  | { op: "reasons" };
 
 type Answer = { ok: true; [key: string]: unknown } | { ok: false; error: string };
 
@@ -43,6 +49,8 @@ async function serve(variant: DriverBackend, bridges: string[], portPrefix: stri
       : new IptablesBackend(variant, { bridges, portPrefix }, FROM_NFTABLES);
   // the tests' hypervisor turns bridge-nf on itself; prepare() also removes the other backend's objects
   await backend.prepare();
+  const repairs: { at: number; changes: string[] }[] = [];
+  let watch: { stop(): void } | undefined;
   const handle = async (request: Request): Promise<Answer> => {
     switch (request.op) {
       case "reconcile":
@@ -67,7 +75,18 @@ async function serve(variant: DriverBackend, bridges: string[], portPrefix: stri
           ipset: (await execRaw("ipset", ["save"])).stdout,
         };
       case "purge":
+        watch?.stop();
+        watch = undefined;
         return { ok: true, removed: await purgeAll() };
+      case "watch":
+        if (!backend.watchHooks) return { ok: false, error: "this backend has no hook watch" };
+        watch ??= backend.watchHooks((changes) => repairs.push({ at: Date.now(), changes }));
+        return { ok: true };
+      case "repairs":
+        return { ok: true, repairs: repairs.splice(0) };
+      case "reasons":
+        if (!backend.dropsByReason) return { ok: false, error: "this backend has no dropsByReason" };
+        return { ok: true, drops: Object.fromEntries(await backend.dropsByReason()), membership: backend.membership?.() };
       default:
         return { ok: false, error: `unknown op ${JSON.stringify((request as { op?: unknown }).op)}` };
     }
@@ -165,6 +184,21 @@ export class DataplaneDriver {
   async save(): Promise<{ iptables: string; ipset: string }> {
     const answer = await this.request({ op: "save" });
     return { iptables: answer.iptables as string, ipset: answer.ipset as string };
+  }
+
+  /** start the backend's hook watch (it repairs displaced jumps by itself) */
+  async watch(): Promise<void> {
+    await this.request({ op: "watch" });
+  }
+
+  /** the watch's repairs since the last call, with the time (ms since the epoch) of each */
+  async repairs(): Promise<{ at: number; changes: string[] }[]> {
+    return (await this.request({ op: "repairs" })).repairs as { at: number; changes: string[] }[];
+  }
+
+  async reasons(): Promise<{ drops: Record<string, Record<string, number>>; membership?: { mode: string; detail: string } }> {
+    const answer = await this.request({ op: "reasons" });
+    return { drops: answer.drops as Record<string, Record<string, number>>, membership: answer.membership as { mode: string; detail: string } | undefined };
   }
 
   async purge(): Promise<string[]> {

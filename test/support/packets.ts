@@ -16,7 +16,7 @@ import { PATIENCE } from "./patience.js";
 const PKT = join(dirname(fileURLToPath(import.meta.url)), "pkt.py");
 const PYTHON = "/usr/bin/python3";
 
-export type PacketKind = "echo" | "ra" | "redirect" | "rr" | "ns" | "na" | "mld" | "mld1" | "udp" | "udp4" | "solicit";
+export type PacketKind = "echo" | "ra" | "redirect" | "rr" | "ns" | "na" | "mld" | "mld1" | "mldq" | "udp" | "udp4" | "solicit";
 
 /** a namespace (or its name) and an interface in it */
 export interface Endpoint {

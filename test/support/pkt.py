@@ -14,7 +14,7 @@
 
 KIND: echo (ICMPv6 128), ra (134), redirect (137), rr (138, Router Renumbering), ns (135; the
 target defaults to --dst, and a multicast --dst may be left to the solicited-node group of
---target by passing --dst auto), na (136), mld (MLDv2 report, 143), mld1 (MLDv1 report, 131),
+--target by passing --dst auto), na (136), mld (MLDv2 report, 143), mld1 (MLDv1 report, 131), mldq (MLDv1 query, 130),
 udp (UDP over IPv6), udp4 (UDP over IPv4; --src/--dst are IPv4 addresses), solicit (a DHCPv6
 SOLICIT from port 546 to 547 with a DUID-LL client id of --src-mac and one IA_NA; the marker in an
 option of an unassigned code).
@@ -117,6 +117,9 @@ def icmp6(kind, args, marker, src, dst):
         group = solicited_node(ip6(args.target)) if args.target else ip6("ff02::1:ff00:1")
         record = struct.pack("!BBH", 4, 0, 0) + group
         return 143, struct.pack("!HH", 0, 1) + record + marker
+    if kind == "mldq":
+        # MLDv1 General Query: max response delay 1 ms, the unspecified group
+        return 130, struct.pack("!HH", 1, 0) + b"\0" * 16 + marker
     if kind == "mld1":
         group = solicited_node(ip6(args.target)) if args.target else ip6("ff02::1:ff00:1")
         return 131, struct.pack("!HH", 0, 0) + group + marker
@@ -304,7 +307,7 @@ def main():
         p.add_argument("--dst-mac")
         p.add_argument("--src", required=True)
         p.add_argument("--dst", required=True)
-        p.add_argument("--kind", required=True, choices=["echo", "ra", "redirect", "rr", "ns", "na", "mld", "mld1", "udp", "udp4", "solicit"])
+        p.add_argument("--kind", required=True, choices=["echo", "ra", "redirect", "rr", "ns", "na", "mld", "mld1", "mldq", "udp", "udp4", "solicit"])
         p.add_argument("--target")
         p.add_argument("--sport", type=int, default=40000)
         p.add_argument("--dport", type=int, default=9)

@@ -19,6 +19,12 @@ KIND
   ns-dad        DAD probe: Neighbor Solicitation from :: for --target (--src is ignored),
                 sent to the target's solicited-node group
   echo          ICMPv6 Echo Request (with --vlan: IPv6 behind one or more VLAN tags)
+  ra            a plain Router Advertisement (with --vlan 8100:0: priority-tagged)
+  ra-frag-2dst  RA in two fragments; the first ends between two Destination Options headers
+                ([Frag][DestOpts 32] | [DestOpts 16][RA])
+  dhcp-frag-2dst UDP 547 -> 546 the same way ([Frag][DestOpts 32] | [DestOpts 16][UDP])
+  mld-query     MLDv1 General Query (130) with a Router Alert hop-by-hop header, max delay 1 ms
+  arp           ARP request (who-has 10.0.0.1 tell 10.0.0.66) from --src-mac, broadcast
 --vlan TPID:VID (repeatable, outermost first) puts 802.1Q/802.1ad tags in front of any kind.
 The marker is in every frame (in a skippable Destination Option, or an ND option of type 253 that
 receivers ignore), so receivers still accept the message; in the fragmented kinds the first
@@ -113,6 +119,10 @@ def build(args):
         dst_mac = b"\x33\x33" + dst[12:]
         return [dst_mac + src_mac + tags(args) + struct.pack("!H", ETH_P_IPV6) + f for f in frames]
 
+    if kind == "arp":
+        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + src_mac + socket.inet_aton("10.0.0.66") + b"\0" * 6 + socket.inet_aton("10.0.0.1")
+        return [b"\xff" * 6 + src_mac + tags(args) + struct.pack("!H", 0x0806) + arp + marker]
+
     src = ip6(args.src)
     dst = ip6(args.dst)
     if kind == "echo":
@@ -126,6 +136,24 @@ def build(args):
             body += struct.pack("!BB", 2, 1) + mac_bytes(args.tlla)
         msg = l4(src, dst, NH_ICMPV6, struct.pack("!BBH", 136, 0, 0) + body + marker_option(marker), 2)
         frames = [ipv6_header(NH_ICMPV6, len(msg), 255, src, dst) + msg]
+    elif kind == "ra":
+        ra = ra_message(src, dst, args.src_mac, args.router_lifetime, marker)
+        frames = [ipv6_header(NH_ICMPV6, len(ra), 255, src, dst) + ra]
+    elif kind in ("ra-frag-2dst", "dhcp-frag-2dst"):
+        first_opts = dest_opts(NH_DSTOPTS, marker + b"/1", 32)
+        if kind == "ra-frag-2dst":
+            upper = ra_message(src, dst, args.src_mac, args.router_lifetime, marker + b"/2")
+            second_opts = dest_opts(NH_ICMPV6, b"", 16)
+        else:
+            data = b"\x07" + b"\0" * 3 + marker + b"/2"
+            upper = l4(src, dst, NH_UDP, struct.pack("!HHHH", 547, 546, 8 + len(data), 0) + data, 6)
+            second_opts = dest_opts(NH_UDP, b"", 16)
+        frames = fragments(src, dst, 255, NH_DSTOPTS, b"", first_opts + second_opts + upper, len(first_opts))
+    elif kind == "mld-query":
+        # Hop-by-Hop: Router Alert (MLD) and PadN, 8 bytes; then MLDv1 General Query, max delay 1 ms
+        hbh = struct.pack("!BBBBHBB", NH_ICMPV6, 0, 5, 2, 0, 1, 0)
+        msg = l4(src, dst, NH_ICMPV6, struct.pack("!BBHHH", 130, 0, 0, 1, 0) + b"\0" * 16, 2)
+        frames = [ipv6_header(0, len(hbh) + len(msg), 1, src, dst) + hbh + msg]
     elif kind == "ra-ext":
         ra = ra_message(src, dst, args.src_mac, args.router_lifetime, marker)
         payload = dest_opts(NH_ICMPV6, b"", 8) + ra
@@ -183,7 +211,8 @@ def main():
     p.add_argument("--src", default="::")
     p.add_argument("--dst", default="ff02::1")
     p.add_argument("--kind", required=True,
-                   choices=["ra-ext", "ra-frag", "ra-frag-split", "ra-frag-whole", "dhcp-frag", "na", "ns-dad", "echo"])
+                   choices=["ra-ext", "ra-frag", "ra-frag-split", "ra-frag-whole", "dhcp-frag", "na", "ns-dad", "echo",
+                            "ra", "ra-frag-2dst", "dhcp-frag-2dst", "mld-query", "arp"])
     p.add_argument("--vlan", action="append", help="TPID:VID, e.g. 8100:5 (repeatable, outermost first)")
     p.add_argument("--target")
     p.add_argument("--tlla")

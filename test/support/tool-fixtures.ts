@@ -21,7 +21,7 @@ export const DRIFT = {
   missingRulePort: "vnet1",
   /** a rule no sg6 writer made, first in sg6-port / sg6-l2 */
   extraIp6tables: "-s 2001:db8::/32 -j ACCEPT",
-  /** vnet2's layer-2 RETURN rule names another MAC */
+  /** vnet2's layer-2 rule names another MAC (and a rule no sg6 writer made is first in sg6-l2; sg6-l2-mac lost its DROP) */
   changedL2Port: "vnet2",
   changedL2Mac: "52:54:00:00:00:99",
   /** a set member removed */

@@ -5,6 +5,8 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import {
   CHAIN_L2,
+  CHAIN_L2_MAC,
+  L2_MAC_RULES,
   isL2PortRule,
   l2ForeignRules,
   l2Jump,
@@ -12,10 +14,13 @@ import {
   l2PortRules,
   parseEbtablesSave,
   parseL2Drops,
+  parseL2TaggedDrops,
   planL2,
   purgeL2,
+  unknownL2Rules,
   type L2Snapshot,
 } from "../../src/core/ebtables-rules.js";
+import { parseCountSet } from "../../src/shell/iptables.js";
 
 const SCOPE = { bridges: ["cloudbr0"], portPrefix: "vnet" };
 const BOUND = new Set([...l2PortRules("vnet3", "52:54:00:12:34:56"), ...l2PortRules("vnet4", "52:54:00:AB:CD:EF")]);
@@ -30,8 +35,10 @@ function save(rules: string[], hook = [JUMP, "-A PREROUTING -i eth0 -j ACCEPT"],
     ":OUTPUT ACCEPT",
     ":POSTROUTING ACCEPT",
     `:${CHAIN_L2} ${policy}`,
+    `:${CHAIN_L2_MAC} RETURN`,
     ...hook,
     ...rules,
+    ...L2_MAC_RULES,
     "# Completed on Thu Dec  3 09:00:11 2026",
     "",
   ].join("\n");
@@ -41,20 +48,24 @@ const converged = () => save([...[...BOUND].sort(), ...L2_TAIL]);
 
 const l2 = suite("ebtables layer 2");
 
-l2("a bound port's rules: IPv6 with another MAC dropped (counted), with its own MAC on; MACs lower case", () => {
-  assert.equal(l2PortRules("vnet4", "52:54:00:AB:CD:EF"), [
-    "-A sg6-l2 -p IPv6 -s ! 52:54:00:ab:cd:ef -i vnet4 -j DROP",
-    "-A sg6-l2 -p IPv6 -s 52:54:00:ab:cd:ef -i vnet4 -j RETURN",
-  ]);
+l2("a bound port's rule: any protocol with another MAC goes to sg6-l2-mac (logged, dropped, counted); MACs lower case", () => {
+  assert.equal(l2PortRules("vnet4", "52:54:00:AB:CD:EF"), ["-A sg6-l2 -s ! 52:54:00:ab:cd:ef -i vnet4 -j sg6-l2-mac"]);
   assert.ok([...BOUND].every(isL2PortRule));
   assert.not.ok(L2_TAIL.some(isL2PortRule));
-  assert.equal(L2_TAIL, ["-A sg6-l2 -p 802_1Q -j DROP", "-A sg6-l2 -p S-TAG -j DROP", "-A sg6-l2 -p IPv6 -j DROP"]);
+  assert.equal(L2_TAIL, [
+    '-A sg6-l2 -p 802_1Q --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 tagged" --nflog-group 6 -j CONTINUE',
+    "-A sg6-l2 -p 802_1Q -j DROP",
+    '-A sg6-l2 -p S-TAG --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 tagged" --nflog-group 6 -j CONTINUE',
+    "-A sg6-l2 -p S-TAG -j DROP",
+  ]);
+  assert.equal(L2_MAC_RULES, ['-A sg6-l2-mac --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 mac" --nflog-group 6 -j CONTINUE', "-A sg6-l2-mac -j DROP"]);
+  assert.not.ok([...BOUND, ...L2_TAIL].some((rule) => /-j (RETURN|ACCEPT)$/.test(rule)), "nothing in sg6-l2 lets a frame skip a later rule");
   assert.is(JUMP, "-A PREROUTING -i vnet+ -j sg6-l2");
 });
 
-l2("from nothing: the chain with its rules and tail, then the jump, all in the run before ip6tables", () => {
+l2("from nothing: sg6-l2-mac, the chain with its rules and tail, then the jump, all in the run before ip6tables", () => {
   const plan = planL2({ hook: [], chains: new Map() }, BOUND, [], "vnet");
-  assert.equal(plan.before, [`:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL, "-I PREROUTING 1 -i vnet+ -j sg6-l2"]);
+  assert.equal(plan.before, [`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES, `:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL, "-I PREROUTING 1 -i vnet+ -j sg6-l2"]);
   assert.equal(plan.after, []);
 });
 
@@ -74,17 +85,21 @@ l2("a port goes before ip6tables changes, a port comes after; the rest does not 
   assert.equal(back.after, l2PortRules("vnet4", "52:54:00:ab:cd:ef").map((r) => r.replace(`-A ${CHAIN_L2} `, `-I ${CHAIN_L2} 1 `)).sort());
 });
 
-l2("ports of bridges sg6 does not guard get a RETURN each (the kernel has no --logical-in here)", () => {
+l2("no port is exempt by name (a port that moves onto a guarded bridge keeps its name): an old exemption goes", () => {
   const links = [
     { ifindex: 5, ifname: "vnet3", master: "cloudbr0" },
     { ifindex: 9, ifname: "vnet9", master: "cloudbr9" },
-    { ifindex: 3, ifname: "eth0", master: "cloudbr9" },
   ];
-  const foreign = l2ForeignRules(links, SCOPE);
-  assert.equal(foreign, ["-A sg6-l2 -i vnet9 -j RETURN"]);
-  const plan = planL2(parseEbtablesSave(converged()), BOUND, foreign, "vnet");
-  assert.equal(plan.after, ["-I sg6-l2 1 -i vnet9 -j RETURN"]);
-  assert.not.ok(isL2PortRule(foreign[0]!));
+  assert.equal(l2ForeignRules(links, SCOPE), []);
+  const plan = planL2(parseEbtablesSave(save(["-A sg6-l2 -i vnet9 -j RETURN", ...[...BOUND].sort(), ...L2_TAIL])), BOUND, l2ForeignRules(links, SCOPE), "vnet");
+  assert.equal(plan.before, ["-D sg6-l2 -i vnet9 -j RETURN"]);
+});
+
+l2("the earlier layout (IPv6-only MAC rules, a RETURN per port, an IPv6 tail) is rewritten in one run", () => {
+  const old = ["-A sg6-l2 -p IPv6 -s ! 52:54:00:12:34:56 -i vnet3 -j DROP", "-A sg6-l2 -p IPv6 -s 52:54:00:12:34:56 -i vnet3 -j RETURN", "-A sg6-l2 -p 802_1Q -j DROP", "-A sg6-l2 -p S-TAG -j DROP", "-A sg6-l2 -p IPv6 -j DROP"];
+  const text = save(old).replace(`:${CHAIN_L2_MAC} RETURN\n`, "").replace(L2_MAC_RULES.join("\n") + "\n", "");
+  const plan = planL2(parseEbtablesSave(text), BOUND, [], "vnet");
+  assert.equal(plan.before, [`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES, `:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL]);
 });
 
 l2("drift: a rogue rule among the port rules is removed (before ip6tables changes)", () => {
@@ -96,7 +111,7 @@ l2("drift: a missing or doubled tail rule, or another policy, rewrites the chain
   for (const text of [
     save([...[...BOUND].sort(), ...L2_TAIL.slice(0, 2)]),
     save([...[...BOUND].sort(), ...L2_TAIL], undefined, "ACCEPT"),
-    save([...[...BOUND].sort(), ...L2_TAIL, ...L2_TAIL.slice(2)]),
+    save([...[...BOUND].sort(), ...L2_TAIL, ...L2_TAIL.slice(3)]),
   ]) {
     const plan = planL2(parseEbtablesSave(text), BOUND, [], "vnet");
     assert.equal(plan.before, [`:${CHAIN_L2} RETURN`, ...[...BOUND].sort(), ...L2_TAIL], text);
@@ -119,10 +134,51 @@ l2("drift: the jump not first, doubled or gone is put back first and single; str
   assert.equal(planL2(stray, BOUND, [], "vnet").after, ["-F sg6-old", "-X sg6-old"]);
 });
 
-l2("drop counters per port from ebtables-nft-save -c; purge removes jump and chains", () => {
-  const counted = ["[5:300] -A sg6-l2 -p IPv6 -s ! 52:54:00:12:34:56 -i vnet3 -j DROP", "[2:120] -A sg6-l2 -p IPv6 -s 52:54:00:12:34:56 -i vnet3 -j RETURN", "[7:1] -A sg6-l2 -p IPv6 -j DROP"];
+l2("drop counters per port from ebtables-nft-save -c, tagged drops all together; purge removes jump and chains", () => {
+  const counted = [
+    "[5:300] -A sg6-l2 -s ! 52:54:00:12:34:56 -i vnet3 -j sg6-l2-mac",
+    '[9:900] -A sg6-l2 -p 802_1Q --limit 10/sec --limit-burst 5 --nflog-prefix "sg6 tagged" --nflog-group 6 -j CONTINUE',
+    "[9:900] -A sg6-l2 -p 802_1Q -j DROP",
+    "[2:100] -A sg6-l2 -p S-TAG -j DROP",
+    "[5:300] -A sg6-l2-mac -j DROP",
+  ];
   assert.equal([...parseL2Drops(counted.join("\n"))], [["vnet3", 5]]);
-  assert.equal(purgeL2(parseEbtablesSave(converged())), ["-D PREROUTING -i vnet+ -j sg6-l2", `-F ${CHAIN_L2}`, `-X ${CHAIN_L2}`]);
+  assert.is(parseL2TaggedDrops(counted.join("\n")), 11);
+  assert.equal(purgeL2(parseEbtablesSave(converged())), ["-D PREROUTING -i vnet+ -j sg6-l2", `-F ${CHAIN_L2}`, `-F ${CHAIN_L2_MAC}`, `-X ${CHAIN_L2}`, `-X ${CHAIN_L2_MAC}`]);
+});
+
+l2("read back by meaning: Debian 13's spelling (`! -s`, MAC case) of the port rules and sg6-l2-mac is in sync; counters too", () => {
+  const trixie = converged().replace(/-s ! (\S+)/g, (_all, mac: string) => `! -s ${mac.toUpperCase()}`);
+  assert.match(trixie, /! -s 52:54:00:AB:CD:EF -i vnet4 -j sg6-l2-mac/);
+  assert.equal(planL2(parseEbtablesSave(trixie), BOUND, [], "vnet"), { before: [], after: [], changes: [] });
+  assert.is(parseEbtablesSave(trixie).chains.get(CHAIN_L2)!.rules.filter(isL2PortRule).length, BOUND.size);
+  const counted = ["[5:300] -A sg6-l2 ! -s 52:54:00:12:34:56 -i vnet3 -j sg6-l2-mac", "[4:1] -A sg6-l2 -p 0x8100 -j DROP", "[3:1] -A sg6-l2 -p s-tag -j DROP", "[7:1] -A sg6-l2 -p 802_1Q -i vnet3 -j DROP"];
+  assert.equal([...parseL2Drops(counted.join("\n"))], [["vnet3", 5]]);
+  assert.is(parseL2TaggedDrops(counted.join("\n")), 7, "the tail's drops by ethertype name or number; not a rule of another shape");
+});
+
+l2("sg6-l2-mac: its rules compared by key; a missing DROP or an unreadable line rewrites it; settled, left alone", () => {
+  const noDrop = converged().replace("-A sg6-l2-mac -j DROP\n", "");
+  const plan = planL2(parseEbtablesSave(noDrop), BOUND, [], "vnet");
+  assert.equal(plan.before, [`:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES]);
+  assert.equal(plan.changes, [`rewrite ebtables chain ${CHAIN_L2_MAC}`]);
+  const odd = "-A sg6-l2-mac -p IPv6 -X 1 -j DROP";
+  const snapshot = parseEbtablesSave(converged().replace("-A sg6-l2-mac -j DROP\n", `-A sg6-l2-mac -j DROP\n${odd}\n`));
+  assert.equal(unknownL2Rules(snapshot), [odd]);
+  assert.equal(planL2(snapshot, BOUND, [], "vnet").changes, [`rewrite ebtables chain ${CHAIN_L2_MAC}`]);
+  assert.equal(planL2(snapshot, BOUND, [], "vnet", new Set([odd])), { before: [], after: [], changes: [] });
 });
 
 l2.run();
+
+const counts = suite("per-port reason counters");
+
+counts("ipset save of a counting set: each port set's packets, by tap", () => {
+  const text = ["create sg6-c-ra-guard list:set size 65536 counters", "add sg6-c-ra-guard sg6-s-vnet1 packets 2 bytes 180", "add sg6-c-ra-guard sg6-s-vnet22 packets 0 bytes 0", "add other x packets 9 bytes 9", ""].join("\n");
+  assert.equal([...parseCountSet(text)], [
+    ["vnet1", 2],
+    ["vnet22", 0],
+  ]);
+});
+
+counts.run();

@@ -11,11 +11,20 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { MAX_SECONDARY } from "../../src/core/event.js";
 import { bindingFor as binding } from "../support/fixtures.js";
-import { CHAIN_L2, l2Jump, L2_TAIL, l2PortRules, parseEbtablesSave, type L2Snapshot } from "../../src/core/ebtables-rules.js";
+import { CHAIN_L2, CHAIN_L2_MAC, L2_MAC_RULES, l2Jump, L2_TAIL, l2PortRules, parseEbtablesSave, type L2Snapshot } from "../../src/core/ebtables-rules.js";
 import {
   CHAIN_DROP,
+  CHAIN_FRAG,
+  COUNTED_REASONS,
+  countSetCreate,
+  countSetName,
+  L3_REASONS,
+  LOG_LIMIT,
+  reasonChain,
   CHAIN_ND,
   hookJumps,
+  hookRepair,
+  l2HookListed,
   ND_DEFAULT,
   ndChainRules,
   ndDispatch,
@@ -30,7 +39,6 @@ import {
   DROP_DEFAULT,
   dropRule,
   emptyContent,
-  forwardJump,
   normalisedCreate,
   parseIpsetSave,
   parseIptablesSave,
@@ -78,8 +86,7 @@ const RULE_A = withId("-A sg6-port -m physdev --physdev-in vnet3 -m mac --mac-so
 const RULE_B = withId("-A sg6-port -m physdev --physdev-in vnet4 -m mac --mac-source 52:54:00:ab:cd:ef -m set --match-set sg6-s-vnet4 src -g sg6-guard");
 const DROP_A = withId("-A sg6-drop -m physdev --physdev-in vnet3 -j DROP");
 const DROP_B = withId("-A sg6-drop -m physdev --physdev-in vnet4 -j DROP");
-const JUMP = withId("-A FORWARD -m physdev --physdev-in vnet+ --physdev-is-bridged -j sg6-fwd");
-const INPUT_JUMP = withId("-A INPUT -m physdev --physdev-in vnet+ -j sg6-fwd");
+const JUMP = withId("-A PREROUTING -m physdev --physdev-in vnet+ -j sg6-fwd");
 const FWD0 = withId("-A sg6-fwd -i cloudbr0 -g sg6-port");
 const ND_A = ndDispatch("vnet3");
 const ND_B = ndDispatch("vnet4");
@@ -97,19 +104,25 @@ const SRC_A = [
 ];
 const SRC_B = ["sg6-s-vnet4 2001:db8:1:0:5054:ff:feab:cdef", "sg6-s-vnet4 ::", "sg6-s-vnet4 fe80::5054:ff:feab:cdef"];
 const members = (src: string[]) => src.map((e) => e.slice(e.indexOf(" ") + 1));
+/** the counting sets (one per reason counted per port) and a port set's memberships of them */
+const COUNT_SETS = COUNTED_REASONS.map(countSetName);
+const COUNT_CREATES = COUNTED_REASONS.map((r) => `create ${countSetCreate(r)}`);
+const memberships = (set: string) => COUNT_SETS.map((c) => `${c} ${set}`).sort();
 /** sg6-guard exactly as the contract lays it out */
 const GUARD = [
-  "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m u32 ! --u32 0x4&0xff00=0x3a00 -g sg6-drop",
+  "-A sg6-guard -m frag --fragfirst -j sg6-frag",
+  "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m u32 ! --u32 0x4&0xff00=0x3a00 -g sg6-r-nd-target",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -g sg6-nd",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 131 -j RETURN",
   "-A sg6-guard -s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 143 -j RETURN",
-  "-A sg6-guard -s ::/128 -g sg6-drop",
-  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 134 -g sg6-drop",
-  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 137 -g sg6-drop",
-  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 138 -g sg6-drop",
-  "-A sg6-guard -p udp -m udp --dport 546 -g sg6-drop",
-  "-A sg6-guard -p udp -m udp --sport 547 -g sg6-drop",
-  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m u32 ! --u32 0x4&0xff00=0x3a00 -g sg6-drop",
+  "-A sg6-guard -s ::/128 -g sg6-r-source",
+  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 134 -g sg6-r-ra-guard",
+  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 137 -g sg6-r-ra-guard",
+  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 138 -g sg6-r-ra-guard",
+  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 130 -g sg6-r-mld-query",
+  "-A sg6-guard -p udp -m udp --dport 546 -g sg6-r-dhcpv6",
+  "-A sg6-guard -p udp -m udp --sport 547 -g sg6-r-dhcpv6",
+  "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m u32 ! --u32 0x4&0xff00=0x3a00 -g sg6-r-nd-target",
   "-A sg6-guard -p ipv6-icmp -m icmp6 --icmpv6-type 136 -g sg6-nd",
   "-A sg6-guard -p tcp -m tcp -j RETURN",
 ].map(withId);
@@ -130,14 +143,12 @@ interface Kernel {
 function foreignHost(): Kernel {
   return {
     filter: new Map([
-      ["INPUT", []],
-      ["FORWARD", ["-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "-A FORWARD -j cs-fwd"]],
+      ["PREROUTING", ["-A PREROUTING -m rpfilter --invert -j DROP", "-A PREROUTING -j cs-raw"]],
       ["OUTPUT", []],
-      ["cs-fwd", ["-A cs-fwd -i cloudbr0 -j ACCEPT"]],
+      ["cs-raw", ["-A cs-raw -i cloudbr0 -j CT --notrack"]],
     ]),
     policies: new Map([
-      ["INPUT", "ACCEPT"],
-      ["FORWARD", "DROP"],
+      ["PREROUTING", "ACCEPT"],
       ["OUTPUT", "ACCEPT"],
     ]),
     sets: new Map([["cs-v6", { create: "cs-v6 hash:ip family inet6 hashsize 1024 maxelem 65536 counters", entries: new Set(["2001:db8::1"]) }]]),
@@ -237,6 +248,8 @@ function ipsetRestore(k: Kernel, script: string): void {
     if (!set) throw new Error(`ipset: no set ${name} (${line})`);
     if (op === "destroy") {
       assert.is(rest.length, 0, line);
+      const lists = [...k.sets].filter(([, s]) => / list:set /.test(` ${s.create} `) && s.entries.has(name!)).map(([n]) => n);
+      if (lists.length) throw new Error(`ipset: set ${name} cannot be destroyed: it is a member of ${lists[0]}`);
       const users = rulesNaming(k, name!);
       if (users.length) throw new Error(`ipset: set ${name} cannot be destroyed: it is in use by a kernel component (${users[0]})`);
       k.sets.delete(name!);
@@ -247,6 +260,7 @@ function ipsetRestore(k: Kernel, script: string): void {
     if (op === "add") {
       if (set.entries.has(entry)) throw new Error(`ipset: ${entry} already in ${name}`);
       if (/ hash:net family inet6 /.test(set.create) && !INET6_MEMBER.test(entry)) throw new Error(`ipset: ${entry} is not an IPv6 address or prefix`);
+      if (/ list:set /.test(` ${set.create} `) && !k.sets.has(entry)) throw new Error(`ipset: ${entry} is not a set`);
       const maxelem = Number(/ maxelem (\d+)/.exec(set.create)?.[1] ?? 65536);
       if (set.entries.size >= maxelem) throw new Error(`ipset: ${name} is full`);
       set.entries.add(entry);
@@ -260,7 +274,7 @@ function ipsetRestore(k: Kernel, script: string): void {
 function iptablesRestore(k: Kernel, script: string): void {
   if (script === "") return;
   const lines = script.split("\n");
-  assert.is(lines[0], "*filter");
+  assert.is(lines[0], "*raw");
   assert.is(lines.at(-1), "", "ends with a newline");
   assert.is(lines.at(-2), "COMMIT");
   const body = lines.slice(1, -2);
@@ -324,8 +338,13 @@ function iptablesSave(k: Kernel): string {
     "# Completed on Mon Jan  5 10:00:00 2026",
     "# Generated by ip6tables-save v1.8.9 (nf_tables) on Mon Jan  5 10:00:00 2026",
     "*filter",
+    ":FORWARD ACCEPT [0:0]",
+    ":sg6-fwd - [0:0]",
+    "-A FORWARD -j sg6-fwd",
+    "COMMIT",
+    "*raw",
   ];
-  for (const chain of k.filter.keys()) out.push(`:${chain} ${k.policies.get(chain) ?? "-"} [${chain === "FORWARD" ? "1234:567890" : "0:0"}]`);
+  for (const chain of k.filter.keys()) out.push(`:${chain} ${k.policies.get(chain) ?? "-"} [${chain === "PREROUTING" ? "1234:567890" : "0:0"}]`);
   for (const rules of k.filter.values()) out.push(...rules);
   out.push("COMMIT", "# Completed on Mon Jan  5 10:00:00 2026", "");
   return out.join("\n");
@@ -462,7 +481,7 @@ function ndRuleAccepts(line: string, target: string): boolean {
   }
   throw new Error(`the ND model does not know ${line}`);
 }
-const ND_END = /^-A (\S+) -m comment --comment sg6:\S+ -g sg6-drop$/;
+const ND_END = /^-A (\S+) -m comment --comment sg6:\S+ -g sg6-r-nd-target$/;
 /** targets tried: the first address of every source the tests use, and some owned by nobody */
 const ND_CANDIDATES = ["fe80::5054:ff:fe12:3456", "2001:db8:1:0:5054:ff:fe12:3456", "2001:db8:1::10", "2001:db8:1::11", "2001:db8:ff00:120::", "2001:db8:ff00:12f:ffff::1",
   "2001:db8:ff00:130::1", "fe80::5054:ff:feab:cdef", "2001:db8:1:0:5054:ff:feab:cdef", "fe80::5054:ff:fe00:1", "2001:db8:1:0:5054:ff:fe00:1", "2001:db8:1::12", "fe80::1", "2001:db8:ff00:140::1"];
@@ -505,7 +524,7 @@ render("a binding renders to one port rule naming its own set, one counting drop
   assert.equal([...content.portRules], [RULE_A]);
   assert.equal([...content.dropRules], [DROP_A]);
   assert.equal([...content.portSets], [SET_A]);
-  assert.equal([...content.srcEntries].sort(), SRC_A);
+  assert.equal([...content.srcEntries].sort(), [...SRC_A, ...memberships(SET_A)].sort(), "its sources, and its set in each counting set");
   assert.is(portRule("vnet4", "52:54:00:AB:CD:EF"), RULE_B, "MACs are printed lower case, as ip6tables-save does");
   assert.is(dropRule("vnet4"), DROP_B);
   assert.is(portSetName("vnet4"), SET_B);
@@ -515,20 +534,29 @@ render("a binding renders to one port rule naming its own set, one counting drop
   assert.is(normalisedCreate(CREATE_A), "sg6-s-vnet3 hash:net family inet6 maxelem 64", "hashsize is the kernel's business");
   assert.is(setEntry("2001:db8:1::10/128"), "2001:db8:1::10", "/128 printed bare, as ipset save does");
   assert.is(setEntry("2001:db8:ff00:120::/60"), "2001:db8:ff00:120::/60");
-  assert.is(forwardJump("vnet"), JUMP);
   assert.equal(renderContent([]), emptyContent());
 });
 
-render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per bridge", () => {
+render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per bridge, a logging chain per reason", () => {
   const scaffold = scaffoldRules(OPTIONS);
-  assert.equal(Object.keys(scaffold).sort(), [CHAIN_FWD, CHAIN_GUARD]);
+  const reasons = L3_REASONS.map(reasonChain);
+  assert.equal(Object.keys(scaffold).sort(), [CHAIN_FRAG, CHAIN_FWD, CHAIN_GUARD, ...reasons].sort());
   assert.equal(scaffold[CHAIN_GUARD], GUARD);
   assert.equal(scaffold[CHAIN_FWD], [FWD0]);
-  assert.equal(CHAINS, [CHAIN_DROP, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD], "created so that every jump target exists first");
-  assert.is(PORT_DEFAULT, withId("-A sg6-port -j sg6-drop"));
+  assert.equal(CHAINS, [CHAIN_DROP, ...reasons, CHAIN_FRAG, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD], "created so that every jump target exists first");
+  assert.is(PORT_DEFAULT, withId("-A sg6-port -g sg6-r-source"));
   assert.is(DROP_DEFAULT, withId("-A sg6-drop -j DROP"));
-  assert.is(ND_DEFAULT, withId("-A sg6-nd -j sg6-drop"));
-  assert.equal(hookJumps("vnet"), { FORWARD: JUMP, INPUT: INPUT_JUMP }, "bridged frames and frames to the hypervisor's own stack");
+  assert.is(ND_DEFAULT, withId("-A sg6-nd -g sg6-r-nd-target"));
+  assert.equal(hookJumps("vnet"), { PREROUTING: JUMP }, "one jump in raw PREROUTING: bridged, routed and delivered frames");
+  assert.equal(scaffold["sg6-r-ra-guard"], [
+    rule("sg6-r-ra-guard", "-m set --match-set sg6-c-ra-guard src", ""),
+    rule("sg6-r-ra-guard", LOG_LIMIT, '-j NFLOG --nflog-prefix "sg6 ra-guard" --nflog-group 6'),
+    withId("-A sg6-r-ra-guard -g sg6-drop"),
+  ], "counted for its port, logged to group 6 (rate-limited), then counted and dropped");
+  assert.equal(scaffold["sg6-r-nd-target"]![0], rule("sg6-r-nd-target", "! -s ::/128 -m set --match-set sg6-c-nd-target src", ""), "a DAD probe (from ::, in every set) is not counted per port");
+  assert.equal(scaffold["sg6-r-source"]!.length, 2, "a foreign source is in no set of its port: counted as the rest");
+  assert.match(scaffold[CHAIN_FRAG]![0]!, /^-A sg6-frag -m bpf --bytecode "\d+,[0-9 ,]+" -m comment --comment sg6:\S+ -j RETURN$/);
+  assert.is(scaffold[CHAIN_FRAG]![1], withId("-A sg6-frag -g sg6-r-fragment"));
 });
 
 render("ND targets: one dispatch rule per port in sg6-nd, and a chain of the port's own that accepts only its targets", () => {
@@ -537,7 +565,7 @@ render("ND targets: one dispatch rule per port in sg6-nd, and a chain of the por
   assert.ok(portNdChain("v".repeat(15)).length <= 28, "the longest tap name still makes a valid chain name");
   assert.is(NDC_A.length, 2, "five sources fit one program");
   assert.match(NDC_A[0]!, /^-A sg6-nd-vnet3 -m bpf --bytecode "\d+,[0-9 ,]+" -m comment --comment sg6:\S+ -j RETURN$/);
-  assert.is(NDC_A[1], rule("sg6-nd-vnet3", "", "-g sg6-drop"), "any other target: dropped (and counted)");
+  assert.is(NDC_A[1], rule("sg6-nd-vnet3", "", "-g sg6-r-nd-target"), "any other target: dropped (and counted)");
   const content = renderContent([VM_A, VM_B]);
   assert.equal([...content.ndRules].sort(), [ND_A, ND_B]);
   assert.equal([...content.ndChains.keys()].sort(), ["sg6-nd-vnet3", "sg6-nd-vnet4"]);
@@ -554,36 +582,36 @@ render("the largest binding an event may carry fits its port set", () => {
   const secondary = Array.from({ length: MAX_SECONDARY }, (_, i) => `2001:db8:1::${(0x100 + i).toString(16)}`);
   const big = binding("vm-big", "vnet7", { mac: "52:54:00:00:00:77", network: "2001:db8:1::/64", delegated: "2001:db8:ff00:130::/60", secondary });
   const content = renderContent([big]);
-  assert.is(content.srcEntries.size, MAX_SECONDARY + 4, ":: + link-local + SLAAC + secondaries + delegated");
+  assert.is(content.srcEntries.size, MAX_SECONDARY + 4 + COUNT_SETS.length, ":: + link-local + SLAAC + secondaries + delegated, and the memberships");
   const k = converged(content);
   assert.is(k.sets.get(portSetName("vnet7"))!.entries.size, MAX_SECONDARY + 4);
   assert.equal(planChange(read(k), content, OPTIONS), NOTHING);
 });
 
-render("parseIptablesSave keeps the filter table's FORWARD and sg6 chains, empty ones too", () => {
+render("parseIptablesSave keeps the raw table's PREROUTING and sg6 chains, empty ones too", () => {
   const text = [
     "# Generated by ip6tables-save v1.8.9 (nf_tables)",
     "*mangle",
-    ":FORWARD ACCEPT [0:0]",
+    ":PREROUTING ACCEPT [0:0]",
     ":sg6-decoy - [0:0]",
-    "-A FORWARD -j MARK --set-xmark 0x1/0xffffffff",
+    "-A PREROUTING -j MARK --set-xmark 0x1/0xffffffff",
     "COMMIT",
-    "*filter",
-    ":INPUT ACCEPT [10:100]",
-    ":FORWARD DROP [0:0]",
+    "*raw",
+    ":PREROUTING ACCEPT [10:100]",
+    ":OUTPUT ACCEPT [0:0]",
     ":sg6-port - [0:0]",
     ":sg6-fwd - [0:0]",
-    ":cs-fwd - [0:0]",
-    `-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+    ":cs-raw - [0:0]",
+    `-A PREROUTING -m rpfilter --invert -j DROP`,
     JUMP,
-    "-A cs-fwd -j ACCEPT",
+    "-A cs-raw -j CT --notrack",
     RULE_A,
     PORT_DEFAULT,
     "COMMIT",
     "",
   ].join("\n");
   const parsed = parseIptablesSave(text);
-  assert.equal(parsed.hooks.FORWARD, ["-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", JUMP]);
+  assert.equal(parsed.hooks.PREROUTING, ["-A PREROUTING -m rpfilter --invert -j DROP", JUMP]);
   assert.equal([...parsed.chains], [
     ["sg6-port", [RULE_A, PORT_DEFAULT]],
     ["sg6-fwd", []],
@@ -656,13 +684,13 @@ render.run();
 
 const fresh = suite("planChange: from an empty kernel");
 
-fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in one iptables transaction, FORWARD jump inserted last", () => {
-  const script = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, DESIRED, OPTIONS);
+fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in one iptables transaction, PREROUTING jump inserted last", () => {
+  const script = planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, DESIRED, OPTIONS);
   // one ipset run and one ip6tables run from nothing: what the kernel tools alone would need
-  assert.equal(script.ipsetBefore.split("\n"), [`create ${CREATE_A}`, `create ${CREATE_B}`, ...[...SRC_A, ...SRC_B].map((e) => `add ${e}`), ""]);
-  assert.is(script.ipsetAfter, "");
+  assert.equal(script.ipsetBefore.split("\n"), [...COUNT_CREATES, `create ${CREATE_A}`, `create ${CREATE_B}`, ...[...SRC_A, ...SRC_B].map((e) => `add ${e}`), ""]);
+  assert.equal(script.ipsetAfter.split("\n"), [...[...memberships(SET_A), ...memberships(SET_B)].sort().map((e) => `add ${e}`), ""], "port sets join the counting sets once they exist");
   const lines = script.iptables.split("\n");
-  assert.is(lines[0], "*filter");
+  assert.is(lines[0], "*raw");
   assert.equal(lines.slice(-2), ["COMMIT", ""]);
   assert.is(lines.filter((l) => l === "COMMIT").length, 1);
   assert.not.ok(lines.some((l) => /^(create|add|del|destroy) /.test(l)), "no set operation inside the iptables transaction");
@@ -678,21 +706,22 @@ fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in
   // every set a rule names was created before the transaction
   const created = script.ipsetBefore.split("\n").filter((l) => l.startsWith("create ")).map((l) => l.split(" ")[1]);
   const named = lines.flatMap(setsNamed);
-  assert.equal(named, [SET_A, SET_B]);
+  assert.equal(named, [...COUNT_SETS.filter((c) => named.includes(c)), SET_A, SET_B].filter((n) => named.includes(n)));
+  assert.equal([...named].sort(), [...COUNT_SETS, SET_A, SET_B].sort());
   for (const set of named) assert.ok(created.includes(set), `${set} is created before the rule naming it`);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_GUARD} `)), GUARD);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), [FWD0]);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_PORT} `)), [RULE_A, RULE_B, PORT_DEFAULT], "port rules, then the default drop last");
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_DROP} `)), [DROP_A, DROP_B, DROP_DEFAULT], "counting drops, then the default drop last");
-  assert.equal(lines.filter((l) => l.includes("FORWARD")), [`-I FORWARD 1 ${spec(JUMP)}`]);
-  assert.equal(lines.slice(-4, -2), [`-I FORWARD 1 ${spec(JUMP)}`, `-I INPUT 1 ${spec(INPUT_JUMP)}`], "the jumps go in once their chains are complete");
+  assert.equal(lines.filter((l) => l.includes("PREROUTING")), [`-I PREROUTING 1 ${spec(JUMP)}`]);
+  assert.equal(lines.slice(-3, -2), [`-I PREROUTING 1 ${spec(JUMP)}`], "the jump goes in once its chains are complete");
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_ND} `)), [...[ND_A, ND_B].sort(), ND_DEFAULT], "one dispatch per port, then the default drop last");
   assert.equal(lines.filter((l) => l.startsWith("-A sg6-nd-")), [...NDC_A, ...NDC_B], "each port's ND chain");
   for (const chain of ["sg6-nd-vnet3", "sg6-nd-vnet4"]) assert.ok(lines.indexOf(`-N ${chain}`) < lines.findIndex((l) => l.endsWith(`-g ${chain}`)), `${chain} exists before sg6-nd jumps to it`);
   // layer 2: chain, port rules, the tail, then the jump, all before anything of ip6tables
-  assert.equal(script.ebtablesBefore.split("\n"), ["*nat", `:${CHAIN_L2} RETURN`, ...[...L2_A, ...L2_B].sort(), ...L2_TAIL, `-I PREROUTING 1 ${spec(l2Jump("vnet"))}`, ""]);
+  assert.equal(script.ebtablesBefore.split("\n"), ["*nat", `:${CHAIN_L2_MAC} RETURN`, ...L2_MAC_RULES, `:${CHAIN_L2} RETURN`, ...[...L2_A, ...L2_B].sort(), ...L2_TAIL, `-I PREROUTING 1 ${spec(l2Jump("vnet"))}`, ""]);
   assert.is(script.ebtablesAfter, "");
-  for (const change of ["add the FORWARD jump", `create set ${SET_A}`, `create set ${SET_B}`, `add source ${SET_A} ::`, "create chain sg6-guard"]) {
+  for (const change of ["add the PREROUTING jump", `create set ${SET_A}`, `create set ${SET_B}`, `add source ${SET_A} ::`, "create chain sg6-guard"]) {
     assert.ok(script.changes.includes(change), change);
   }
 });
@@ -700,14 +729,14 @@ fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in
 fresh("run on a host with other rules: the jump is first, everything else is left as it was", () => {
   const k = converged();
   const before = foreignHost();
-  assert.equal(k.filter.get("FORWARD"), [JUMP, ...before.filter.get("FORWARD")!]);
+  assert.equal(k.filter.get("PREROUTING"), [JUMP, ...before.filter.get("PREROUTING")!]);
   assert.equal(k.filter.get("cs-fwd"), before.filter.get("cs-fwd"));
   assert.equal(k.sets.get("cs-v6"), before.sets.get("cs-v6"));
   assert.equal(k.filter.get(CHAIN_PORT), [RULE_A, RULE_B, PORT_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_DROP), [DROP_A, DROP_B, DROP_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_GUARD), GUARD);
   assert.equal(k.filter.get(CHAIN_FWD), [FWD0]);
-  assert.equal([...k.sets.keys()], ["cs-v6", SET_A, SET_B]);
+  assert.equal([...k.sets.keys()], ["cs-v6", ...COUNT_SETS, SET_A, SET_B]);
   assert.is(k.sets.get(SET_A)!.create, CREATE_A);
   assert.equal([...k.sets.get(SET_A)!.entries].sort(), members(SRC_A).sort());
   assert.equal([...k.sets.get(SET_B)!.entries].sort(), members(SRC_B).sort());
@@ -720,21 +749,21 @@ fresh("planning again from what the kernel prints changes nothing (though the ke
   assert.equal(planChange(read(k), DESIRED, OPTIONS), NOTHING);
 });
 
-fresh("an empty desired state still installs the fail-closed scaffold, makes no set, and is then stable", () => {
+fresh("an empty desired state still installs the fail-closed scaffold, makes no port set, and is then stable", () => {
   const k = foreignHost();
   const script = reconcile(k, emptyContent());
-  assert.is(script.ipsetBefore + script.ipsetAfter, "");
+  assert.is(script.ipsetBefore + script.ipsetAfter, COUNT_CREATES.map((l) => `${l}\n`).join(""), "only the counting sets");
   assert.equal(k.filter.get(CHAIN_PORT), [PORT_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_DROP), [DROP_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_GUARD), GUARD);
-  assert.is(k.filter.get("FORWARD")![0], JUMP);
-  assert.equal([...k.sets.keys()], ["cs-v6"]);
+  assert.is(k.filter.get("PREROUTING")![0], JUMP);
+  assert.equal([...k.sets.keys()], ["cs-v6", ...COUNT_SETS]);
   assert.equal(planChange(read(k), emptyContent(), OPTIONS), NOTHING);
 });
 
 fresh("two bridges: one sg6-fwd rule each", () => {
   const options = { bridges: ["cloudbr0", "cloudbr1"], portPrefix: "vnet" };
-  const script = planChange({ hooks: { FORWARD: [], INPUT: [] }, chains: new Map(), sets: new Map() }, DESIRED, options);
+  const script = planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, DESIRED, options);
   assert.equal(
     script.iptables.split("\n").filter((l) => l.startsWith("-A sg6-fwd ")),
     [FWD0, withId("-A sg6-fwd -i cloudbr1 -g sg6-port")],
@@ -747,7 +776,7 @@ fresh.run();
 
 const change = suite("planChange and planDelta: one port changes");
 
-const tx = (...lines: string[]) => `*filter\n${lines.join("\n")}\nCOMMIT\n`;
+const tx = (...lines: string[]) => `*raw\n${lines.join("\n")}\nCOMMIT\n`;
 const spec = (rule: string) => rule.split(" ").slice(2).join(" ");
 const ONLY_A = renderContent([VM_A]);
 
@@ -772,7 +801,8 @@ change("a port goes: its rules leave in the transaction, its set is destroyed af
   const l2 = `*nat\n${L2_B.map((r) => `-D sg6-l2 ${spec(r)}`).sort().join("\n")}\n`;
   const nd = `-D sg6-nd ${spec(ND_B)}`;
   const chainGoes = ["-F sg6-nd-vnet4", "-X sg6-nd-vnet4"];
-  assert.equal(c, { ebtablesBefore: l2, ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`, nd, ...chainGoes), ipsetAfter: `destroy ${SET_B}\n`, ebtablesAfter: "", changes: [] });
+  const leave = memberships(SET_B).map((e) => `del ${e}\n`).join("");
+  assert.equal(c, { ebtablesBefore: l2, ipsetBefore: "", iptables: tx(`-D sg6-port ${spec(RULE_B)}`, `-D sg6-drop ${spec(DROP_B)}`, nd, ...chainGoes), ipsetAfter: `${leave}destroy ${SET_B}\n`, ebtablesAfter: "", changes: [] });
   assert.equal(d, { ...c, iptables: tx(`-D sg6-port ${spec(RULE_B)}`, nd, `-D sg6-drop ${spec(DROP_B)}`, ...chainGoes) }, "the same scripts without reading the kernel");
   assert.ok(planChange(read(converged()), ONLY_A, OPTIONS).changes.includes(`destroy set ${SET_B}`));
 });
@@ -780,7 +810,7 @@ change("a port goes: its rules leave in the transaction, its set is destroyed af
 change("a port comes: its set is created and filled before the transaction that makes a rule name it", () => {
   const { change: c, delta: d } = bothPlans(ONLY_A, DESIRED);
   const before = `create ${CREATE_B}\n` + SRC_B.map((e) => `add ${e}\n`).join("");
-  const after = "";
+  const after = memberships(SET_B).map((e) => `add ${e}\n`).join("");
   const l2 = `*nat\n${L2_B.map((r) => `-I sg6-l2 1 ${spec(r)}`).sort().join("\n")}\n`;
   const nd = `-I sg6-nd 1 ${spec(ND_B)}`;
   const chainComes = ["-N sg6-nd-vnet4", ...NDC_B];
@@ -910,7 +940,7 @@ drift("the port rule, drop rule and set of a VM that is gone: the set goes after
   );
 });
 
-drift("a flushed per-port ND chain (its NAs would fall through to FORWARD): refilled", () => {
+drift("a flushed per-port ND chain (its NAs would fall through to PREROUTING): refilled", () => {
   repairs((k) => (k.filter.get("sg6-nd-vnet3")!.length = 0), { iptables: tx("-F sg6-nd-vnet3", ...NDC_A) }, /refill chain sg6-nd-vnet3/);
 });
 
@@ -965,36 +995,36 @@ drift("an upgrade that changes a rule's body rewrites it (its id changes with it
   k.filter.get(CHAIN_GUARD)![4] = oldGuard;
   k.filter.get(CHAIN_PORT)![0] = oldPort;
   const script = planChange(read(k), DESIRED, OPTIONS);
-  assert.ok(script.changes.includes(`rewrite chain ${CHAIN_GUARD} (13 -> 13 rules)`), JSON.stringify(script.changes));
+  assert.ok(script.changes.includes(`rewrite chain ${CHAIN_GUARD} (${GUARD.length} -> ${GUARD.length} rules)`), JSON.stringify(script.changes));
   assert.ok(script.iptables.includes(`-D sg6-port ${spec(oldPort)}`) && script.iptables.includes(`-I sg6-port 1 ${spec(RULE_A)}`), script.iptables);
   run(k, script);
   assert.is(normalised(k), normalised(clean));
   assert.equal(planChange(read(k), DESIRED, OPTIONS), NOTHING);
 });
 
-drift("the FORWARD jump duplicated", () => {
-  repairs((k) => k.filter.get("FORWARD")!.push(JUMP), { iptables: tx(`-D FORWARD ${spec(JUMP)}`, `-D FORWARD ${spec(JUMP)}`, `-I FORWARD 1 ${spec(JUMP)}`) }, /found 2/);
+drift("the PREROUTING jump duplicated", () => {
+  repairs((k) => k.filter.get("PREROUTING")!.push(JUMP), { iptables: tx(`-D PREROUTING ${spec(JUMP)}`, `-D PREROUTING ${spec(JUMP)}`, `-I PREROUTING 1 ${spec(JUMP)}`) }, /found 2/);
 });
 
-drift("the FORWARD jump not first", () => {
+drift("the PREROUTING jump not first", () => {
   repairs(
     (k) => {
-      const forward = k.filter.get("FORWARD")!;
+      const forward = k.filter.get("PREROUTING")!;
       forward.push(forward.shift()!);
     },
-    { iptables: tx(`-D FORWARD ${spec(JUMP)}`, `-I FORWARD 1 ${spec(JUMP)}`) },
-    /move the FORWARD jump/,
+    { iptables: tx(`-D PREROUTING ${spec(JUMP)}`, `-I PREROUTING 1 ${spec(JUMP)}`) },
+    /move the PREROUTING jump/,
   );
 });
 
-drift("another jump to sg6-fwd from FORWARD", () => {
-  repairs((k) => k.filter.get("FORWARD")!.push("-A FORWARD -j sg6-fwd"), {
-    iptables: tx(`-D FORWARD ${spec(JUMP)}`, "-D FORWARD -j sg6-fwd", `-I FORWARD 1 ${spec(JUMP)}`),
+drift("another jump to sg6-fwd from PREROUTING", () => {
+  repairs((k) => k.filter.get("PREROUTING")!.push("-A PREROUTING -j sg6-fwd"), {
+    iptables: tx(`-D PREROUTING ${spec(JUMP)}`, "-D PREROUTING -j sg6-fwd", `-I PREROUTING 1 ${spec(JUMP)}`),
   });
 });
 
-drift("the FORWARD jump gone", () => {
-  repairs((k) => k.filter.get("FORWARD")!.shift(), { iptables: tx(`-I FORWARD 1 ${spec(JUMP)}`) }, /add the FORWARD jump/);
+drift("the PREROUTING jump gone", () => {
+  repairs((k) => k.filter.get("PREROUTING")!.shift(), { iptables: tx(`-I PREROUTING 1 ${spec(JUMP)}`) }, /add the PREROUTING jump/);
 });
 
 drift("the operator changed port_prefix and bridges: jump and sg6-fwd follow, nothing else moves", () => {
@@ -1009,10 +1039,8 @@ drift("the operator changed port_prefix and bridges: jump and sg6-fwd follow, no
       iptables: tx(
         "-F sg6-fwd",
         withId("-A sg6-fwd -i cloudbr1 -g sg6-port"),
-        `-D FORWARD ${spec(JUMP)}`,
-        `-I FORWARD 1 ${spec(forwardJump("tap"))}`,
-        `-D INPUT ${spec(INPUT_JUMP)}`,
-        `-I INPUT 1 ${spec(hookJumps("tap").INPUT)}`,
+        `-D PREROUTING ${spec(JUMP)}`,
+        `-I PREROUTING 1 ${spec(hookJumps("tap").PREROUTING)}`,
       ),
       ipsetAfter: "",
       ebtablesAfter: "",
@@ -1020,7 +1048,7 @@ drift("the operator changed port_prefix and bridges: jump and sg6-fwd follow, no
     },
   );
   run(k, script);
-  assert.equal(k.filter.get("FORWARD")!.filter((r) => r.includes("sg6-fwd")), [forwardJump("tap")]);
+  assert.equal(k.filter.get("PREROUTING")!.filter((r) => r.includes("sg6-fwd")), [hookJumps("tap").PREROUTING]);
   assert.equal(planChange(read(k), DESIRED, options), NOTHING);
 });
 
@@ -1120,7 +1148,7 @@ drift("the previous layout (one shared hash:net,iface set): swapped for port set
     assertConsistent(k, when);
     if (phase === "ipsetBefore") assert.is(JSON.stringify([...k.filter]), saved, `${when}: no rule changes outside the transaction`);
   });
-  for (const chain of ["FORWARD", CHAIN_GUARD, CHAIN_FWD, CHAIN_DROP]) assert.equal(k.filter.get(chain), clean.filter.get(chain), chain);
+  for (const chain of ["PREROUTING", CHAIN_GUARD, CHAIN_FWD, CHAIN_DROP]) assert.equal(k.filter.get(chain), clean.filter.get(chain), chain);
   assert.equal(k.filter.get(CHAIN_PORT), [RULE_A, RULE_B, PORT_DEFAULT], "the chain rewritten: port rules, the default drop last");
   for (const set of [SET_A, SET_B]) assert.equal(k.sets.get(set), clean.sets.get(set), set);
   // the old chain and the old set are gone (the chain in the transaction, the set after it)
@@ -1138,12 +1166,13 @@ drift("the simulated kernel is honest: failed transactions change nothing, refer
   assert.throws(() => iptablesRestore(k, tx(`-I sg6-port 1 ${spec(RULE_A.replaceAll("vnet3", "vnet5"))}`)), /set sg6-s-vnet5 does not exist/);
   assert.throws(() => iptablesRestore(k, tx("-A sg6-guard -g sg6-nope")), /no chain sg6-nope/);
   assert.is(normalised(k), saved);
+  assert.throws(() => ipsetRestore(k, `destroy ${SET_B}\n`), /member of sg6-c-/);
+  ipsetRestore(k, memberships(SET_B).map((e) => `del ${e}\n`).join(""));
   assert.throws(() => ipsetRestore(k, `destroy ${SET_B}\n`), /in use/);
   assert.throws(() => ipsetRestore(k, `create ${CREATE_B}\n`), /already exists/);
   assert.throws(() => ipsetRestore(k, "add sg6-s-vnet5 ::\n"), /no set/);
   assert.throws(() => ipsetRestore(k, `add ${SET_B} 2001:db8:1::10,physdev:vnet4\n`), /not an IPv6/);
   assert.throws(() => ipsetRestore(k, `del ${SET_B} 2001:db8:1::10\n`), /not in/);
-  assert.is(normalised(k), saved);
   // once no rule names it, the set can go
   iptablesRestore(k, tx(`-D sg6-port ${spec(RULE_B)}`));
   ipsetRestore(k, `destroy ${SET_B}\n`);
@@ -1197,7 +1226,8 @@ function assertTransition(k: Kernel, script: ChangeScript, from: PortContent, to
     assert.ok(create || /^del \S+ \S+$/.test(line) || (add && created.has(add[1]!)), `ipsetBefore only creates and fills new sets and removes sources: ${line}`);
   }
   for (const line of script.ipsetAfter.split("\n").filter(Boolean)) {
-    assert.ok(/^(add \S+ \S+|destroy \S+)$/.test(line), `ipsetAfter only adds sources and destroys sets: ${line}`);
+    // and takes port sets out of the counting sets (counting only) before they are destroyed
+    assert.ok(/^(add \S+ \S+|destroy \S+|del sg6-c-\S+ sg6-s-\S+)$/.test(line), `ipsetAfter only adds sources, leaves counting sets and destroys sets: ${line}`);
   }
   let rules = JSON.stringify([...k.filter]);
   runObserved(k, script, (phase, when) => {
@@ -1251,3 +1281,27 @@ props(`planChange from a kernel holding A converges to B, never more than A or B
 }
 
 props.run();
+
+const hooks = suite("hookRepair: the watcher's plan for the hooked chains alone");
+
+hooks("in place: nothing to do; libvirt's jumps (or an ACCEPT) ahead of sg6's: moved back first, in one transaction each", () => {
+  const l2Listed = ["Bridge table: nat", "", "Bridge chain: PREROUTING, entries: 1, policy: ACCEPT", l2HookListed("vnet"), ""];
+  assert.equal(hookRepair(["-P PREROUTING ACCEPT", JUMP, "-A PREROUTING -j libvirt-in"], l2Listed, "vnet"), { iptables: "", ebtables: [], changes: [] });
+  const displaced = hookRepair(["-P PREROUTING ACCEPT", "-A PREROUTING -m physdev --physdev-in vnet4 -j ACCEPT", JUMP], ["-i vnet4 -j ACCEPT", l2HookListed("vnet")], "vnet");
+  assert.is(displaced.iptables, `*raw\n-D PREROUTING ${spec(JUMP)}\n-I PREROUTING 1 ${spec(JUMP)}\nCOMMIT\n`);
+  assert.equal(displaced.ebtables, ["-D PREROUTING -i vnet+ -j sg6-l2", "-I PREROUTING 1 -i vnet+ -j sg6-l2"]);
+  assert.is(displaced.changes.length, 2);
+  assert.match(displaced.changes[0]!, /move the PREROUTING jump to the top \(found 1, first: -m physdev --physdev-in vnet4 -j ACCEPT\)/);
+  const gone = hookRepair(["-P PREROUTING ACCEPT"], [], "vnet");
+  assert.is(gone.iptables, `*raw\n-I PREROUTING 1 ${spec(JUMP)}\nCOMMIT\n`);
+  assert.equal(gone.changes, ["add the PREROUTING jump", "add the ebtables PREROUTING jump"]);
+});
+
+hooks("the ebtables jump is compared by meaning, not by how the tool lists it", () => {
+  const spelled = ["Bridge chain: PREROUTING, entries: 2, policy: ACCEPT", "--in-if vnet+ --jump sg6-l2", "-i eth0 -j ACCEPT"];
+  assert.equal(hookRepair(["-P PREROUTING ACCEPT", JUMP], spelled, "vnet"), { iptables: "", ebtables: [], changes: [] });
+  const twice = hookRepair(["-P PREROUTING ACCEPT", JUMP], ["-i vnet+ -j sg6-l2", "--in-if vnet+ --jump sg6-l2"], "vnet");
+  assert.equal(twice.ebtables, ["-D PREROUTING -i vnet+ -j sg6-l2", "-D PREROUTING --in-if vnet+ --jump sg6-l2", "-I PREROUTING 1 -i vnet+ -j sg6-l2"]);
+});
+
+hooks.run();

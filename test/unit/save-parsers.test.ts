@@ -11,13 +11,13 @@ import { fixture, RELEASES } from "../support/tool-fixtures.js";
 
 /** parseIptablesSave as it was (whole text, split into lines). */
 function referenceIptables(text: string): Pick<KernelSnapshot, "hooks" | "chains"> {
-  const hooks: Record<"FORWARD" | "INPUT", string[]> = { FORWARD: [], INPUT: [] };
+  const hooks: Record<"PREROUTING", string[]> = { PREROUTING: [] };
   const chains = new Map<string, string[]>();
   let inFilter = false;
   for (const raw of text.split("\n")) {
     const line = raw.trim();
     if (line.startsWith("*")) {
-      inFilter = line === "*filter";
+      inFilter = line === "*raw";
       continue;
     }
     if (!inFilter || line === "" || line.startsWith("#")) continue;
@@ -28,7 +28,7 @@ function referenceIptables(text: string): Pick<KernelSnapshot, "hooks" | "chains
     }
     if (!line.startsWith("-A ")) continue;
     const chain = line.split(" ")[1]!;
-    if (chain === "FORWARD" || chain === "INPUT") hooks[chain].push(line);
+    if (chain === "PREROUTING") hooks[chain].push(line);
     else if (chain.startsWith("sg6")) {
       if (!chains.has(chain)) chains.set(chain, []);
       chains.get(chain)!.push(line);
@@ -63,7 +63,7 @@ function referenceIpset(text: string): KernelSnapshot["sets"] {
 // other tables, foreign chains, comments, blank and indented lines, double spaces, CR, tabs.
 const word = fc.constantFrom(
   "-A", "FORWARD", "INPUT", "OUTPUT", "sg6-port", "sg6-nd", "sg6-fwd", "sg6x", "cs-fwd", "-j", "DROP", "-m", "physdev", "--physdev-in", "vnet3",
-  "*filter", "*mangle", "*nat", ":sg6-drop", ":FORWARD", ":cs", "ACCEPT", "[0:0]", "-", "COMMIT", "#", "create", "add", "sg6-s-vnet3", "sg6-s-vnet4",
+  "*filter", "*raw", "*mangle", "*nat", ":sg6-drop", ":FORWARD", ":PREROUTING", "-A PREROUTING", ":cs", "ACCEPT", "[0:0]", "-", "COMMIT", "#", "create", "add", "sg6-s-vnet3", "sg6-s-vnet4",
   "sg6-src", "cs-v6", "hash:net", "family", "inet6", "hashsize", "64", "maxelem", "bucketsize", "12", "initval", "0x1f", "::", "2001:db8:1::10",
   "2001:db8:ff00::/60", "packets", "", "é", "\t", "\r",
 );
@@ -104,7 +104,7 @@ parsers("parseIpsetSave (streaming) equals the earlier parser on random listings
 });
 
 parsers("a real listing: chains, hooks, sets and members as the earlier parsers read them", () => {
-  const ipt = ["*filter", ":FORWARD ACCEPT [0:0]", ":sg6-port - [0:0]", "-A FORWARD -m physdev --physdev-in vnet+ -j sg6-fwd", "-A sg6-port -j sg6-drop", "COMMIT", ""].join("\n");
+  const ipt = ["*raw", ":PREROUTING ACCEPT [0:0]", ":sg6-port - [0:0]", "-A PREROUTING -m physdev --physdev-in vnet+ -j sg6-fwd", "-A sg6-port -j sg6-drop", "COMMIT", ""].join("\n");
   assert.equal(parseIptablesSave(ipt), referenceIptables(ipt));
   assert.equal(parseIptablesSave(ipt).chains.get("sg6-port"), ["-A sg6-port -j sg6-drop"]);
   const sets = ["create sg6-s-vnet3 hash:net family inet6 hashsize 128 maxelem 64 bucketsize 12 initval 0x8a3e1f00", "add sg6-s-vnet3 ::", "add sg6-s-vnet3 2001:db8:1::10 packets 1", ""].join("\n");

@@ -4,8 +4,9 @@
 // what sg6 renders, and each kind of drift is found in either release's spelling.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { CHAIN_L2, L2_TAIL, l2Key, l2LineKey, l2PortRules, parseEbtablesSave, parseL2Drops, parseL2Rule, planL2 } from "../../src/core/ebtables-rules.js";
+import { CHAIN_L2, CHAIN_L2_MAC, isL2PortRule, L2_TAIL, l2Key, l2LineKey, l2PortRules, parseEbtablesSave, parseL2Drops, parseL2Rule, planL2 } from "../../src/core/ebtables-rules.js";
 import {
+  COUNTED_REASONS,
   type KernelSnapshot,
   ndMatchFor,
   normalisedCreate,
@@ -31,6 +32,8 @@ import {
 import { DRIFT, FIXTURE_BINDINGS, FIXTURE_OPTIONS, fixture, RELEASES } from "../support/tool-fixtures.js";
 
 const VARIANTS = ["nft", "legacy"] as const;
+
+const quoteRe = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 function snapshotOf(release: (typeof RELEASES)[number], variant: (typeof VARIANTS)[number], drift = false): KernelSnapshot {
   const suffix = drift ? ".drift.txt" : ".txt";
@@ -59,7 +62,7 @@ for (const release of RELEASES) {
       const desired = renderContent(FIXTURE_BINDINGS, ndMatchFor(variant));
       // not vacuous: the capture holds every port's rules, sets and layer-2 rules
       assert.is(snapshot.chains.get("sg6-port")!.length, desired.portRules.size + 1);
-      assert.is(snapshot.sets.size, FIXTURE_BINDINGS.length);
+      assert.is(snapshot.sets.size, FIXTURE_BINDINGS.length + COUNTED_REASONS.length);
       assert.is(snapshot.l2!.chains.get(CHAIN_L2)!.rules.length, desired.l2Rules.size + L2_TAIL.length);
       assert.equal(unknownRules(snapshot), []);
       assert.equal(planChange(snapshot, desired, FIXTURE_OPTIONS), NOTHING, STALE);
@@ -72,7 +75,7 @@ for (const release of RELEASES) {
       has(/^add rule sg6-port .*--physdev-in vnet1 /, "missing rule (vnet1's port rule)");
       has(new RegExp(`^unknown rule in sg6's chain: -A sg6-port ${DRIFT.extraIp6tables}$`), "extra rule in sg6-port");
       has(/^rewrite chain sg6-port /, "the chain with the unknown rule rewritten");
-      has(/^move the FORWARD jump to the top \(found 1\)$/, "wrong jump order (FORWARD)");
+      has(/^move the PREROUTING jump to the top \(found 1\)$/, "wrong jump order (raw PREROUTING)");
       has(new RegExp(`^create chain ${DRIFT.missingChain}$`), "missing chain");
       has(/^add rule sg6-nd .*--physdev-in vnet3 /, "missing ND dispatch rule");
       has(new RegExp(`^create set ${DRIFT.missingSet}$`), "missing set");
@@ -80,14 +83,20 @@ for (const release of RELEASES) {
       has(/^move the ebtables PREROUTING jump to the top \(found 1\)$/, "wrong jump order (ebtables PREROUTING)");
       // the changed layer-2 rule and the extra one: the well-formed chain changes by its difference
       const vnet2 = FIXTURE_BINDINGS.find((b) => b.device === DRIFT.changedL2Port)!;
-      has(new RegExp(`^remove ebtables rule -p IPv6 -s ${DRIFT.changedL2Mac} -i vnet2 -j RETURN$`), "changed layer-2 rule: the wrong one goes");
-      has(new RegExp(`^add ebtables rule ${l2PortRules("vnet2", vnet2.mac)[1].split(" ").slice(2).join(" ")}$`), "changed layer-2 rule: the right one comes");
+      const wrong = parseL2Rule(snapshot.l2!.chains.get(CHAIN_L2)!.rules.find((line) => line.includes(DRIFT.changedL2Mac))!)!;
+      assert.is(l2Key(wrong), l2LineKey(l2PortRules("vnet2", DRIFT.changedL2Mac)[0]), "the capture's changed rule is vnet2's with another MAC");
+      const listed = (line: string) => line.split(" ").slice(2).join(" ");
+      const wrongLine = snapshot.l2!.chains.get(CHAIN_L2)!.rules.find((line) => line.includes(DRIFT.changedL2Mac))!;
+      has(new RegExp(`^remove ebtables rule ${quoteRe(listed(wrongLine))}$`), "changed layer-2 rule: the wrong one goes");
+      has(new RegExp(`^add ebtables rule ${quoteRe(listed(l2PortRules("vnet2", vnet2.mac)[0]))}$`), "changed layer-2 rule: the right one comes");
       has(/^remove ebtables rule -p IPv6 --ip6-src 2001:db8::\/32 -j ACCEPT$/, "extra layer-2 rule");
       // the scripts use the release's own spelling to delete what it listed
-      assert.ok(plan.ebtablesBefore.includes(`-D ${CHAIN_L2} -p IPv6 -s ${DRIFT.changedL2Mac} -i vnet2 -j RETURN`), plan.ebtablesBefore);
+      assert.ok(plan.ebtablesBefore.includes(`-D ${CHAIN_L2} ${listed(wrongLine)}`), plan.ebtablesBefore);
+      has(new RegExp(`^rewrite ebtables chain ${CHAIN_L2_MAC}$`), "sg6-l2-mac lost its DROP");
       assert.ok(plan.iptables.includes("-F sg6-port") && !plan.iptables.includes("-D sg6-port -s 2001:db8::/32"), plan.iptables);
       // nothing that was in sync is touched: no other ebtables rule, no other chain rewritten
-      assert.not.ok(plan.changes.some((c) => /^(remove|add) ebtables rule .*-j DROP$/.test(c)), JSON.stringify(plan.changes));
+      assert.is(plan.changes.filter((c) => /^(remove|add) ebtables rule /.test(c)).length, 3, JSON.stringify(plan.changes));
+      assert.not.ok(plan.changes.some((c) => /^rewrite ebtables chain sg6-l2 /.test(c)), JSON.stringify(plan.changes));
       assert.not.ok(plan.changes.some((c) => /^rewrite chain sg6-(guard|fwd|drop|nd) /.test(c)), JSON.stringify(plan.changes));
     });
 
@@ -167,9 +176,13 @@ l2("other matches and targets keep their options (a wrong-MAC rule without -p, a
   assert.equal(nflog.extra, ["--limit 100/sec", "--limit-burst 50", "--nflog-group 6", "--nflog-prefix sg6 wrong-mac"]);
   assert.is(nflog.target, "NFLOG");
   assert.is(l2Key(nflog), l2LineKey('-A sg6-l2 -s ! 52:54:00:AA:00:01 -i vnet1 --limit 100/sec --limit-burst 50 -j NFLOG --nflog-group 6 --nflog-prefix "sg6 wrong-mac"'));
-  // the drop counter is the port's negated-source DROP rule, with or without a protocol
-  const drops = parseL2Drops(["[4:320] -A sg6-l2 ! -s 52:54:00:aa:00:01 -i vnet1 -j DROP", "[9:720] -A sg6-l2 -s 52:54:00:aa:00:01 -i vnet1 -j RETURN", "[2:1] -A sg6-l2 -p IPv6 -j DROP"].join("\n"));
-  assert.equal(Object.fromEntries(drops), { vnet1: 4 });
+  // the drop counter is the port's rule by its structure: in sg6-l2, one port, a negated source,
+  // to sg6-l2-mac (either release's negation); not a rule of another shape
+  const ports = ["[4:320] -A sg6-l2 ! -s 52:54:00:aa:00:01 -i vnet1 -j sg6-l2-mac", "[7:560] -A sg6-l2 -i vnet2 -s ! 52:54:00:AA:00:02 -j sg6-l2-mac"];
+  const others = ["[9:720] -A sg6-l2 -s 52:54:00:aa:00:01 -i vnet1 -j sg6-l2-mac", "[5:400] -A sg6-l2 ! -s 52:54:00:aa:00:01 -i vnet1 -j DROP", "[3:1] -A sg6-l2 ! -s 52:54:00:aa:00:01 ! -i vnet1 -j sg6-l2-mac", "[2:1] -A sg6-l2 -p 802_1Q -j DROP", "[1:1] -A sg6-l2-mac -j DROP"];
+  assert.equal(Object.fromEntries(parseL2Drops([...ports, ...others].join("\n"))), { vnet1: 4, vnet2: 7 });
+  assert.ok(ports.every(isL2PortRule), "both spellings are port rules");
+  assert.not.ok(others.some(isL2PortRule), "no other shape is");
 });
 
 l2("what the parser cannot read is undefined (compared as unknown, never guessed)", () => {
@@ -195,7 +208,7 @@ for (const release of RELEASES) {
     const desired = renderContent(FIXTURE_BINDINGS, "bpf");
     const first = planChange(snapshot, desired, FIXTURE_OPTIONS);
     assert.equal(first.changes.filter((c) => c.startsWith("unknown rule")), [`unknown rule in sg6's chain: ${misprinted}`]);
-    assert.ok(first.iptables.startsWith("*filter\n-F sg6-port\n"), first.iptables);
+    assert.ok(first.iptables.startsWith("*raw\n-F sg6-port\n"), first.iptables);
     assert.not.ok(first.iptables.includes("-D sg6-port"), "never deleted by its listed text");
     // the rewrite did not remove it (it is read back again): the caller passes what it saw as settled
     const settled = new Set(unknownRules(snapshot));
