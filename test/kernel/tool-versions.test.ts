@@ -69,8 +69,12 @@ for (const backend of BACKENDS) {
         const read = DataplaneDriver.start(hv.ns.name, backend, ["cloudbr0"], "vnet", envOf(reader));
         local.add(() => read.stop());
         assert.equal(await read.reconcile(FIXTURE_BINDINGS), [], `Debian ${reader}'s tools find no drift`);
-        // and the drop readers agree on what is there (every port listed)
-        assert.equal(Object.keys(await read.drops()).sort(), ["vnet1", "vnet2", "vnet3"]);
+        // and the drop readers agree on what is there: every port listed on the iptables backend;
+        // the nftables backend's counts fill from the packet path, so a port that dropped nothing is
+        // absent (and reads as 0)
+        const listed = Object.keys(await read.drops()).sort();
+        if (backend === "nftables") assert.ok(listed.every((d) => ["vnet1", "vnet2", "vnet3"].includes(d)), `only bound ports counted: ${listed}`);
+        else assert.equal(listed, ["vnet1", "vnet2", "vnet3"]);
         // the reader's own changes without read-back (a port released, then tidied) leave it in sync
         const fewer = FIXTURE_BINDINGS.filter((b) => b.device !== "vnet2");
         await read.change(FIXTURE_BINDINGS, fewer);
