@@ -94,6 +94,7 @@ export class Agent {
     void startAgentDropLog(
       (device) => this.enforcer.bindings().find((b) => b.device === device)?.vm,
       (message) => log.warn(message),
+      (message) => log.info(message),
     ).then((reader) => {
       if (this.stopping) void reader?.stop();
       else this.dropLog = reader;

@@ -189,11 +189,17 @@ async function linksVia(prefix: string[]): Promise<{ ifindex: number; ifname: st
  * why through `warn`) when the log cannot be read (no tcpdump, group taken): the guard does not
  * depend on it. `vmOf` answers from the agent's live bindings.
  */
-export async function startAgentDropLog(vmOf: (device: string) => string | undefined, warn: (message: string) => void, capacity = 1000): Promise<DropLog | undefined> {
+export async function startAgentDropLog(
+  vmOf: (device: string) => string | undefined,
+  warn: (message: string) => void,
+  info: (message: string) => void,
+  capacity = 1000,
+): Promise<DropLog | undefined> {
   try {
     const log = await DropLog.start({ vmOf, capacity });
     log.on("error", (error: Error) => warn(`drop log reader: ${error.message}`));
-    log.on("exit", (why: string) => warn(`drop log reader stopped: ${why}; sg6 drops has no new entries until the agent restarts`));
+    // tcpdump exits 0 on SIGTERM: systemd stopping the unit signals the whole group, the reader too
+    log.on("exit", (why: string) => (why.startsWith("exited (0)") ? info : warn)(`drop log reader stopped: ${why}; sg6 drops has no new entries until the agent restarts`));
     return log;
   } catch (error) {
     warn(`drop log not read (sg6 drops will have no history): ${(error as Error).message}`);

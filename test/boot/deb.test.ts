@@ -18,7 +18,7 @@ const CONFIG = agentToml("kvm-deb");
 
 const DRIVER = `exec >/out/driver.log 2>&1 3>/out/trace.log; BASH_XTRACEFD=3; set -x
 r() { local name=$1; shift; "$@" >"/out/$name.txt" 2>&1; echo $? >"/out/$name.rc"; }
-kernel() { { ip6tables-save -t filter | grep -c sg6; ipset list -n | grep -c sg6; nft list tables | grep -c sg6; } | paste -sd' '; }
+kernel() { { ip6tables-save | grep -c sg6; ipset list -n | grep -c sg6; nft list tables | grep -c sg6; } | paste -sd' '; }
 ip link add cloudbr0 type bridge && ip link set cloudbr0 up
 r install dpkg -i /debs/sg6_${VERSION}_amd64.deb
 systemctl is-enabled sg6.service >/out/enabled-after-install.txt 2>&1

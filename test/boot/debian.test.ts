@@ -63,7 +63,7 @@ r() { local name=$1; shift; "$@" >"/out/$name.txt" 2>&1; echo $? >"/out/$name.rc
 wait_for() { local n=$1; shift; for _ in $(seq 1 "$n"); do "$@" && return 0; sleep 0.1; done; return 1; }
 probe() { node /stocktest/udp-probe.mjs "$@" 2>/dev/null; }
 vm() { ip netns exec vm "$@"; }
-kernel() { { ip6tables-save -t filter 2>/dev/null | grep -c sg6; ipset list -n 2>/dev/null | grep -c sg6; ebtables-save 2>/dev/null | grep -c sg6; nft list tables 2>/dev/null | grep -c sg6; } | paste -sd' '; }
+kernel() { { ip6tables-save 2>/dev/null | grep -c sg6; ipset list -n 2>/dev/null | grep -c sg6; ebtables-save 2>/dev/null | grep -c sg6; nft list tables 2>/dev/null | grep -c sg6; } | paste -sd' '; }
 received() { grep -qx "$1" /out/received.txt; }
 # an unlabelled metric's value (-1: none), through bash's /dev/tcp: polled, so no node start-up each time
 metric() { { exec 5<>/dev/tcp/127.0.0.1/9636 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&5 && cat <&5; } 2>/dev/null | awk -v n="$1" '$1 == n { v = $2 } END { print (v == "" ? -1 : v) }'; }
@@ -105,7 +105,7 @@ quiet() {
 }
 guarded() {
   case $1 in
-    iptables) ip6tables-save -t filter | grep -q -- '--physdev-in vnet7' ;;
+    iptables) ip6tables-save | grep -q -- '--physdev-in vnet7' ;;
     nftables) nft list table bridge sg6 2>/dev/null | grep -q vnet7 ;;
   esac
 }
@@ -115,7 +115,7 @@ phase() {
   r $b-enable systemctl enable --now sg6.service
   systemctl show sg6.service -p ActiveState -p StatusText >/out/$b-started.txt
   wait_for 300 guarded $b; echo $? >/out/$b-guarded.rc
-  { ip6tables-save -t filter; ebtables-save; ipset list; nft list ruleset; } >/out/$b-rules.txt 2>&1
+  { ip6tables-save; ebtables-save; ipset list; nft list ruleset; } >/out/$b-rules.txt 2>&1
   r $b-dryrun-start sg6 reconcile --dry-run
   local drops0; drops0=$(probe drops vnet7)
   # the spoof first, the VM's own address after it on the same path: once that arrived, the
@@ -124,7 +124,7 @@ phase() {
   vm node /stocktest/udp-probe.mjs send ${SLAAC} 2001:db8:1::1 7777 own-$b
   wait_for 100 received own-$b; echo $? >/out/$b-own.rc
   # the kernel's own counters, to tell a drop not counted from a count not read
-  { ip6tables-save -c -t filter; ebtables-save -c; nft list ruleset; } >/out/$b-counters.txt 2>&1
+  { ip6tables-save -c; ebtables-save -c; nft list ruleset; } >/out/$b-counters.txt 2>&1
   echo "$drops0 $(probe drops vnet7)" >/out/$b-drops.txt
   received spoof-$b; echo $? >/out/$b-spoof-received.rc
   quiet $b-start

