@@ -73,7 +73,7 @@ export function hookJumps(portPrefix: string): Record<Hook, string> {
 
 /** Rate limit of each drop log rule: 9 reasons (7 here, 2 at layer 2) stay under 100 frames/s, burst 50. */
 export const LOG_LIMIT = "-m limit --limit 10/sec --limit-burst 5";
-/** netlink log group of the drop log (operator-explain's `sg6 drops` reads it) */
+/** netlink log group of the drop log (`sg6 drops` reads it: src/shell/droplog.ts) */
 export const LOG_GROUP = 6;
 
 /**

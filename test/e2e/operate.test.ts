@@ -271,7 +271,7 @@ test("status and metrics count drops by reason: spoofed sources under 'source', 
     // control: the VM's own source passes and counts nothing
     await udp(vm.slaac);
     const before = await nic();
-    assert.ok(before.dropsByReason, "the backend counts drops by reason (guard-ipt / guard-nft: Dataplane.dropsByReason)");
+    assert.ok(before.dropsByReason, "the backend counts drops by reason (Dataplane.dropsByReason)");
     assert.is(before.dropsByReason!.source ?? 0, 0);
     await udp("2001:db8:1::dead:beef");
     const after = await waitFor("drops counted", async () => {
