@@ -11,7 +11,7 @@
 // from its real MAC on the same path (IPv4 is not guarded); the receiver's capture (judge.py) ends
 // when it arrives, and judges what came complete before it (fragments reassembled). Tools that
 // answer the victim (dos-new-ip6, fake_dhcps6) are watched leaving the attacker first.
-import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -23,6 +23,7 @@ import { bindingFor } from "../support/fixtures.js";
 import type { PortBinding } from "../../src/core/model.js";
 import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver.js";
 import { Cleanup, Hypervisor, type Netns, randomMac, waitFor } from "../support/netns.js";
+import { Proc } from "../support/proc.js";
 import { labNode, newMarker, send, type LabNode, } from "../support/packets.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -38,50 +39,6 @@ const BRIDGE_MAC = "02:00:00:00:0b:01";
 // ---------------------------------------------------------------- processes
 
 /** A program in a namespace whose stdout is read line by line. */
-class Proc {
-  readonly child: ChildProcessWithoutNullStreams;
-  private readonly lines: string[] = [];
-  private readonly waiters: ((line: string | undefined) => void)[] = [];
-  private closed = false;
-  stderr = "";
-
-  constructor(ns: Netns, command: string, args: string[]) {
-    this.child = spawn("ip", ["netns", "exec", ns.name, command, ...args], { stdio: ["pipe", "pipe", "pipe"] });
-    this.child.stdin.on("error", () => undefined);
-    createInterface({ input: this.child.stdout }).on("line", (line) => {
-      const waiter = this.waiters.shift();
-      if (waiter) waiter(line);
-      else this.lines.push(line);
-    });
-    this.child.stderr.on("data", (chunk: Buffer) => (this.stderr = (this.stderr + chunk.toString()).slice(-2000)));
-    this.child.on("close", () => {
-      this.closed = true;
-      for (const waiter of this.waiters.splice(0)) waiter(undefined);
-    });
-  }
-
-  async line(what: string, timeoutMs = 15_000): Promise<string> {
-    const queued = this.lines.shift();
-    if (queued !== undefined) return queued;
-    if (this.closed) throw new Error(`${what}: the process ended (${this.stderr.trim()})`);
-    let timer: NodeJS.Timeout | undefined;
-    const line = await new Promise<string | undefined>((resolve) => {
-      this.waiters.push(resolve);
-      timer = setTimeout(() => resolve(undefined), timeoutMs);
-    });
-    clearTimeout(timer);
-    if (line === undefined) {
-      this.kill();
-      throw new Error(`${what}: nothing in ${timeoutMs} ms (${this.stderr.trim()})`);
-    }
-    return line;
-  }
-
-  kill(): void {
-    if (!this.closed) this.child.kill("SIGKILL");
-  }
-}
-
 interface Packet {
   src: string;
   dst: string;

@@ -1,26 +1,5 @@
-// The second red team's findings (issue 19), each as an attack with its control, on each dataplane
-// (SG6_ATTACK_BACKENDS: legacy, nft — the iptables backend on either ip6tables — and nftables):
-//
-//   1. libvirt's nwfilter jumps (libvirt-in, libvirt-out, libvirt-in-post with its physdev ACCEPT)
-//      re-inserted at the top of FORWARD/INPUT, and ACCEPTs at the top of PREROUTING, in a loop
-//      while the attacker floods spoofed sources: counted at the receiver. And the same ACCEPT put
-//      into the very chain sg6 hooks (raw PREROUTING): how fast the jump is back first.
-//   2. MAC poisoning with frames that are not IPv6 (ARP, IPv4 with the router's MAC)
-//   3. a tap moved onto cloudbr0 from another bridge, sending priority-tagged (VLAN 0) RAs at once
-//   4. first fragments that end between two Destination Options headers (RA, DHCPv6 reply)
-//   5. a hypervisor that routes (forwarding = 1): a spoofed source sent to cloudbr0's MAC
-//   6. an MLD query from the VM's link-local
-//
-// Every attack runs twice on the same lab: with no guard (the control: it must succeed), then
-// guarded. "Nothing arrived" is decided by a barrier frame (judge.py), as in attack.test.ts.
-//
-//   router ns (up0, not guarded) --+
-//   attacker ns (vnet1) -----------+-- cloudbr0 (hv ns: 2001:db8:1::b, the dataplane under test)
-//   victim ns (vnet2) -------------+
-//   mover ns (vnet5) -------------- cloudbr9 (not guarded), moved onto cloudbr0 by finding 3
-import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+
 import { dirname, join } from "node:path";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -28,6 +7,7 @@ import type { PortBinding } from "../../src/core/model.js";
 import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver.js";
 import { bindingFor } from "../support/fixtures.js";
 import { Cleanup, Hypervisor, type Netns, waitFor } from "../support/netns.js";
+import { Proc } from "../support/proc.js";
 import { type LabNode, labNode, newMarker, send, settle, startSniffer, startStream } from "../support/packets.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -44,50 +24,6 @@ const SPOOFED = "2001:db8:1::dead";
 const BRIDGE_MAC = "02:00:00:00:0b:01";
 
 // ---------------------------------------------------------------- processes and judging
-
-class Proc {
-  readonly child: ChildProcessWithoutNullStreams;
-  private readonly lines: string[] = [];
-  private readonly waiters: ((line: string | undefined) => void)[] = [];
-  private closed = false;
-  stderr = "";
-
-  constructor(ns: Netns, command: string, args: string[]) {
-    this.child = spawn("ip", ["netns", "exec", ns.name, command, ...args], { stdio: ["pipe", "pipe", "pipe"] });
-    this.child.stdin.on("error", () => undefined);
-    createInterface({ input: this.child.stdout }).on("line", (line) => {
-      const waiter = this.waiters.shift();
-      if (waiter) waiter(line);
-      else this.lines.push(line);
-    });
-    this.child.stderr.on("data", (chunk: Buffer) => (this.stderr = (this.stderr + chunk.toString()).slice(-2000)));
-    this.child.on("close", () => {
-      this.closed = true;
-      for (const waiter of this.waiters.splice(0)) waiter(undefined);
-    });
-  }
-
-  async line(what: string, timeoutMs = 15_000): Promise<string> {
-    const queued = this.lines.shift();
-    if (queued !== undefined) return queued;
-    if (this.closed) throw new Error(`${what}: the process ended (${this.stderr.trim()})`);
-    let timer: NodeJS.Timeout | undefined;
-    const line = await new Promise<string | undefined>((resolve) => {
-      this.waiters.push(resolve);
-      timer = setTimeout(() => resolve(undefined), timeoutMs);
-    });
-    clearTimeout(timer);
-    if (line === undefined) {
-      this.kill();
-      throw new Error(`${what}: nothing in ${timeoutMs} ms (${this.stderr.trim()})`);
-    }
-    return line;
-  }
-
-  kill(): void {
-    if (!this.closed) this.child.kill("SIGKILL");
-  }
-}
 
 interface Packet {
   src: string;
