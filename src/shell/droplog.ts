@@ -196,7 +196,7 @@ export async function startAgentDropLog(
   capacity = 1000,
 ): Promise<DropLog | undefined> {
   try {
-    const log = await DropLog.start({ vmOf, capacity });
+    const log = await startWhileGroupBusy(() => DropLog.start({ vmOf, capacity }));
     log.on("error", (error: Error) => warn(`drop log reader: ${error.message}`));
     // tcpdump exits 0 on SIGTERM: systemd stopping the unit signals the whole group, the reader too
     log.on("exit", (why: string) => (why.startsWith("exited (0)") ? info : warn)(`drop log reader stopped: ${why}; sg6 drops has no new entries until the agent restarts`));
@@ -204,5 +204,21 @@ export async function startAgentDropLog(
   } catch (error) {
     warn(`drop log not read (sg6 drops will have no history): ${(error as Error).message}`);
     return undefined;
+  }
+}
+
+/**
+ * The kernel lets one socket at a time hold a netlink log group ("Operation not permitted" to the
+ * next): a reader that a restart of the unit is still taking down can hold it for a moment after
+ * the new agent starts. Tries again every 250 ms for up to 5 s before giving up with its error.
+ */
+async function startWhileGroupBusy(start: () => Promise<DropLog>, attempts = 20): Promise<DropLog> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (error) {
+      if (attempt >= attempts || !/Operation not permitted/.test((error as Error).message)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
   }
 }

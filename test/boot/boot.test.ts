@@ -84,9 +84,12 @@ show sg6.service sg6-watchdog-restarted.txt
 journalctl -b -u sg6.service -o cat | grep -i watchdog >/out/watchdog-journal.txt
 snap watchdog-rules.txt
 rm -r /run/systemd/system/sg6.service.d; systemctl daemon-reload
+# who holds the drop log's netlink group (diagnostics for a reader that cannot bind it)
+{ cat /proc/net/netfilter/nfnetlink_log; ps -eo pid,ppid,user,stat,cmd; } >/out/nflog-holders.txt 2>&1
 # the nftables backend under the same unit
 sed -i 's/^backend = "iptables"/backend = "nftables"/' /etc/sg6/agent.toml
 systemctl restart sg6.service; echo $? >/out/nft-restart.rc
+{ cat /proc/net/netfilter/nfnetlink_log; ps -eo pid,ppid,user,stat,cmd; } >/out/nflog-holders-after.txt 2>&1
 nft list table bridge sg6 >/out/nft.txt 2>&1
 # sg6 cannot become ready: libvirtd must not start
 cp /etc/sg6/agent.toml /run/agent.toml.good
@@ -190,7 +193,7 @@ test("boot: sg6 ready before libvirtd, restarts keep rules, the sandbox allows t
     assert.match(boot, /StatusText=guarding 1 NICs from the saved state; connecting to NATS/, boot);
     assert.match(journal, /saved state re-asserted/);
     // the drop log's reader (tcpdump on netlink log group 6) starts inside the unit's sandbox
-    assert.not.match(journal, /"level":40,.*drop log (not read|reader stopped)/, journal.split("\n").filter((l) => /drop log/.test(l)).join("\n"));
+    assert.not.match(journal, /"level":40,.*drop log (not read|reader stopped)/, `${journal.split("\n").filter((l) => /drop log/.test(l)).join("\n")}\nbefore the restart:\n${out("nflog-holders.txt")}\nafter:\n${out("nflog-holders-after.txt")}`);
 
     // the libvirtd stand-in started after READY and found the saved VM's rules on its tap
     const first = out("libvirtd-start.0.txt");
