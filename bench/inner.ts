@@ -210,6 +210,12 @@ async function purge(_backend: BackendName, _variant: Variant): Promise<void> {
   if (legacy.split("\n").includes("filter")) {
     await exec("ip6tables-legacy-restore", ["-w", "30"], { input: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n" });
   }
+  // the guard's jump and chains live in raw since issue 19
+  if (legacy.split("\n").includes("raw")) {
+    await exec("ip6tables-legacy-restore", ["-w", "30"], { input: "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n" });
+  }
+  // the per-reason counting sets (list:set) hold the port sets: emptied first, every set can go
+  await exec("ipset", ["flush"]);
   await exec("ipset", ["destroy"]);
   const left = (await exec("ipset", ["list", "-n"])).trim();
   if (left) throw new Error(`purge left ipsets behind: ${left.slice(0, 200)}`);
