@@ -136,13 +136,22 @@ function shellWords(line: string): string {
 }
 
 /** Each line of a change script as its own process: `ipset <line>` and `ip6tables-<variant> -w <line>`. */
+/** One ip6tables process per rule of a restore script, in the table its `*table` line names (raw since issue 19). */
+function ip6tablesLines(restore: string[], variant: "legacy" | "nft"): string[] {
+  let table = "filter";
+  const out: string[] = [];
+  for (const l of restore) {
+    if (l.startsWith("*")) table = l.slice(1).trim();
+    else if (l.startsWith("-")) out.push(`ip6tables-${variant} -w -t ${table} ${shellWords(l)}`);
+  }
+  return out;
+}
+
 function perObject(script: ChangeScript, variant: "legacy" | "nft"): string[] {
   const lines = (text: string) => text.split("\n").filter((l) => l.trim() !== "");
   return [
     ...lines(script.ipsetBefore).map((l) => `ipset ${l}`),
-    ...lines(script.iptables)
-      .filter((l) => l.startsWith("-"))
-      .map((l) => `ip6tables-${variant} -w ${shellWords(l)}`),
+    ...ip6tablesLines(lines(script.iptables), variant),
     ...lines(script.ipsetAfter).map((l) => `ipset ${l}`),
     ...lines(script.ebtablesBefore + script.ebtablesAfter)
       .filter((l) => l !== "*nat")
