@@ -33,6 +33,24 @@ function capture() {
 
 const env = (path: string) => ({ SG6_CONTROL_SOCKET: path });
 
+/** A command like `drops --follow`: prints one line, then runs until the agent aborts it. */
+function followUntilAborted(): { command: AgentCommand; started: Promise<void>; aborted: Promise<void> } {
+  let started!: () => void;
+  let aborted!: () => void;
+  const startedSeen = new Promise<void>((ok) => (started = ok));
+  const abortedSeen = new Promise<void>((ok) => (aborted = ok));
+  const command: AgentCommand = (_agent, _args, io, signal) =>
+    new Promise<number>((resolve) => {
+      io.out("following\n");
+      started();
+      signal.addEventListener("abort", () => {
+        aborted();
+        resolve(0);
+      });
+    });
+  return { command, started: startedSeen, aborted: abortedSeen };
+}
+
 socket("the socket's path: /run/sg6/control.sock for the default state_dir, one per other state_dir, or the environment's", () => {
   assert.is(controlSocketPath("/var/lib/sg6", {}), "/run/sg6/control.sock");
   const a = controlSocketPath("/tmp/a/state", {});
@@ -138,29 +156,14 @@ socket("no agent: no socket file, or a dead agent's file nobody listens on, or a
 
 socket("a client that hangs up aborts its command in the agent", async () => {
   const path = join(dir, "control.sock");
-  let aborted!: () => void;
-  const abortedSeen = new Promise<void>((ok) => (aborted = ok));
-  let started!: () => void;
-  const startedSeen = new Promise<void>((ok) => (started = ok));
-  const server = await ControlServer.listen(
-    path,
-    () => (_agent, _args, io, signal) =>
-      new Promise<number>((resolve) => {
-        io.out("following\n");
-        started();
-        signal.addEventListener("abort", () => {
-          aborted();
-          resolve(0);
-        });
-      }),
-    context,
-  );
+  const follow = followUntilAborted();
+  const server = await ControlServer.listen(path, () => follow.command, context);
   try {
     const client = net.createConnection(path);
     client.write(`${JSON.stringify({ v: 1, command: "drops", args: { follow: true } })}\n`);
-    await startedSeen;
+    await follow.started;
     client.destroy();
-    await abortedSeen;
+    await follow.aborted;
   } finally {
     await server.close();
   }
@@ -168,32 +171,21 @@ socket("a client that hangs up aborts its command in the agent", async () => {
 
 socket("an agent that stops: no new connections; a following command is hung up on (and aborted), the client says so", async () => {
   const path = join(dir, "control.sock");
+  const follow = followUntilAborted();
   let aborted = false;
-  let started!: () => void;
-  const startedSeen = new Promise<void>((ok) => (started = ok));
-  const server = await ControlServer.listen(
-    path,
-    () => (_agent, _args, io, signal) =>
-      new Promise<number>((resolve) => {
-        io.out("following\n");
-        started();
-        signal.addEventListener("abort", () => {
-          aborted = true;
-          resolve(0);
-        });
-      }),
-    context,
-  );
+  void follow.aborted.then(() => (aborted = true));
+  const server = await ControlServer.listen(path, () => follow.command, context);
   const c = capture();
   const following = runInAgent("/unused", "drops", { follow: true }, c.io, { env: env(path) }).then(
     (code) => `exit ${code}`,
     (error: Error) => error.message,
   );
-  await startedSeen;
+  await follow.started;
   await server.close();
   assert.not.ok(existsSync(path));
   await server.hangUp(50);
   assert.match(await following, /^the agent closed its control socket .* before the command ended \(did it stop\?\)$/);
+  await follow.aborted;
   assert.ok(aborted, "the command was aborted");
   assert.equal(c.out, ["following\n"]);
 });
