@@ -24,7 +24,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { slaacAddress } from "../../src/core/addressing.js";
 import { execRaw } from "../../src/shell/exec.js";
-import { BootRoot, cannotBoot, debianRoot } from "../support/nspawn.js";
+import { agentToml, BootRoot, cannotBoot, debianRoot } from "../support/nspawn.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
@@ -36,22 +36,8 @@ const SUITES = ["bookworm", "trixie"] as const;
 type Suite = (typeof SUITES)[number];
 const RELEASE: Record<Suite, string> = { bookworm: "Debian 12", trixie: "Debian 13" };
 
-const CONFIG = `host = "kvm-stock"
-networks = ["${NETWORK}"]
-pd_pool = "2001:db8:ff00::/40"
-pd_length = 60
-bridges = ["cloudbr0"]
-port_prefix = "vnet"
-state_dir = "/var/lib/sg6"
-backend = "iptables"
-resync_interval = 1
-
-[nats]
-servers = ["nats://127.0.0.1:4333"]
-
-[metrics]
-listen = "127.0.0.1:9636"
-`;
+// a drift check every second, so a quiet period is a few seconds; the release's own nats-server
+const CONFIG = agentToml("kvm-stock", NETWORK, { resyncInterval: 1, nats: "nats://127.0.0.1:4333", metrics: "127.0.0.1:9636" });
 
 const NATS_CONF = `listen: "127.0.0.1:4333"
 jetstream { store_dir: "/var/lib/stocktest-js" }

@@ -29,8 +29,15 @@ export async function cannotBoot(): Promise<string | undefined> {
   return undefined;
 }
 
-/** The agent.toml of a booted copy: guards cloudbr0's vnet ports; NATS is named but nothing listens (READY must not wait for it). */
-export function agentToml(host: string, network = "2001:db8:1::/64"): string {
+/**
+ * The agent.toml of a booted copy: guards cloudbr0's vnet ports. By default NATS is named but
+ * nothing listens (READY must not wait for it), the drift timer runs every minute and metrics are off.
+ */
+export function agentToml(
+  host: string,
+  network = "2001:db8:1::/64",
+  { resyncInterval = 60, nats = "nats://127.0.0.1:4222", metrics = "" }: { resyncInterval?: number; nats?: string; metrics?: string } = {},
+): string {
   return `host = "${host}"
 networks = ["${network}"]
 pd_pool = "2001:db8:ff00::/40"
@@ -39,13 +46,13 @@ bridges = ["cloudbr0"]
 port_prefix = "vnet"
 state_dir = "/var/lib/sg6"
 backend = "iptables"
-resync_interval = 60
+resync_interval = ${resyncInterval}
 
 [nats]
-servers = ["nats://127.0.0.1:4222"]
+servers = ["${nats}"]
 
 [metrics]
-listen = ""
+listen = "${metrics}"
 `;
 }
 
