@@ -1,8 +1,7 @@
 
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
+import { type Attack as AttackOf, attackRounds, JUDGE, PKT_ND, PYTHON, type Verdict } from "../support/attack-rounds.js";
 import type { PortBinding } from "../../src/core/model.js";
 import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver.js";
 import { bindingFor } from "../support/fixtures.js";
@@ -10,10 +9,6 @@ import { Cleanup, Hypervisor, type Netns, waitFor } from "../support/netns.js";
 import { Proc } from "../support/proc.js";
 import { type LabNode, labNode, newMarker, send, settle, startSniffer, startStream } from "../support/packets.js";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const JUDGE = join(HERE, "../support/judge.py");
-const PKT_ND = join(HERE, "../support/pkt_nd.py");
-const PYTHON = "/usr/bin/python3";
 
 const NETWORK = "2001:db8:1::/64";
 const ROUTER_IP = "2001:db8:1::1";
@@ -25,21 +20,6 @@ const BRIDGE_MAC = "02:00:00:00:0b:01";
 
 // ---------------------------------------------------------------- processes and judging
 
-interface Packet {
-  src: string;
-  dst: string;
-  proto: number | "cut";
-  type?: number;
-  sport?: number;
-  dport?: number;
-}
-
-interface Verdict {
-  barrier: boolean;
-  frames: number;
-  tagged: number;
-  packets: Packet[];
-}
 
 /** Run `attack`, then a barrier from `barrierFrom`; resolves to what reached `at` from `srcMac` (or anyone) before it. */
 async function judged(where: { ns: Netns | string; iface: string }, srcMac: string | undefined, barrierFrom: LabNode, attack: () => Promise<void>): Promise<Verdict> {
@@ -178,11 +158,7 @@ async function spoofedFlood(lab: Lab, ms: number, during: () => { stop(): Promis
 
 // ---------------------------------------------------------------- findings 2-6
 
-interface Attack {
-  name: string;
-  run(lab: Lab): Promise<boolean>;
-  reset?(lab: Lab): Promise<void>;
-}
+type Attack = AttackOf<Lab>;
 
 async function fdbPort(lab: Lab, mac: string): Promise<string | undefined> {
   const out = JSON.parse(await lab.hv.ns.run("bridge", ["-j", "fdb", "show", "br", lab.hv.bridge])) as { mac: string; ifname: string; flags?: string[] }[];
@@ -288,32 +264,14 @@ function redTeamSuite(backend: DriverBackend) {
     await cleanup.run();
   });
 
-  const attempt = async (attack: Attack): Promise<boolean> => {
-    try {
-      return await attack.run(lab);
-    } catch (error) {
-      throw new Error(`${attack.name}: ${(error as Error).message}`);
-    } finally {
-      await attack.reset?.(lab);
-    }
-  };
-
-  s("controls: with no guard every attack succeeds", async () => {
-    await lab.driver.purge();
-    const failed: string[] = [];
-    for (const attack of ATTACKS) if (!(await attempt(attack))) failed.push(attack.name);
-    assert.equal(failed, [], `attacks that did not work without a guard (the check would prove nothing): ${failed.join("; ")}`);
-  });
-
-  s("guarded: every attack fails", async () => {
-    await lab.driver.reconcile(lab.bindings);
-    const succeeded: string[] = [];
-    for (const attack of ATTACKS) if (await attempt(attack)) succeeded.push(attack.name);
-    if (succeeded.length && process.env.SG6_ATTACK_DEBUG) {
-      process.stderr.write(await lab.hv.ns.run(`${lab.ip6tables}-save`, ["-c"]));
-      process.stderr.write(await lab.hv.ns.run("ebtables-nft-save", ["-c"]));
-    }
-    assert.equal(succeeded, [], `attacks that got through the ${backend} guard: ${succeeded.join("; ")}`);
+  attackRounds({
+    s,
+    lab: () => lab,
+    attacks: ATTACKS,
+    dataplane: backend,
+    unguard: (l) => l.driver.purge(),
+    guard: (l) => l.driver.reconcile(l.bindings),
+    dump: async (l) => (await l.hv.ns.run(`${l.ip6tables}-save`, ["-c"])) + (await l.hv.ns.run("ebtables-nft-save", ["-c"])),
   });
 
   s("guarded: the right MAC's IPv4 and ARP still pass (only a wrong MAC is sg6's business)", async () => {

@@ -18,43 +18,13 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { parseNftJson, reasonNumber, renderTable } from "../../src/core/nft-rules.js";
 import { MEMBERSHIP_PROBE } from "../../src/shell/nftables.js";
+import { Cpio, moduleOrder } from "../support/guest.js";
 
 const run = promisify(execFile);
 const CACHE = "/var/tmp/sg6-nft-guest";
 const KERNEL_META = "linux-image-cloud-amd64";
 const MODULES = ["nf_tables", "nft_meta_bridge", "nft_limit", "nft_log", "nfnetlink_log", "bridge", "veth"];
 const BOOT_DEADLINE_MS = 240_000;
-
-// ---------------------------------------------------------------- an initramfs (cpio newc)
-
-class Cpio {
-  private readonly parts: Buffer[] = [];
-  private ino = 1;
-
-  private entry(name: string, mode: number, data: Buffer): void {
-    const fields = [this.ino++, mode, 0, 0, 1, 0, data.length, 0, 0, 0, 0, name.length + 1, 0];
-    const header = Buffer.from(`070701${fields.map((f) => f.toString(16).padStart(8, "0")).join("")}`, "ascii");
-    const pad = (n: number) => Buffer.alloc((4 - (n % 4)) % 4);
-    this.parts.push(header, Buffer.from(`${name}\0`), pad(header.length + name.length + 1), data, pad(data.length));
-  }
-
-  dir(name: string): void {
-    this.entry(name, 0o040755, Buffer.alloc(0));
-  }
-
-  file(name: string, data: Buffer, mode = 0o644): void {
-    this.entry(name, 0o100000 | mode, data);
-  }
-
-  symlink(name: string, target: string): void {
-    this.entry(name, 0o120777, Buffer.from(target));
-  }
-
-  end(): Buffer {
-    this.entry("TRAILER!!!", 0, Buffer.alloc(0));
-    return Buffer.concat(this.parts);
-  }
-}
 
 /** A program and the shared objects it loads (ldd), with the paths they have on this host. */
 async function withLibraries(program: string): Promise<string[]> {
@@ -65,28 +35,6 @@ async function withLibraries(program: string): Promise<string[]> {
     if (match) paths.push(match[1]!);
   }
   return paths;
-}
-
-/** The modules `names` need, dependencies first (modules.dep lists the deepest last). */
-function moduleOrder(modulesDir: string, names: string[]): string[] {
-  const deps = new Map<string, string[]>();
-  for (const line of readFileSync(join(modulesDir, "modules.dep"), "utf8").split("\n")) {
-    const [module, rest] = line.split(":");
-    if (module && rest !== undefined) deps.set(module, rest.trim().split(/\s+/).filter(Boolean));
-  }
-  const byName = new Map([...deps.keys()].map((path) => [path.split("/").pop()!.replace(/\.ko.*$/, ""), path]));
-  const order: string[] = [];
-  const visit = (path: string) => {
-    if (order.includes(path)) return;
-    for (const dep of [...(deps.get(path) ?? [])].reverse()) visit(dep);
-    order.push(path);
-  };
-  for (const name of names) {
-    const path = byName.get(name);
-    if (!path) throw new Error(`guest kernel: no module ${name}`);
-    visit(path);
-  }
-  return order;
 }
 
 /** Debian's cloud kernel and a base initramfs (busybox, nft, ip, modules), cached. */

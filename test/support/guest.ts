@@ -161,7 +161,7 @@ async function aptOut(argv: string[], cwd?: string): Promise<string> {
 }
 
 /** The modules `names` need, dependencies first, as paths relative to lib/modules/<release>. */
-function moduleOrder(modulesDir: string, names: string[]): string[] {
+export function moduleOrder(modulesDir: string, names: string[]): string[] {
   const deps = new Map<string, string[]>();
   for (const line of readFileSync(join(modulesDir, "modules.dep"), "utf8").split("\n")) {
     const [module, rest] = line.split(":");
@@ -198,13 +198,13 @@ function buildInitramfs(root: string, release: string, modules: string[]): Buffe
 }
 
 /** A cpio archive in the "newc" format the kernel unpacks as its initramfs. */
-class Cpio {
+export class Cpio {
   private readonly parts: Buffer[] = [];
   private ino = 1;
   dir(name: string): void {
     this.entry(name, 0o040755, Buffer.alloc(0));
   }
-  file(name: string, data: Buffer, mode: number): void {
+  file(name: string, data: Buffer, mode = 0o644): void {
     this.entry(name, 0o100000 | mode, data);
   }
   symlink(name: string, target: string): void {
