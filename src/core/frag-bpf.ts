@@ -15,23 +15,11 @@
 // by any row). A load past the end of the packet ends a classic BPF program with 0, so a chain cut
 // anywhere returns 0, and so does a chain longer than WALKED extension headers (xt_bpf takes at most
 // 64 instructions; three headers walked and the fourth recognised take 56).
-import type { BpfInsn } from "./nd-bpf.js";
+import { ADD_K, ADD_X, type BpfInsn, JA, JEQ_K, LD_B_ABS, LD_B_IND, LD_IMM, LDX_IMM, LDX_MEM, LSH_K, RET_K, ST } from "./bpf.js";
 
 /** extension headers walked before the upper-layer header must have been reached */
 export const WALKED = 3;
 
-const LD_B_ABS = 0x30;
-const LD_B_IND = 0x50;
-const LD_IMM = 0x00;
-const LDX_IMM = 0x01;
-const LDX_MEM = 0x61;
-const ST = 0x02;
-const ADD_K = 0x04;
-const ADD_X = 0x0c;
-const LSH_K = 0x64;
-const JA = 0x05;
-const JEQ_K = 0x15;
-const RET_K = 0x06;
 
 const HOP_BY_HOP = 0;
 const ROUTING = 43;

@@ -10,23 +10,10 @@
 // the next header is ICMPv6 and the target lies in one of the prefixes, else 0 (a load past the
 // end of the packet ends the program with 0).
 import { groupsWords, maskGroups, prefixBits } from "./addressing.js";
+import { AND_K, type BpfInsn, JEQ_K, LD_B_ABS, LD_W_ABS, MAX_INSNS, RET_K } from "./bpf.js";
 
-/** One classic BPF instruction (struct sock_filter). */
-export interface BpfInsn {
-  code: number;
-  jt: number;
-  jf: number;
-  k: number;
-}
+export { type BpfInsn, bytecode, MAX_INSNS } from "./bpf.js";
 
-/** xt_bpf's limit (XT_BPF_MAX_NUM_INSTR). */
-export const MAX_INSNS = 64;
-
-const LD_W_ABS = 0x20;
-const LD_B_ABS = 0x30;
-const AND_K = 0x54;
-const JEQ_K = 0x15;
-const RET_K = 0x06;
 const NEXT_HEADER = 6;
 const TARGET = 48;
 const ICMPV6 = 58;
@@ -112,7 +99,3 @@ export function targetPrograms(prefixes: readonly string[]): BpfInsn[][] {
   return chunks.map(program);
 }
 
-/** The program as `--bytecode` takes it (and ip6tables-save prints it): "N,code jt jf k,…" in decimal. */
-export function bytecode(program: readonly BpfInsn[]): string {
-  return [String(program.length), ...program.map((i) => `${i.code} ${i.jt} ${i.jf} ${i.k >>> 0}`)].join(",");
-}
