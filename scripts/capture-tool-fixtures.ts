@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CHAIN_L2_MAC, emptyL2, l2PortRules } from "../src/core/ebtables-rules.js";
-import { COUNTED_REASONS, countSetName, ndDispatch, ndMatchFor, planChange, portRule, renderContent, TABLE, type KernelSnapshot } from "../src/core/iptables-rules.js";
+import { COUNTED_REASONS, countSetName, ndDispatch, ndMatchFor, planChange, portRule, renderContent, TABLE, TABLE_BACKSTOP, type KernelSnapshot } from "../src/core/iptables-rules.js";
 import { lengthsOf, renderContent as renderNft, renderTable } from "../src/core/nft-rules.js";
 import { DRIFT, FIXTURE_BINDINGS, FIXTURE_DIR, FIXTURE_OPTIONS, RELEASES, type Release } from "../test/support/tool-fixtures.js";
 
@@ -54,7 +54,7 @@ function write(dir: string, name: string, text: string): void {
 }
 
 function loadIptables(s: Scratch, variant: "legacy" | "nft"): void {
-  const empty: KernelSnapshot = { hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map(), l2: emptyL2() };
+  const empty: KernelSnapshot = { hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map(), l2: emptyL2(), mangle: { hooks: { PREROUTING: [] }, chains: new Map() } };
   const script = planChange(empty, renderContent(FIXTURE_BINDINGS, ndMatchFor(variant)), FIXTURE_OPTIONS);
   s.run("ebtables-nft-restore", ["--noflush"], withCounters(script.ebtablesBefore));
   s.run("ipset", ["-exist", "restore"], script.ipsetBefore);
@@ -76,6 +76,10 @@ function driftIptables(s: Scratch, variant: "legacy" | "nft"): void {
     `-F ${DRIFT.missingChain}`,
     `-X ${DRIFT.missingChain}`,
     `-D sg6-port ${spec(portRule(port3.device, port3.mac)).join(" ")}`,
+    "COMMIT",
+    // another writer's rule ahead of the backstop's jump
+    `*${TABLE_BACKSTOP}`,
+    "-I PREROUTING 1 -j ACCEPT",
     "COMMIT",
     "",
   ];
@@ -105,8 +109,10 @@ function captureIptables(release: Release, root: string): void {
     try {
       loadIptables(s, variant);
       const save = () => s.run(`ip6tables-${variant}-save`, ["-t", TABLE]);
+      const saveMangle = () => s.run(`ip6tables-${variant}-save`, ["-t", TABLE_BACKSTOP]);
       const drops = () => s.run(`ip6tables-${variant}`, ["-w", "5", "-t", TABLE, "-S", "sg6-drop", "-v"]);
       write(dir, `ip6tables-${variant}-save.txt`, save());
+      write(dir, `ip6tables-${variant}-save-mangle.txt`, saveMangle());
       write(dir, `ip6tables-${variant}-S-sg6-drop-v.txt`, drops());
       if (variant === "nft") {
         write(dir, "ebtables-nft-save-c-t-nat.txt", s.run("ebtables-nft-save", ["-c", "-t", "nat"]));
@@ -114,6 +120,7 @@ function captureIptables(release: Release, root: string): void {
       }
       driftIptables(s, variant);
       write(dir, `ip6tables-${variant}-save.drift.txt`, save());
+      write(dir, `ip6tables-${variant}-save-mangle.drift.txt`, saveMangle());
       if (variant === "nft") {
         driftL2(s);
         write(dir, "ebtables-nft-save-c-t-nat.drift.txt", s.run("ebtables-nft-save", ["-c", "-t", "nat"]));

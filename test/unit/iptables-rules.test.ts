@@ -88,6 +88,9 @@ const DROP_A = withId("-A sg6-drop -m physdev --physdev-in vnet3 -j DROP");
 const DROP_B = withId("-A sg6-drop -m physdev --physdev-in vnet4 -j DROP");
 const JUMP = withId("-A PREROUTING -m physdev --physdev-in vnet+ -j sg6-fwd");
 const FWD0 = withId("-A sg6-fwd -i cloudbr0 -g sg6-port");
+/** sg6-fwd marks what it takes into its judgment (the backstop in mangle requires the mark) */
+const markIn = (bridge: string) => rule(CHAIN_FWD, `-i ${bridge}`, "-j MARK --set-xmark 0x2000000/0x2000000");
+const MARK0 = markIn("cloudbr0");
 const ND_A = ndDispatch("vnet3");
 const ND_B = ndDispatch("vnet4");
 const NDC_A = ndChainRules("vnet3", VM_A.sources);
@@ -537,12 +540,12 @@ render("a binding renders to one port rule naming its own set, one counting drop
   assert.equal(renderContent([]), emptyContent());
 });
 
-render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per bridge, a logging chain per reason", () => {
+render("the scaffold: sg6-guard in the contract's order, sg6-fwd marks and judges per bridge, a logging chain per reason", () => {
   const scaffold = scaffoldRules(OPTIONS);
   const reasons = L3_REASONS.map(reasonChain);
   assert.equal(Object.keys(scaffold).sort(), [CHAIN_FRAG, CHAIN_FWD, CHAIN_GUARD, ...reasons].sort());
   assert.equal(scaffold[CHAIN_GUARD], GUARD);
-  assert.equal(scaffold[CHAIN_FWD], [FWD0]);
+  assert.equal(scaffold[CHAIN_FWD], [MARK0, FWD0]);
   assert.equal(CHAINS, [CHAIN_DROP, ...reasons, CHAIN_FRAG, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD], "created so that every jump target exists first");
   assert.is(PORT_DEFAULT, withId("-A sg6-port -g sg6-r-source"));
   assert.is(DROP_DEFAULT, withId("-A sg6-drop -j DROP"));
@@ -710,7 +713,7 @@ fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in
   assert.equal([...named].sort(), [...COUNT_SETS, SET_A, SET_B].sort());
   for (const set of named) assert.ok(created.includes(set), `${set} is created before the rule naming it`);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_GUARD} `)), GUARD);
-  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), [FWD0]);
+  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), [MARK0, FWD0]);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_PORT} `)), [RULE_A, RULE_B, PORT_DEFAULT], "port rules, then the default drop last");
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_DROP} `)), [DROP_A, DROP_B, DROP_DEFAULT], "counting drops, then the default drop last");
   assert.equal(lines.filter((l) => l.includes("PREROUTING")), [`-I PREROUTING 1 ${spec(JUMP)}`]);
@@ -735,7 +738,7 @@ fresh("run on a host with other rules: the jump is first, everything else is lef
   assert.equal(k.filter.get(CHAIN_PORT), [RULE_A, RULE_B, PORT_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_DROP), [DROP_A, DROP_B, DROP_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_GUARD), GUARD);
-  assert.equal(k.filter.get(CHAIN_FWD), [FWD0]);
+  assert.equal(k.filter.get(CHAIN_FWD), [MARK0, FWD0]);
   assert.equal([...k.sets.keys()], ["cs-v6", ...COUNT_SETS, SET_A, SET_B]);
   assert.is(k.sets.get(SET_A)!.create, CREATE_A);
   assert.equal([...k.sets.get(SET_A)!.entries].sort(), members(SRC_A).sort());
@@ -761,12 +764,12 @@ fresh("an empty desired state still installs the fail-closed scaffold, makes no 
   assert.equal(planChange(read(k), emptyContent(), OPTIONS), NOTHING);
 });
 
-fresh("two bridges: one sg6-fwd rule each", () => {
+fresh("two bridges: a mark and a goto in sg6-fwd each", () => {
   const options = { bridges: ["cloudbr0", "cloudbr1"], portPrefix: "vnet" };
   const script = planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, DESIRED, options);
   assert.equal(
     script.iptables.split("\n").filter((l) => l.startsWith("-A sg6-fwd ")),
-    [FWD0, withId("-A sg6-fwd -i cloudbr1 -g sg6-port")],
+    [MARK0, FWD0, markIn("cloudbr1"), withId("-A sg6-fwd -i cloudbr1 -g sg6-port")],
   );
 });
 
@@ -889,7 +892,7 @@ drift("a flushed sg6-port chain", () => {
 });
 
 drift("a flushed sg6-fwd chain", () => {
-  repairs((k) => (k.filter.get(CHAIN_FWD)!.length = 0), { iptables: tx(FWD0) }, /rewrite chain sg6-fwd/);
+  repairs((k) => (k.filter.get(CHAIN_FWD)!.length = 0), { iptables: tx(MARK0, FWD0) }, /rewrite chain sg6-fwd/);
 });
 
 drift("a flushed sg6-drop chain", () => {
@@ -1038,6 +1041,7 @@ drift("the operator changed port_prefix and bridges: jump and sg6-fwd follow, no
       ipsetBefore: "",
       iptables: tx(
         "-F sg6-fwd",
+        markIn("cloudbr1"),
         withId("-A sg6-fwd -i cloudbr1 -g sg6-port"),
         `-D PREROUTING ${spec(JUMP)}`,
         `-I PREROUTING 1 ${spec(hookJumps("tap").PREROUTING)}`,

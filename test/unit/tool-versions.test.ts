@@ -39,6 +39,8 @@ function snapshotOf(release: (typeof RELEASES)[number], variant: (typeof VARIANT
   const suffix = drift ? ".drift.txt" : ".txt";
   return {
     ...parseIptablesSave(fixture("iptables", release.iptables, `ip6tables-${variant}-save${suffix}`)),
+    // the backstop as each release's tools print its mark rules
+    mangle: parseIptablesSave(fixture("iptables", release.iptables, `ip6tables-${variant}-save-mangle${suffix}`), "mangle"),
     sets: parseIpsetSave(fixture("ipset", release.ipset, `ipset-save${suffix}`)),
     // layer 2 is always ebtables-nft's (the legacy captures hold no ebtables rules of their own)
     l2: parseEbtablesSave(fixture("iptables", release.iptables, `ebtables-nft-save-c-t-nat${suffix}`)),
@@ -76,6 +78,7 @@ for (const release of RELEASES) {
       has(new RegExp(`^unknown rule in sg6's chain: -A sg6-port ${DRIFT.extraIp6tables}$`), "extra rule in sg6-port");
       has(/^rewrite chain sg6-port /, "the chain with the unknown rule rewritten");
       has(/^move the PREROUTING jump to the top \(found 1\)$/, "wrong jump order (raw PREROUTING)");
+      has(/^move the mangle PREROUTING jump to the top \(found 1\)$/, "wrong jump order (mangle PREROUTING: the backstop)");
       has(new RegExp(`^create chain ${DRIFT.missingChain}$`), "missing chain");
       has(/^add rule sg6-nd .*--physdev-in vnet3 /, "missing ND dispatch rule");
       has(new RegExp(`^create set ${DRIFT.missingSet}$`), "missing set");
