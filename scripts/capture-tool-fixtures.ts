@@ -46,6 +46,8 @@ const spec = (line: string) => line.split(" ").slice(2);
 const withCounters = (script: string) =>
   script
     .replace(/^-A sg6-drop -m physdev --physdev-in vnet(\d+) (.*)$/gm, (_all, n: string, rest: string) => `-A sg6-drop -c ${7 * Number(n)} ${700 * Number(n)} -m physdev --physdev-in vnet${n} ${rest}`)
+    // the backstop's drop rule (per bridge): 5 packets
+    .replace(/^-A sg6-judged (-i \S+ -m mark .*)$/gm, (_all, rest: string) => `-A sg6-judged -c 5 500 ${rest}`)
     .replace(/^(-A sg6-l2 .* -i vnet(\d+) -j sg6-l2-mac)$/gm, (_all, line: string, n: string) => `${line} -c ${3 * Number(n)} ${300 * Number(n)}`);
 
 function write(dir: string, name: string, text: string): void {
@@ -114,6 +116,7 @@ function captureIptables(release: Release, root: string): void {
       write(dir, `ip6tables-${variant}-save.txt`, save());
       write(dir, `ip6tables-${variant}-save-mangle.txt`, saveMangle());
       write(dir, `ip6tables-${variant}-S-sg6-drop-v.txt`, drops());
+      write(dir, `ip6tables-${variant}-S-sg6-judged-v.txt`, s.run(`ip6tables-${variant}`, ["-w", "5", "-t", TABLE_BACKSTOP, "-S", "sg6-judged", "-v"]));
       if (variant === "nft") {
         write(dir, "ebtables-nft-save-c-t-nat.txt", s.run("ebtables-nft-save", ["-c", "-t", "nat"]));
         write(ipsetDir, "ipset-save.txt", s.run("ipset", ["save"]));

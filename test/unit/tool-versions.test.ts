@@ -13,6 +13,7 @@ import {
   parseIpsetSave,
   parseIptablesSave,
   parsePortDrops,
+  parseUnjudged,
   planChange,
   portSetCreate,
   renderContent,
@@ -108,6 +109,13 @@ for (const release of RELEASES) {
       // the capture set port N's counter to 7N packets; ip6tables-nft 1.8.9 cannot set counters (they stay 0)
       const counted = !(variant === "nft" && release.iptables === "1.8.9");
       assert.equal(Object.fromEntries(drops), { vnet1: counted ? 7 : 0, vnet2: counted ? 14 : 0, vnet3: counted ? 21 : 0 });
+    });
+
+    ipt(`${label}: the backstop's drops per bridge read from \`ip6tables -t mangle -S sg6-judged -v\``, () => {
+      const drops = parseUnjudged(fixture("iptables", release.iptables, `ip6tables-${variant}-S-sg6-judged-v.txt`));
+      // the capture set the bridge's drop rule to 5 packets (not the mark-clearing rule); as above for nft 1.8.9
+      const counted = !(variant === "nft" && release.iptables === "1.8.9");
+      assert.equal(Object.fromEntries(drops), { [FIXTURE_OPTIONS.bridges[0]!]: counted ? 5 : 0 });
     });
   }
 
