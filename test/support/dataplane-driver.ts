@@ -72,7 +72,8 @@ async function serve(variant: DriverBackend, bridges: string[], portPrefix: stri
       case "save":
         return {
           ok: true,
-          iptables: variant === "nftables" ? (await execRaw("nft", ["list", "ruleset"])).stdout : await saveTable(variant),
+          // the iptables backend: raw (the guard) and mangle (the backstop)
+          iptables: variant === "nftables" ? (await execRaw("nft", ["list", "ruleset"])).stdout : (await saveTable(variant)) + (await saveTable(variant, "mangle")),
           ebtables: (await execRaw("ebtables-nft-save", ["-t", "nat"])).stdout,
           ipset: (await execRaw("ipset", ["save"])).stdout,
         };
