@@ -327,6 +327,8 @@ export class IptablesBackend implements Dataplane {
     // listing legacy tables instantiates them; /proc tells whether any exist without touching them
     if (other === "legacy" && !(await legacyTablesExist())) return;
     for (const table of OWN_TABLES) {
+      // only the legacy tables that exist: listing one would instantiate it
+      if (other === "legacy" && !(await legacyTablesExist([table]))) continue;
       // a variant that is not usable here cannot hold anything
       const { chains } = (await readTable(other, table).catch(() => undefined)) ?? { chains: new Map<string, string[]>() };
       if (chains.size === 0) continue;
