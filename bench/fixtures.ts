@@ -111,7 +111,8 @@ export function bindingsOf(config: Config, n: number): PortBinding[] {
   return bindings;
 }
 
-export const emptySnapshot = (): KernelSnapshot => ({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() });
+/** nothing of sg6 yet, the mangle table (the backstop) read too: the floor and naive scripts make every object sg6 makes */
+export const emptySnapshot = (): KernelSnapshot => ({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map(), mangle: { hooks: { PREROUTING: [] }, chains: new Map() } });
 
 /**
  * The floor: what the kernel tools alone need, as one `ipset restore` and one `ip6tables-restore`

@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CHAIN_L2_MAC, emptyL2, l2PortRules } from "../src/core/ebtables-rules.js";
-import { COUNTED_REASONS, countSetName, ndDispatch, ndMatchFor, planChange, portRule, renderContent, TABLE, type KernelSnapshot } from "../src/core/iptables-rules.js";
+import { COUNTED_REASONS, countSetName, ndDispatch, ndMatchFor, planChange, portRule, renderContent, TABLE, TABLE_BACKSTOP, type KernelSnapshot } from "../src/core/iptables-rules.js";
 import { lengthsOf, renderContent as renderNft, renderTable } from "../src/core/nft-rules.js";
 import { DRIFT, FIXTURE_BINDINGS, FIXTURE_DIR, FIXTURE_OPTIONS, RELEASES, type Release } from "../test/support/tool-fixtures.js";
 
@@ -46,6 +46,8 @@ const spec = (line: string) => line.split(" ").slice(2);
 const withCounters = (script: string) =>
   script
     .replace(/^-A sg6-drop -m physdev --physdev-in vnet(\d+) (.*)$/gm, (_all, n: string, rest: string) => `-A sg6-drop -c ${7 * Number(n)} ${700 * Number(n)} -m physdev --physdev-in vnet${n} ${rest}`)
+    // the backstop's drop rule (per bridge): 5 packets
+    .replace(/^-A sg6-judged (-i \S+ -m mark .*)$/gm, (_all, rest: string) => `-A sg6-judged -c 5 500 ${rest}`)
     .replace(/^(-A sg6-l2 .* -i vnet(\d+) -j sg6-l2-mac)$/gm, (_all, line: string, n: string) => `${line} -c ${3 * Number(n)} ${300 * Number(n)}`);
 
 function write(dir: string, name: string, text: string): void {
@@ -54,7 +56,7 @@ function write(dir: string, name: string, text: string): void {
 }
 
 function loadIptables(s: Scratch, variant: "legacy" | "nft"): void {
-  const empty: KernelSnapshot = { hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map(), l2: emptyL2() };
+  const empty: KernelSnapshot = { hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map(), l2: emptyL2(), mangle: { hooks: { PREROUTING: [] }, chains: new Map() } };
   const script = planChange(empty, renderContent(FIXTURE_BINDINGS, ndMatchFor(variant)), FIXTURE_OPTIONS);
   s.run("ebtables-nft-restore", ["--noflush"], withCounters(script.ebtablesBefore));
   s.run("ipset", ["-exist", "restore"], script.ipsetBefore);
@@ -76,6 +78,10 @@ function driftIptables(s: Scratch, variant: "legacy" | "nft"): void {
     `-F ${DRIFT.missingChain}`,
     `-X ${DRIFT.missingChain}`,
     `-D sg6-port ${spec(portRule(port3.device, port3.mac)).join(" ")}`,
+    "COMMIT",
+    // another writer's rule ahead of the backstop's jump
+    `*${TABLE_BACKSTOP}`,
+    "-I PREROUTING 1 -j ACCEPT",
     "COMMIT",
     "",
   ];
@@ -105,15 +111,19 @@ function captureIptables(release: Release, root: string): void {
     try {
       loadIptables(s, variant);
       const save = () => s.run(`ip6tables-${variant}-save`, ["-t", TABLE]);
+      const saveMangle = () => s.run(`ip6tables-${variant}-save`, ["-t", TABLE_BACKSTOP]);
       const drops = () => s.run(`ip6tables-${variant}`, ["-w", "5", "-t", TABLE, "-S", "sg6-drop", "-v"]);
       write(dir, `ip6tables-${variant}-save.txt`, save());
+      write(dir, `ip6tables-${variant}-save-mangle.txt`, saveMangle());
       write(dir, `ip6tables-${variant}-S-sg6-drop-v.txt`, drops());
+      write(dir, `ip6tables-${variant}-S-sg6-judged-v.txt`, s.run(`ip6tables-${variant}`, ["-w", "5", "-t", TABLE_BACKSTOP, "-S", "sg6-judged", "-v"]));
       if (variant === "nft") {
         write(dir, "ebtables-nft-save-c-t-nat.txt", s.run("ebtables-nft-save", ["-c", "-t", "nat"]));
         write(ipsetDir, "ipset-save.txt", s.run("ipset", ["save"]));
       }
       driftIptables(s, variant);
       write(dir, `ip6tables-${variant}-save.drift.txt`, save());
+      write(dir, `ip6tables-${variant}-save-mangle.drift.txt`, saveMangle());
       if (variant === "nft") {
         driftL2(s);
         write(dir, "ebtables-nft-save-c-t-nat.drift.txt", s.run("ebtables-nft-save", ["-c", "-t", "nat"]));

@@ -245,6 +245,8 @@ async function statusDoc(config: Config, src: StatusSources) {
     kernel,
     limits: dataplane.limits?.() ?? [],
     unguarded: unguardedMembers(links, config),
+    // frames the iptables backend's backstop dropped per guarded bridge (they skipped sg6's judgment)
+    unjudged: config.bridges.map((bridge) => ({ bridge, drops: byReason?.get(bridge)?.unjudged ?? 0 })).filter((b) => b.drops > 0),
     vms,
   };
 }
@@ -290,6 +292,9 @@ function printStatus(doc: StatusDoc, json: boolean, io: Io): number {
   for (const limit of limits) io.out(`WARNING: ${limit}\n`);
   for (const u of doc.unguarded) {
     io.out(`WARNING: ${u.device} is a member of ${u.bridge} but not guarded (its name does not start with port_prefix) and not listed in uplinks: it passes everything\n`);
+  }
+  for (const u of doc.unjudged) {
+    io.out(`WARNING: ${u.drops} frames from guarded ports of ${u.bridge} skipped sg6's judgment (another writer's rule got ahead of sg6's jump in raw PREROUTING) and were dropped by the backstop in mangle PREROUTING: legitimate traffic may have been lost\n`);
   }
   const rows = [["VM", "DEVICE", "MAC", "/128 (SLAAC)", "DELEGATED", "STATE", "DROPS"]];
   for (const v of vms) {

@@ -14,9 +14,18 @@ export const DROP_REASONS = [
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
+/**
+ * Drops that are no row's verdict, counted per bridge rather than per port: "unjudged" is a frame
+ * from a guarded port that skipped sg6's judgment (another writer's rule got ahead of sg6's jump in
+ * raw PREROUTING) and that the iptables backend's backstop in mangle dropped. The nftables backend
+ * never counts it (its own table: no other writer's rule shares its chain).
+ */
+export const HOST_DROP_REASONS = ["unjudged"] as const;
+export type HostDropReason = (typeof HOST_DROP_REASONS)[number];
+
 export function isDropReason(word: string): word is DropReason {
   return (DROP_REASONS as readonly string[]).includes(word);
 }
 
-/** Drop counts of one port by reason (a reason never counted is absent). */
-export type ReasonCounts = Partial<Record<DropReason, number>>;
+/** Drop counts of one port (or, for HOST_DROP_REASONS, one bridge) by reason (a reason never counted is absent). */
+export type ReasonCounts = Partial<Record<DropReason | HostDropReason, number>>;

@@ -12,6 +12,13 @@
 // MAC (src/core/ebtables-rules.ts). A port's ND chain is rewritten alone (flush and refill), so a
 // prefix change never searches a chain shared by every port.
 //
+// A second line in mangle PREROUTING (the backstop): sg6-fwd marks every frame it takes into its
+// judgment (one bit, JUDGED_MARK); mangle PREROUTING's first rule sends guarded ports' frames to
+// sg6-judged, which drops a frame from a guarded bridge without the bit and clears the bit on the
+// rest. Each table is its own hook (nf_tables: its own base chain) and an ACCEPT ends only its own
+// table, so another writer's ACCEPT ahead of sg6's jump in raw PREROUTING makes the frame skip the
+// judgment and the mark, and mangle drops it: fail closed, also while the agent is down.
+//
 // Every ip6tables rule carries its id (a hash of its body) in a comment: rules are compared by id,
 // so the spelling ip6tables-save prints never matters and a rule whose body changes is rewritten.
 import { CHAIN_L2, HOOK_L2, emptyL2, isL2PortRule, l2LineKey, parseL2Rule, l2PortRules, planL2, l2Script, l2Delete, l2Insert, unknownL2Rules, unknownRuleNote, type L2Snapshot } from "./ebtables-rules.js";
@@ -39,6 +46,21 @@ export type L3Reason = (typeof L3_REASONS)[number];
 export const reasonChain = (reason: L3Reason): string => `sg6-r-${reason}`;
 /** in creation order: every jump target exists before the rules that name it */
 export const CHAINS = [CHAIN_DROP, ...L3_REASONS.map(reasonChain), CHAIN_FRAG, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD] as const;
+/** the table of the backstop: mangle PREROUTING (priority -150) runs after raw (-300) */
+export const TABLE_BACKSTOP = "mangle";
+/** mangle: drops a guarded bridge's frame that sg6-fwd did not mark, clears the mark on the rest */
+export const CHAIN_JUDGED = "sg6-judged";
+/** mangle: counts (per bridge, in sg6-judged's rule), logs and drops what skipped the judgment */
+export const CHAIN_UNJUDGED = "sg6-r-unjudged";
+/** the backstop's chains in creation order */
+export const BACKSTOP_CHAINS = [CHAIN_UNJUDGED, CHAIN_JUDGED] as const;
+/**
+ * The mark bit sg6-fwd sets on a frame it judges. Bit 25: clear of kube-proxy's 0x4000/0x8000
+ * and Cilium's 0x0f00/0xf000; libvirt and firewalld (no zone marks by default) use none. Calico's
+ * default mask 0xffff0000 would hold it (Calico has no business on a KVM hypervisor's bridges).
+ * Only this bit is read or written: `--set-xmark <bit>/<bit>` sets it, `0x0/<bit>` clears it.
+ */
+export const JUDGED_MARK = "0x2000000";
 /** the built-in chain sg6 hooks: every frame from a bridge port, bridged, routed or delivered */
 export const HOOKS = ["PREROUTING"] as const;
 export type Hook = (typeof HOOKS)[number];
@@ -71,7 +93,7 @@ export function hookJumps(portPrefix: string): Record<Hook, string> {
   return { PREROUTING: rule("PREROUTING", `-m physdev --physdev-in ${portPrefix}+`, `-j ${CHAIN_FWD}`) };
 }
 
-/** Rate limit of each drop log rule: 9 reasons (7 here, 2 at layer 2) stay under 100 frames/s, burst 50. */
+/** Rate limit of each drop log rule: 10 chains (7 here, the backstop's, 2 at layer 2) stay within 100 frames/s, burst 50. */
 export const LOG_LIMIT = "-m limit --limit 10/sec --limit-burst 5";
 /** netlink log group of the drop log (`sg6 drops` reads it: src/shell/droplog.ts) */
 export const LOG_GROUP = 6;
@@ -133,8 +155,43 @@ export function scaffoldRules(options: ScaffoldOptions): Record<string, string[]
     ],
     [CHAIN_FRAG]: [rule(CHAIN_FRAG, `-m bpf --bytecode "${bytecode(wholeChainProgram())}"`, "-j RETURN"), rule(CHAIN_FRAG, "", `-g ${reasonChain("fragment")}`)],
     ...Object.fromEntries(L3_REASONS.map((reason) => [reasonChain(reason), reasonRules(reason)])),
-    [CHAIN_FWD]: options.bridges.map((bridge) => rule(CHAIN_FWD, `-i ${bridge}`, `-g ${CHAIN_PORT}`)),
+    // the mark first: what sg6-port drops never reaches mangle, what it lets on reaches it marked
+    [CHAIN_FWD]: options.bridges.flatMap((bridge) => [rule(CHAIN_FWD, `-i ${bridge}`, `-j MARK --set-xmark ${JUDGED_MARK}/${JUDGED_MARK}`), rule(CHAIN_FWD, `-i ${bridge}`, `-g ${CHAIN_PORT}`)]),
   };
+}
+
+/** The backstop's jump, kept first and single in mangle PREROUTING (as raw's is). */
+export function backstopJump(portPrefix: string): string {
+  return rule("PREROUTING", `-m physdev --physdev-in ${portPrefix}+`, `-j ${CHAIN_JUDGED}`);
+}
+
+/**
+ * Rules of the backstop's chains (mangle). Only frames that entered a guarded bridge are its
+ * business (the same `-i <bridge>` test as sg6-fwd's), so a port of another bridge is never dropped
+ * and its mark never touched.
+ */
+export function backstopRules(options: ScaffoldOptions): Record<string, string[]> {
+  return {
+    [CHAIN_UNJUDGED]: [rule(CHAIN_UNJUDGED, LOG_LIMIT, `-j NFLOG --nflog-prefix "sg6 unjudged" --nflog-group ${LOG_GROUP}`), rule(CHAIN_UNJUDGED, "", "-j DROP")],
+    [CHAIN_JUDGED]: options.bridges.flatMap((bridge) => [
+      // its packet counter is the bridge's count of frames that skipped the judgment
+      rule(CHAIN_JUDGED, `-i ${bridge} -m mark ! --mark ${JUDGED_MARK}/${JUDGED_MARK}`, `-g ${CHAIN_UNJUDGED}`),
+      // nobody downstream sees sg6's bit
+      rule(CHAIN_JUDGED, `-i ${bridge}`, `-j MARK --set-xmark 0x0/${JUDGED_MARK}`),
+    ]),
+  };
+}
+
+/** Frames the backstop dropped, per bridge, from `ip6tables -t mangle -S sg6-judged -v`. */
+export function parseUnjudged(listing: string): Map<string, number> {
+  const drops = new Map<string, number>();
+  for (const line of listing.split("\n")) {
+    if (!line.startsWith(`-A ${CHAIN_JUDGED} `) || !new RegExp(` -g ${CHAIN_UNJUDGED}( |$)`).test(line)) continue;
+    const bridge = / -i (\S+)/.exec(line);
+    const counters = / -c (\d+) \d+/.exec(line);
+    if (bridge && counters) drops.set(bridge[1]!, (drops.get(bridge[1]!) ?? 0) + Number(counters[1]));
+  }
+  return drops;
 }
 
 /** The last rule of sg6-port: whatever no port rule took (unbound port, wrong MAC or source) is dropped. */
@@ -442,6 +499,11 @@ export interface KernelSnapshot {
   sets: Map<string, { create: string; entries: Set<string> }>;
   /** the ebtables nat table's sg6 part; undefined: nothing there yet */
   l2?: L2Snapshot;
+  /**
+   * the mangle table's PREROUTING and sg6 chains (the backstop); undefined: not read, and the plan
+   * leaves the backstop alone (the agent always reads it; the raw table's tests and benchmarks do not)
+   */
+  mangle?: Pick<KernelSnapshot, "hooks" | "chains">;
 }
 
 /**
@@ -581,12 +643,22 @@ const insertLine = (line: string) => `-I ${chainOf(line)} 1 ${ruleSpec(line)}`;
 /** the readable part of a rule for reports: its spec without the id comment */
 const shown = (line: string) => ruleSpec(line).replace(/ ?-m comment --comment "?sg6:[A-Za-z0-9_-]+"?/, "");
 
-function script(parts: Partial<Record<"l2Before" | "ipsetBefore" | "iptables" | "ipsetAfter" | "l2After", string[]>>, changes: string[]): ChangeScript {
+/**
+ * One ip6tables-restore input: the raw section, then the mangle section. ip6tables-nft commits both
+ * in one transaction; ip6tables-legacy commits each table at its COMMIT, raw first: sg6-fwd marks
+ * frames before sg6-judged starts to require the mark, so no frame is dropped while the backstop comes.
+ */
+export function restoreInput(raw: readonly string[], mangle: readonly string[] = []): string {
+  const section = (table: string, lines: readonly string[]) => (lines.length ? `*${table}\n${lines.join("\n")}\nCOMMIT\n` : "");
+  return section(TABLE, raw) + section(TABLE_BACKSTOP, mangle);
+}
+
+function script(parts: Partial<Record<"l2Before" | "ipsetBefore" | "iptables" | "mangle" | "ipsetAfter" | "l2After", string[]>>, changes: string[]): ChangeScript {
   const lines = (list: string[] | undefined) => (list?.length ? list.join("\n") + "\n" : "");
   return {
     ebtablesBefore: l2Script(parts.l2Before ?? []),
     ipsetBefore: lines(parts.ipsetBefore),
-    iptables: parts.iptables?.length ? `*${TABLE}\n${parts.iptables.join("\n")}\nCOMMIT\n` : "",
+    iptables: restoreInput(parts.iptables ?? [], parts.mangle ?? []),
     ipsetAfter: lines(parts.ipsetAfter),
     ebtablesAfter: l2Script(parts.l2After ?? []),
     changes,
@@ -721,10 +793,48 @@ export function planChange(
 
   ipt.push(...portChains.last, ...strays.map((chain) => `-X ${chain}`));
   after.push(...straySets.map((name) => `destroy ${name}`));
+  const mangle = snapshot.mangle ? planBackstop(snapshot.mangle, options, changes) : [];
 
   const l2 = planL2(snapshot.l2 ?? emptyL2(), desired.l2Rules, foreignL2, options.portPrefix, settled);
   changes.push(...l2.changes);
-  return script({ l2Before: l2.before, ipsetBefore: before, iptables: ipt, ipsetAfter: after, l2After: l2.after }, changes);
+  return script({ l2Before: l2.before, ipsetBefore: before, iptables: ipt, mangle, ipsetAfter: after, l2After: l2.after }, changes);
+}
+
+/** Whether a hooked chain's rules hold `jump` (to `chain`) first and nowhere else; else its other jumps to `chain`. */
+function displacedJumps(hook: readonly string[], jump: string, chain: string): string[] | undefined {
+  const rules = hook.filter((line) => line.startsWith("-A "));
+  const ours = rules.filter((line) => line.endsWith(` -j ${chain}`) || line.endsWith(` -g ${chain}`));
+  return ours.length === 1 && rules[0] !== undefined && ruleKey(rules[0]) === ruleKey(jump) ? undefined : ours;
+}
+
+/**
+ * The mangle table's lines that bring the backstop to the desired state: its chains made or
+ * rewritten (each in one go: a chain's flush and refill are one transaction), then its jump first
+ * and single in PREROUTING. Run after the raw section (see restoreInput).
+ */
+function planBackstop(read: Pick<KernelSnapshot, "hooks" | "chains">, options: ScaffoldOptions, changes: string[]): string[] {
+  const out: string[] = [];
+  const wanted = backstopRules(options);
+  for (const chain of BACKSTOP_CHAINS) {
+    if (read.chains.has(chain)) continue;
+    out.push(`-N ${chain}`);
+    changes.push(`create chain ${chain} (mangle)`);
+  }
+  for (const chain of BACKSTOP_CHAINS) {
+    const have = read.chains.get(chain) ?? [];
+    const want = wanted[chain]!;
+    if (keysOf(have) === keysOf(want)) continue;
+    if (have.length) out.push(`-F ${chain}`);
+    out.push(...want);
+    changes.push(`rewrite chain ${chain} (mangle, ${have.length} -> ${want.length} rules)`);
+  }
+  const jump = backstopJump(options.portPrefix);
+  const ours = displacedJumps(read.hooks.PREROUTING, jump, CHAIN_JUDGED);
+  if (ours) {
+    out.push(...ours.map(deleteLine), insertLine(jump));
+    changes.push(ours.length ? `move the mangle PREROUTING jump to the top (found ${ours.length})` : "add the mangle PREROUTING jump");
+  }
+  return out;
 }
 
 /**
@@ -829,15 +939,35 @@ export function l2HookListed(portPrefix: string): string {
  * single: an ip6tables-restore input, ebtables-restore lines, and what was wrong. Empty when both
  * are in place. The watcher runs it on every change another writer makes to those chains.
  */
-export function hookRepair(l3Hook: readonly string[], l2Hook: readonly string[], portPrefix: string): { iptables: string; ebtables: string[]; changes: string[] } {
+export function hookRepair(
+  l3Hook: readonly string[],
+  l2Hook: readonly string[],
+  portPrefix: string,
+  mangleHook?: readonly string[],
+): { iptables: string; ebtables: string[]; changes: string[] } {
   const out = { iptables: "", ebtables: [] as string[], changes: [] as string[] };
+  const raw: string[] = [];
+  const mangle: string[] = [];
+  const first = (hook: readonly string[]) => {
+    const line = hook.find((l) => l.startsWith("-A PREROUTING "));
+    return line === undefined ? "none" : shown(line);
+  };
   const jump = hookJumps(portPrefix).PREROUTING;
-  const rules = l3Hook.filter((line) => line.startsWith("-A PREROUTING "));
-  const ours = rules.filter((line) => line.endsWith(` -j ${CHAIN_FWD}`) || line.endsWith(` -g ${CHAIN_FWD}`));
-  if (!(ours.length === 1 && rules[0] !== undefined && ruleKey(rules[0]) === ruleKey(jump))) {
-    out.iptables = `*${TABLE}\n${[...ours.map(deleteLine), insertLine(jump)].join("\n")}\nCOMMIT\n`;
-    out.changes.push(ours.length ? `move the PREROUTING jump to the top (found ${ours.length}, first: ${rules[0] === undefined ? "none" : shown(rules[0])})` : "add the PREROUTING jump");
+  const ours = displacedJumps(l3Hook.filter((line) => line.startsWith("-A PREROUTING ")), jump, CHAIN_FWD);
+  if (ours) {
+    raw.push(...ours.map(deleteLine), insertLine(jump));
+    out.changes.push(ours.length ? `move the PREROUTING jump to the top (found ${ours.length}, first: ${first(l3Hook)})` : "add the PREROUTING jump");
   }
+  // the backstop's jump in mangle PREROUTING, when the caller read it
+  if (mangleHook) {
+    const backstop = backstopJump(portPrefix);
+    const theirs = displacedJumps(mangleHook.filter((line) => line.startsWith("-A PREROUTING ")), backstop, CHAIN_JUDGED);
+    if (theirs) {
+      mangle.push(...theirs.map(deleteLine), insertLine(backstop));
+      out.changes.push(theirs.length ? `move the mangle PREROUTING jump to the top (found ${theirs.length}, first: ${first(mangleHook)})` : "add the mangle PREROUTING jump");
+    }
+  }
+  out.iptables = restoreInput(raw, mangle);
   // compared by meaning (parseL2Rule), as planL2 does: the tool's spelling varies by version
   const listed = l2Hook.map((line) => line.trim()).filter((line) => line.startsWith("-") || line.startsWith("!"));
   const l2Ours = listed.filter((line) => (parseL2Rule(`-A ${HOOK_L2} ${line}`)?.target ?? line.split(" ").at(-1)) === CHAIN_L2);

@@ -20,6 +20,9 @@ import {
   HOOKS,
   CHAIN_DROP,
   TABLE,
+  TABLE_BACKSTOP,
+  CHAIN_JUDGED,
+  parseUnjudged,
   COUNTED_REASONS,
   PORT_SET_PREFIX,
   countSetName,
@@ -65,7 +68,7 @@ export async function detectVariant(env: NodeJS.ProcessEnv = process.env): Promi
 }
 
 /** Whether a legacy table sg6 writes exists (listing one would instantiate it). */
-async function legacyTablesExist(tables: readonly string[] = ["filter", TABLE]): Promise<boolean> {
+async function legacyTablesExist(tables: readonly string[] = OWN_TABLES): Promise<boolean> {
   const names = await readFile("/proc/net/ip6_tables_names", "utf8").catch(() => "");
   return names.split("\n").some((name) => tables.includes(name));
 }
@@ -96,8 +99,13 @@ export async function saveTable(variant: Variant, table: string = TABLE): Promis
   return exec(`ip6tables-${variant}-save`, ["-t", table]);
 }
 
-/** Tables sg6 has ever written: its own (raw) and the filter table of the layout before it. */
-const OWN_TABLES = [TABLE, "filter"] as const;
+/**
+ * Tables sg6 has ever written: the backstop's (mangle), its own (raw) and the filter table of the
+ * layout before it. In this order for purge: the backstop stops requiring the mark before raw stops setting it.
+ */
+const OWN_TABLES = [TABLE_BACKSTOP, TABLE, "filter"] as const;
+/** the tables whose PREROUTING holds a jump of sg6's that must stay first */
+const HOOKED_TABLES: readonly string[] = [TABLE, TABLE_BACKSTOP];
 
 /**
  * What the nf_tables variants say when a rule of the table is one they cannot list (an nft-native
@@ -138,10 +146,10 @@ async function readTable(variant: Variant, table: string = TABLE): Promise<Pick<
 async function readTableByChain(table: string, partial: Pick<KernelSnapshot, "hooks" | "chains">, lastChain: string | undefined, why: string): Promise<Pick<KernelSnapshot, "hooks" | "chains">> {
   const hooks = { ...partial.hooks };
   const chains = new Map(partial.chains);
-  const isHook = (chain: string): chain is Hook => table === TABLE && (HOOKS as readonly string[]).includes(chain);
+  const isHook = (chain: string): chain is Hook => HOOKED_TABLES.includes(table) && (HOOKS as readonly string[]).includes(chain);
   const listedBefore = (chain: string, rules: readonly string[]) => rules.length > 0 && chain !== lastChain;
   const rest = [
-    ...(table === TABLE ? HOOKS.filter((hook) => !listedBefore(hook, hooks[hook])) : []),
+    ...(HOOKED_TABLES.includes(table) ? HOOKS.filter((hook) => !listedBefore(hook, hooks[hook])) : []),
     ...[...chains].filter(([chain, rules]) => !listedBefore(chain, rules)).map(([chain]) => chain),
   ];
   for (const chain of rest) {
@@ -211,7 +219,7 @@ async function tableRemoval(variant: Variant, table: string): Promise<{ remove: 
 }
 
 /** The built-in chains of the tables sg6 has written (where its jumps can be). */
-const BUILT_IN: Record<string, readonly string[]> = { raw: ["PREROUTING", "OUTPUT"], filter: ["INPUT", "FORWARD", "OUTPUT"] };
+const BUILT_IN: Record<string, readonly string[]> = { raw: ["PREROUTING", "OUTPUT"], mangle: ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"], filter: ["INPUT", "FORWARD", "OUTPUT"] };
 
 /** `ebtables-nft-save -c -t nat` for the counters; "" when a rule of the table cannot be listed (the next reconcile rewrites its chain). */
 async function ebtablesCounters(): Promise<string> {
@@ -319,6 +327,8 @@ export class IptablesBackend implements Dataplane {
     // listing legacy tables instantiates them; /proc tells whether any exist without touching them
     if (other === "legacy" && !(await legacyTablesExist())) return;
     for (const table of OWN_TABLES) {
+      // only the legacy tables that exist: listing one would instantiate it
+      if (other === "legacy" && !(await legacyTablesExist([table]))) continue;
       // a variant that is not usable here cannot hold anything
       const { chains } = (await readTable(other, table).catch(() => undefined)) ?? { chains: new Map<string, string[]>() };
       if (chains.size === 0) continue;
@@ -338,8 +348,8 @@ export class IptablesBackend implements Dataplane {
   }
 
   async snapshot(): Promise<KernelSnapshot> {
-    const [table, sets, l2] = await Promise.all([readTable(this.variant), readSets(), ebtablesSave()]);
-    return { ...table, sets, l2 };
+    const [table, mangle, sets, l2] = await Promise.all([readTable(this.variant), readTable(this.variant, TABLE_BACKSTOP), readSets(), ebtablesSave()]);
+    return { ...table, mangle, sets, l2 };
   }
 
   /**
@@ -458,13 +468,18 @@ export class IptablesBackend implements Dataplane {
   private logicalIn: boolean | undefined;
 
   /**
-   * Put sg6's jumps back first and single in raw PREROUTING and the bridge nat PREROUTING if another
-   * writer got ahead of them (or removed them). Reads only those two chains. Returns what it fixed.
+   * Put sg6's jumps back first and single in raw PREROUTING, mangle PREROUTING (the backstop) and
+   * the bridge nat PREROUTING if another writer got ahead of them (or removed them). Reads only those
+   * three chains. Returns what it fixed.
    */
   async repairHooks(): Promise<string[]> {
-    const l3Args = ["-w", LOCK_WAIT_S, "-t", TABLE, "-S", "PREROUTING"];
-    const [l3, l2] = await Promise.all([exec(`ip6tables-${this.variant}`, l3Args), exec("ebtables-nft", ["-t", "nat", "-L", "PREROUTING"])]);
-    const repair = hookRepair(l3.split("\n"), l2.split("\n"), this.options.portPrefix);
+    const l3Args = (table: string) => ["-w", LOCK_WAIT_S, "-t", table, "-S", "PREROUTING"];
+    const [l3, mangle, l2] = await Promise.all([
+      exec(`ip6tables-${this.variant}`, l3Args(TABLE)),
+      exec(`ip6tables-${this.variant}`, l3Args(TABLE_BACKSTOP)),
+      exec("ebtables-nft", ["-t", "nat", "-L", "PREROUTING"]),
+    ]);
+    const repair = hookRepair(l3.split("\n"), l2.split("\n"), this.options.portPrefix, mangle.split("\n"));
     if (repair.iptables) await exec(`ip6tables-${this.variant}-restore`, ["-w", LOCK_WAIT_S, "--noflush"], { input: repair.iptables });
     if (repair.ebtables.length) await exec(EBTABLES_RESTORE, ["--noflush"], { input: l2Script(repair.ebtables) });
     return repair.changes;
@@ -472,8 +487,8 @@ export class IptablesBackend implements Dataplane {
 
   /**
    * Watch the hooked chains and repair them as soon as another writer changes them: nf_tables
-   * reports every rule change (`nft monitor rules`: the bridge nat table always, raw PREROUTING
-   * on ip6tables-nft); ip6tables-legacy has no notification, so its chain is also read every
+   * reports every rule change (`nft monitor rules`: the bridge nat table always, raw and mangle
+   * PREROUTING on ip6tables-nft); ip6tables-legacy has no notification, so its chain is also read every
    * `pollMs` (longer when a read takes more than a fifth of that). `onRepair` hears what was put
    * back. stop() ends the watch.
    */
@@ -500,7 +515,7 @@ export class IptablesBackend implements Dataplane {
     };
     const monitor = spawn("nft", ["monitor", "rules"], { stdio: ["ignore", "pipe", "ignore"] });
     createInterface({ input: monitor.stdout }).on("line", (line) => {
-      if (/^(add|insert|delete|replace) rule (ip6 raw|bridge nat) PREROUTING /.test(line)) void check();
+      if (/^(add|insert|delete|replace) rule (ip6 raw|ip6 mangle|bridge nat) PREROUTING /.test(line)) void check();
     });
     let polling = this.variant === "legacy";
     // no nft program, or the monitor died: poll on every variant rather than go blind
@@ -555,14 +570,17 @@ export class IptablesBackend implements Dataplane {
    * Drops per bound port and reason: "mac" from the port's sg6-l2 rule; the layer-3 reasons from
    * the counting sets (sg6-c-<reason>: the port set's member counters); "source" is the port's
    * layer-3 drops (its sg6-drop rule) less those. Tagged frames are dropped before any port rule
-   * (no device: see tagDrops()). Reads: one `ip6tables -S sg6-drop -v`, one `ebtables-nft-save -c`,
-   * one `ipset save` of each counting set.
+   * (no device: see tagDrops()). Frames the backstop dropped (they skipped the judgment, so no port
+   * rule counted them) are "unjudged" under the bridge's name. Reads: one `ip6tables -S sg6-drop -v`,
+   * one `ip6tables -t mangle -S sg6-judged -v`, one `ebtables-nft-save -c`, one `ipset save` of each
+   * counting set.
    */
   async dropsByReason(): Promise<Map<string, ReasonCounts>> {
     const listCommand = `ip6tables-${this.variant}`;
     const listArgs = ["-w", LOCK_WAIT_S, "-t", TABLE, "-S", CHAIN_DROP, "-v"];
-    const [listing, l2, ...counted] = await Promise.all([
+    const [listing, backstop, l2, ...counted] = await Promise.all([
       execRaw(listCommand, listArgs),
+      execRaw(listCommand, ["-w", LOCK_WAIT_S, "-t", TABLE_BACKSTOP, "-S", CHAIN_JUDGED, "-v"]),
       ebtablesCounters(),
       ...COUNTED_REASONS.map((reason) => execRaw("ipset", ["save", countSetName(reason)])),
     ]);
@@ -576,6 +594,8 @@ export class IptablesBackend implements Dataplane {
       byPort.set(device, counts);
     };
     for (const [device, count] of parseL2Drops(l2)) add(device, "mac", count);
+    // no backstop chain yet (nothing applied) or one the tool cannot list: nothing to count there
+    if (backstop.code === 0) for (const [bridge, count] of parseUnjudged(backstop.stdout)) add(bridge, "unjudged", count);
     const explained = new Map<string, number>();
     COUNTED_REASONS.forEach((reason, i) => {
       // a counting set not there yet (nothing applied) counts nothing

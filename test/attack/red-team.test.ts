@@ -7,7 +7,7 @@ import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver
 import { bindingFor } from "../support/fixtures.js";
 import { Cleanup, Hypervisor, type Netns, waitFor } from "../support/netns.js";
 import { Proc } from "../support/proc.js";
-import { type LabNode, labNode, newMarker, send, settle, startSniffer, startStream } from "../support/packets.js";
+import { type LabNode, labNode, newMarker, send, sendAndCount, settle, startSniffer, startStream } from "../support/packets.js";
 
 
 const NETWORK = "2001:db8:1::/64";
@@ -320,6 +320,109 @@ function redTeamSuite(backend: DriverBackend) {
     assert.ok((latencies.at(-1) ?? Infinity) < 1000, `a displaced jump stayed displaced ${latencies.at(-1)} ms`);
     const save = await lab.hv.ns.run(`${lab.ip6tables}-save`, ["-t", "raw"]);
     assert.match(save.split("\n").find((l) => l.startsWith("-A PREROUTING ")) ?? "", /-j sg6-fwd/, "sg6's jump is first again");
+  });
+
+  // issue 19: the backstop in mangle PREROUTING. Another writer's ACCEPT ahead of sg6's jump in raw
+  // PREROUTING ends the raw table; with no agent to repair the order, only the backstop stands.
+  const unjudged = async () => (await lab.driver.reasons()).drops[lab.hv.bridge]?.unjudged ?? 0;
+  const ipt = (table: string, op: "-I" | "-D", spec: string[]) => lab.hv.ns.run(lab.ip6tables, ["-t", table, op, "PREROUTING", ...(op === "-I" ? ["1"] : []), ...spec]);
+  /** rogue RAs from the bound attacker's own link-local and MAC: how many reached the victim */
+  const rogueRas = async (count: number) => {
+    const verdict = await judged(lab.vic.at, lab.atk.mac, lab.atk, () => sendNd(lab.atk, ["--kind", "ra", "--src", lab.atk.ll, "--dst", "ff02::1", "--count", String(count), "--marker", newMarker()]));
+    return verdict.packets.filter((p) => p.proto === 58 && p.type === 134).length;
+  };
+  const noWriter = () => ({ stop: async () => 0 });
+
+  s("1. backstop: with no agent, another writer's ACCEPT ahead of sg6's jump in raw PREROUTING passes no spoofed source and no RA (control: the same ACCEPT in mangle too lets them through)", async () => {
+    if (backend === "nftables") return; // its own table: no other writer's rule shares its chain
+    await lab.driver.reconcile(lab.bindings);
+    await lab.driver.unwatch();
+    const writers = [
+      { name: "ACCEPT for the tap", spec: ["-m", "physdev", "--physdev-in", lab.atk.tap, "-j", "ACCEPT"], spoofed: true },
+      { name: "firewalld's rpfilter RA ACCEPT", spec: ["-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "134", "-j", "ACCEPT"], spoofed: false },
+    ];
+    for (const writer of writers) {
+      await ipt("raw", "-I", writer.spec);
+      try {
+        const before = await unjudged();
+        const flood = await spoofedFlood(lab, 1500, noWriter);
+        const ras = await rogueRas(20);
+        const dropped = (await waitFor("the backstop's counter", async () => {
+          const now = await unjudged();
+          return now - before >= 20 + (writer.spoofed ? flood.sent : 0) ? now : undefined;
+        }, 5000, 50)) - before;
+        process.stderr.write(`  ${backend}, ${writer.name} first in raw PREROUTING, no agent: ${flood.arrived} of ${flood.sent} spoofed and ${ras} of 20 RAs arrived; the backstop dropped ${dropped}\n`);
+        assert.ok(flood.sent > 100, `the flood did not run: ${JSON.stringify(flood)}`);
+        assert.is(flood.arrived, 0, `spoofed frames past the backstop (${writer.name})`);
+        assert.is(ras, 0, `RAs past the backstop (${writer.name})`);
+        // control: the same writer also gets ahead of the backstop's jump in mangle
+        await ipt("mangle", "-I", ["-m", "physdev", "--physdev-in", lab.atk.tap, "-j", "ACCEPT"]);
+        try {
+          const open = await spoofedFlood(lab, 1000, noWriter);
+          const openRas = await rogueRas(20);
+          process.stderr.write(`  ${backend}, control (the ACCEPT in mangle too): ${open.arrived} of ${open.sent} spoofed and ${openRas} of 20 RAs arrived\n`);
+          assert.ok(openRas > 0, "RAs did not get through the control: the test would detect no bypass");
+          if (writer.spoofed) assert.ok(open.arrived > 0, `spoofed frames did not get through the control: ${JSON.stringify(open)}`);
+        } finally {
+          await ipt("mangle", "-D", ["-m", "physdev", "--physdev-in", lab.atk.tap, "-j", "ACCEPT"]);
+        }
+      } finally {
+        await ipt("raw", "-D", writer.spec);
+      }
+    }
+  });
+
+  s("1. backstop: the bound VM's own traffic passes the mark path, and a port of a bridge sg6 does not guard is not the backstop's business", async () => {
+    if (backend === "nftables") return;
+    await lab.driver.reconcile(lab.bindings);
+    const before = await unjudged();
+    const legit = await sendAndCount({ from: lab.vic.from, src: lab.vic.slaac, dst: "ff02::1", kind: "echo", to: lab.atk.at, count: 20 });
+    assert.is(legit, 20, "the victim's own echoes from its SLAAC address reach its neighbour");
+    // vnet5 sits on cloudbr9 (matched by the jumps' vnet+, not guarded): even a spoofed source reaches the hypervisor there
+    const marker = newMarker();
+    const sniffer = await startSniffer({ ns: lab.hv.ns, iface: "cloudbr9" }, [marker], { srcMac: lab.mover.mac });
+    try {
+      await send({ from: lab.mover.from, src: SPOOFED, dst: "ff02::1", kind: "echo", marker, count: 20 });
+      await settle([sniffer], [lab.mover.from]);
+      const counts = await sniffer.stop();
+      assert.is(counts[marker] ?? 0, 20, "a port of an unguarded bridge is not dropped by the backstop");
+    } finally {
+      sniffer.kill();
+    }
+    assert.is(await unjudged(), before, "nothing counted as unjudged");
+  });
+
+  s("1. backstop with the hook watch running: repeated ACCEPTs in raw PREROUTING pass no spoofed source; what the backstop drops meanwhile is measured", async () => {
+    if (backend === "nftables") return;
+    await lab.driver.reconcile(lab.bindings);
+    await lab.driver.watch();
+    await lab.driver.repairs();
+    const before = await unjudged();
+    const legitMarker = newMarker();
+    const spoofMarker = newMarker();
+    const sniffer = await startSniffer(lab.vic.at, [legitMarker, spoofMarker], { srcMac: lab.atk.mac });
+    const legit = await startStream({ from: lab.atk.from, src: lab.atk.slaac, dst: "ff02::1", kind: "echo", marker: legitMarker, intervalMs: 1 });
+    const spoofed = await startStream({ from: lab.atk.from, src: SPOOFED, dst: "ff02::1", kind: "echo", marker: spoofMarker, intervalMs: 1 });
+    const insertions = loop(async () => {
+      await ipt("raw", "-I", ["-m", "physdev", "--physdev-in", lab.atk.tap, "-j", "ACCEPT"]);
+      await waitFor("the hook watch to put sg6's jump back first", async () => (await lab.driver.repairs()).find((r) => r.changes.some((c) => c.includes("move the PREROUTING jump"))), 3000, 5);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const rounds = await insertions.stop();
+    const sentLegit = await legit.stop();
+    const sentSpoofed = await spoofed.stop();
+    await settle([sniffer], [lab.atk.from]);
+    const counts = await sniffer.stop();
+    const dropped = (await unjudged()) - before;
+    const passedLegit = counts[legitMarker] ?? 0;
+    process.stderr.write(
+      `  ${backend}, watch running, ${rounds} ACCEPTs inserted into raw PREROUTING: legit ${passedLegit} of ${sentLegit} passed, spoofed ${counts[spoofMarker] ?? 0} of ${sentSpoofed} passed; the backstop dropped ${dropped}\n`,
+    );
+    // the inserted ACCEPTs stay (behind sg6's jump): remove them
+    for (let i = 0; i < rounds; i++) await ipt("raw", "-D", ["-m", "physdev", "--physdev-in", lab.atk.tap, "-j", "ACCEPT"]);
+    assert.ok(rounds >= 2 && sentSpoofed > 100, `the loop or the flood did not run (${rounds} rounds, ${sentSpoofed} sent)`);
+    assert.is(counts[spoofMarker] ?? 0, 0, "spoofed frames that got through");
+    assert.ok(passedLegit > 0, "legit traffic passes between insertions");
   });
 
   s("4. ip6tables-nft: the rows a first fragment could slip past stay xtables matches in the kernel (nft list ruleset)", async () => {

@@ -287,4 +287,34 @@ test("status and metrics count drops by reason: spoofed sources under 'source', 
   });
 });
 
+test("the backstop: with the agent down, what an ACCEPT ahead of sg6's raw jump lets by is dropped, and status and metrics count it as unjudged on the bridge", async () => {
+  await withHarness(async (h) => {
+    const vm = labNode(await h.hv.addVm(h.cleanup, "vnet1", randomMac()), NETWORK);
+    await h.publish(h.subject("vm1"), h.allocation("vm1", 1, { mac: vm.mac, device: vm.tap }));
+    await h.startAgent();
+    type Doc = { unjudged: { bridge: string; drops: number }[]; vms: { nics: { state: string }[] }[] };
+    const status = async () => JSON.parse((await h.cli(["status", "--json"])).stdout) as Doc;
+    await waitFor("enforced", async () => (await status()).vms[0]?.nics[0]?.state === "enforced");
+    assert.equal((await status()).unjudged, [], "nothing skipped the judgment yet");
+    await h.stopAgent();
+    // another writer, while nothing repairs the hooks: its ACCEPT first in raw PREROUTING
+    await h.hv.ns.run(`ip6tables-${h.variant}`, ["-t", "raw", "-I", "PREROUTING", "1", "-m", "physdev", "--physdev-in", vm.tap, "-j", "ACCEPT"]);
+    await send({ from: vm.from, src: vm.slaac, dst: "ff02::1", kind: "udp", sport: 40000, dport: 9, count: 3, marker: newMarker() });
+    const down = await waitFor("the backstop's drops in status", async () => {
+      const doc = await status();
+      return (doc.unjudged[0]?.drops ?? 0) >= 3 ? doc : undefined;
+    });
+    // the VM's own frames (and whatever else its stack sent meanwhile) skipped the judgment: dropped, fail closed, counted on the bridge
+    assert.equal(down.unjudged.map((u) => u.bridge), [h.hv.bridge]);
+    assert.match((await h.cli(["status"])).stdout, new RegExp(`^WARNING: \\d+ frames from guarded ports of ${h.hv.bridge} skipped sg6's judgment`, "m"));
+    // the agent back: its hook watch puts sg6's jump first again; the count stays, as a metric
+    await h.startAgent();
+    const first = async () => (await h.hv.ns.run(`ip6tables-${h.variant}-save`, ["-t", "raw"])).split("\n").find((l) => l.startsWith("-A PREROUTING ")) ?? "";
+    await waitFor("sg6's raw jump first again", async () => / -j sg6-fwd$/.test(await first()), 5000);
+    const metrics = (await h.hv.ns.try("curl", ["-s", "http://127.0.0.1:9636/metrics"])).stdout;
+    const counted = new RegExp(`^sg6_drops_total\\{vm="",device="${h.hv.bridge}",reason="unjudged"\\} (\\d+)$`, "m").exec(metrics);
+    assert.ok(counted && Number(counted[1]) >= 3, `the metric: ${counted?.[0]}`);
+  });
+});
+
 test.run();

@@ -203,5 +203,32 @@ for (const backend of BACKENDS) {
   });
 }
 
+for (const backend of BACKENDS.filter((b) => b !== "nftables")) {
+  real(`a frame that skipped the judgment (another writer's ACCEPT ahead of sg6's raw jump) is logged as unjudged by the backstop (${backend})`, async () => {
+    const cleanup = new Cleanup();
+    try {
+      const { hv, vm, peer, config } = await lab(cleanup, backend);
+      const env = { SG6_IPTABLES: backend };
+      const reconciled = await hv.ns.try("env", [...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, CLI, "reconcile", "--offline", "--config", config]);
+      assert.is(reconciled.code, 0, reconciled.stderr);
+      await hv.ns.run(`ip6tables-${backend}`, ["-t", "raw", "-I", "PREROUTING", "1", "-m", "physdev", "--physdev-in", vm.tap, "-j", "ACCEPT"]);
+      const follower = new Follower(hv.ns, config, env);
+      cleanup.add(() => follower.stop());
+      await follower.listening();
+      // the VM's own source: the guard would pass it, but it never saw it
+      await send({ from: { ns: vm.ns, iface: vm.ifname, mac: vm.mac }, src: slaacAddress(NETWORK, vm.mac), dst: slaacAddress(NETWORK, peer.mac), dstMac: peer.mac, kind: "echo", count: 1, marker: newMarker() });
+      const own = slaacAddress(NETWORK, vm.mac);
+      const echo = (e: (typeof follower.entries)[number]) => e.reason === "unjudged" && e.src === own && e.icmpv6Type === 128;
+      await waitFor("the drop listed", async () => follower.entries.some(echo), 10_000).catch(() => undefined);
+      const unjudged = follower.entries.filter((e) => e.reason === "unjudged");
+      assert.ok(unjudged.some(echo), `the echo logged as unjudged: ${JSON.stringify(follower.entries)}`);
+      // whatever else the VM's stack sent meanwhile is its port's too
+      assert.equal([...new Set(unjudged.map((e) => `${e.reason} ${e.vm} ${e.device}`))], ["unjudged vm-a vnet1"]);
+    } finally {
+      await cleanup.run();
+    }
+  });
+}
+
 own.run();
 real.run();

@@ -12,6 +12,7 @@
 //   {"op":"save"}                             -> {"ok":true,"iptables":"…","ipset":"…"}
 //   {"op":"purge"}                            -> {"ok":true,"removed":[…]}
 //   {"op":"watch"}                            -> {"ok":true}            (watchHooks: repairs kept for "repairs")
+//   {"op":"unwatch"}                          -> {"ok":true}            (the watch stopped: the agent is down)
 //   {"op":"repairs"}                          -> {"ok":true,"repairs":[{"at":ms,"changes":[…]},…]}
 //   {"op":"reasons"}                          -> {"ok":true,"drops":{"vnet1":{"mac":N,…},…},"membership":{…}}
 // Failures answer {"ok":false,"error":"…"}; the driver keeps running.
@@ -36,6 +37,7 @@ type Request =
   | { op: "save" }
   | { op: "purge" }
   | { op: "watch" }
+  | { op: "unwatch" }
   | { op: "repairs" }
   | { op: "reasons" };
 
@@ -70,7 +72,8 @@ async function serve(variant: DriverBackend, bridges: string[], portPrefix: stri
       case "save":
         return {
           ok: true,
-          iptables: variant === "nftables" ? (await execRaw("nft", ["list", "ruleset"])).stdout : await saveTable(variant),
+          // the iptables backend: raw (the guard) and mangle (the backstop)
+          iptables: variant === "nftables" ? (await execRaw("nft", ["list", "ruleset"])).stdout : (await saveTable(variant)) + (await saveTable(variant, "mangle")),
           ebtables: (await execRaw("ebtables-nft-save", ["-t", "nat"])).stdout,
           ipset: (await execRaw("ipset", ["save"])).stdout,
         };
@@ -81,6 +84,10 @@ async function serve(variant: DriverBackend, bridges: string[], portPrefix: stri
       case "watch":
         if (!backend.watchHooks) return { ok: false, error: "this backend has no hook watch" };
         watch ??= backend.watchHooks((changes) => repairs.push({ at: Date.now(), changes }));
+        return { ok: true };
+      case "unwatch":
+        watch?.stop();
+        watch = undefined;
         return { ok: true };
       case "repairs":
         return { ok: true, repairs: repairs.splice(0) };
@@ -189,6 +196,11 @@ export class DataplaneDriver {
   /** start the backend's hook watch (it repairs displaced jumps by itself) */
   async watch(): Promise<void> {
     await this.request({ op: "watch" });
+  }
+
+  /** stop the hook watch (as when the agent is down: nothing repairs the hooks) */
+  async unwatch(): Promise<void> {
+    await this.request({ op: "unwatch" });
   }
 
   /** the watch's repairs since the last call, with the time (ms since the epoch) of each */

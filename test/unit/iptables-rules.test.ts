@@ -13,6 +13,12 @@ import { MAX_SECONDARY } from "../../src/core/event.js";
 import { bindingFor as binding } from "../support/fixtures.js";
 import { CHAIN_L2, CHAIN_L2_MAC, L2_MAC_RULES, l2Jump, L2_TAIL, l2PortRules, parseEbtablesSave, type L2Snapshot } from "../../src/core/ebtables-rules.js";
 import {
+  BACKSTOP_CHAINS,
+  backstopJump,
+  backstopRules,
+  CHAIN_JUDGED,
+  CHAIN_UNJUDGED,
+  JUDGED_MARK,
   CHAIN_DROP,
   CHAIN_FRAG,
   COUNTED_REASONS,
@@ -88,6 +94,9 @@ const DROP_A = withId("-A sg6-drop -m physdev --physdev-in vnet3 -j DROP");
 const DROP_B = withId("-A sg6-drop -m physdev --physdev-in vnet4 -j DROP");
 const JUMP = withId("-A PREROUTING -m physdev --physdev-in vnet+ -j sg6-fwd");
 const FWD0 = withId("-A sg6-fwd -i cloudbr0 -g sg6-port");
+/** sg6-fwd marks what it takes into its judgment (the backstop in mangle requires the mark) */
+const markIn = (bridge: string) => rule(CHAIN_FWD, `-i ${bridge}`, "-j MARK --set-xmark 0x2000000/0x2000000");
+const MARK0 = markIn("cloudbr0");
 const ND_A = ndDispatch("vnet3");
 const ND_B = ndDispatch("vnet4");
 const NDC_A = ndChainRules("vnet3", VM_A.sources);
@@ -537,12 +546,12 @@ render("a binding renders to one port rule naming its own set, one counting drop
   assert.equal(renderContent([]), emptyContent());
 });
 
-render("the scaffold: sg6-guard in the contract's order, one sg6-fwd rule per bridge, a logging chain per reason", () => {
+render("the scaffold: sg6-guard in the contract's order, sg6-fwd marks and judges per bridge, a logging chain per reason", () => {
   const scaffold = scaffoldRules(OPTIONS);
   const reasons = L3_REASONS.map(reasonChain);
   assert.equal(Object.keys(scaffold).sort(), [CHAIN_FRAG, CHAIN_FWD, CHAIN_GUARD, ...reasons].sort());
   assert.equal(scaffold[CHAIN_GUARD], GUARD);
-  assert.equal(scaffold[CHAIN_FWD], [FWD0]);
+  assert.equal(scaffold[CHAIN_FWD], [MARK0, FWD0]);
   assert.equal(CHAINS, [CHAIN_DROP, ...reasons, CHAIN_FRAG, CHAIN_ND, CHAIN_GUARD, CHAIN_PORT, CHAIN_FWD], "created so that every jump target exists first");
   assert.is(PORT_DEFAULT, withId("-A sg6-port -g sg6-r-source"));
   assert.is(DROP_DEFAULT, withId("-A sg6-drop -j DROP"));
@@ -710,7 +719,7 @@ fresh("sets created and filled in ipsetBefore (no rule names them yet), rules in
   assert.equal([...named].sort(), [...COUNT_SETS, SET_A, SET_B].sort());
   for (const set of named) assert.ok(created.includes(set), `${set} is created before the rule naming it`);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_GUARD} `)), GUARD);
-  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), [FWD0]);
+  assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_FWD} `)), [MARK0, FWD0]);
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_PORT} `)), [RULE_A, RULE_B, PORT_DEFAULT], "port rules, then the default drop last");
   assert.equal(lines.filter((l) => l.startsWith(`-A ${CHAIN_DROP} `)), [DROP_A, DROP_B, DROP_DEFAULT], "counting drops, then the default drop last");
   assert.equal(lines.filter((l) => l.includes("PREROUTING")), [`-I PREROUTING 1 ${spec(JUMP)}`]);
@@ -735,7 +744,7 @@ fresh("run on a host with other rules: the jump is first, everything else is lef
   assert.equal(k.filter.get(CHAIN_PORT), [RULE_A, RULE_B, PORT_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_DROP), [DROP_A, DROP_B, DROP_DEFAULT]);
   assert.equal(k.filter.get(CHAIN_GUARD), GUARD);
-  assert.equal(k.filter.get(CHAIN_FWD), [FWD0]);
+  assert.equal(k.filter.get(CHAIN_FWD), [MARK0, FWD0]);
   assert.equal([...k.sets.keys()], ["cs-v6", ...COUNT_SETS, SET_A, SET_B]);
   assert.is(k.sets.get(SET_A)!.create, CREATE_A);
   assert.equal([...k.sets.get(SET_A)!.entries].sort(), members(SRC_A).sort());
@@ -761,12 +770,12 @@ fresh("an empty desired state still installs the fail-closed scaffold, makes no 
   assert.equal(planChange(read(k), emptyContent(), OPTIONS), NOTHING);
 });
 
-fresh("two bridges: one sg6-fwd rule each", () => {
+fresh("two bridges: a mark and a goto in sg6-fwd each", () => {
   const options = { bridges: ["cloudbr0", "cloudbr1"], portPrefix: "vnet" };
   const script = planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, DESIRED, options);
   assert.equal(
     script.iptables.split("\n").filter((l) => l.startsWith("-A sg6-fwd ")),
-    [FWD0, withId("-A sg6-fwd -i cloudbr1 -g sg6-port")],
+    [MARK0, FWD0, markIn("cloudbr1"), withId("-A sg6-fwd -i cloudbr1 -g sg6-port")],
   );
 });
 
@@ -889,7 +898,7 @@ drift("a flushed sg6-port chain", () => {
 });
 
 drift("a flushed sg6-fwd chain", () => {
-  repairs((k) => (k.filter.get(CHAIN_FWD)!.length = 0), { iptables: tx(FWD0) }, /rewrite chain sg6-fwd/);
+  repairs((k) => (k.filter.get(CHAIN_FWD)!.length = 0), { iptables: tx(MARK0, FWD0) }, /rewrite chain sg6-fwd/);
 });
 
 drift("a flushed sg6-drop chain", () => {
@@ -1038,6 +1047,7 @@ drift("the operator changed port_prefix and bridges: jump and sg6-fwd follow, no
       ipsetBefore: "",
       iptables: tx(
         "-F sg6-fwd",
+        markIn("cloudbr1"),
         withId("-A sg6-fwd -i cloudbr1 -g sg6-port"),
         `-D PREROUTING ${spec(JUMP)}`,
         `-I PREROUTING 1 ${spec(hookJumps("tap").PREROUTING)}`,
@@ -1305,3 +1315,151 @@ hooks("the ebtables jump is compared by meaning, not by how the tool lists it", 
 });
 
 hooks.run();
+
+// ---------------------------------------------------------------- the backstop (mangle PREROUTING)
+
+const backstop = suite("the backstop: sg6-fwd marks what it judges, mangle drops a guarded bridge's frame without the mark");
+
+const MANGLE_JUMP = withId("-A PREROUTING -m physdev --physdev-in vnet+ -j sg6-judged");
+/** what libvirt's nwfilter puts at the top of mangle PREROUTING (red team 1) */
+const LIBVIRT_MANGLE = "-A PREROUTING -m physdev --physdev-in vnet3 -j ACCEPT";
+
+/** The mangle table as a small kernel: PREROUTING and sg6's chains, rules as `-A chain …`. */
+type Mangle = Map<string, string[]>;
+
+/** The `*<table>` sections of an ip6tables-restore input, in order, each one COMMIT. */
+function sections(input: string): { table: string; lines: string[] }[] {
+  const out: { table: string; lines: string[] }[] = [];
+  for (const line of input.split("\n").filter(Boolean)) {
+    if (line.startsWith("*")) out.push({ table: line.slice(1), lines: [] });
+    else if (line !== "COMMIT") out.at(-1)!.lines.push(line);
+  }
+  return out;
+}
+
+/** Apply a mangle section like ip6tables-restore: a rule may only name chains that exist; -X only an empty, unreferenced chain. */
+function mangleRestore(m: Mangle, lines: readonly string[]): void {
+  for (const line of lines) {
+    const words = line.split(" ");
+    const [op, chain] = words as [string, string];
+    const target = userTarget(line);
+    if ((op === "-A" || op === "-I") && target !== undefined && !m.has(target)) throw new Error(`mangle: no chain ${target}: ${line}`);
+    if (op === "-N") m.set(chain, []);
+    else if (op === "-F") m.get(chain)!.length = 0;
+    else if (op === "-A") m.get(chain)!.push(line);
+    else if (op === "-I") m.get(chain)!.splice(Number(words[2]) - 1, 0, `-A ${chain} ${words.slice(3).join(" ")}`);
+    else if (op === "-D") {
+      const rules = m.get(chain)!;
+      const i = rules.indexOf(`-A ${chain} ${words.slice(2).join(" ")}`);
+      if (i < 0) throw new Error(`mangle: no such rule: ${line}`);
+      rules.splice(i, 1);
+    } else throw new Error(`mangle: unexpected line ${line}`);
+  }
+}
+
+/** What ip6tables-save prints of the mangle table, parsed as the agent reads it. */
+function readMangle(m: Mangle): NonNullable<KernelSnapshot["mangle"]> {
+  const text = ["*mangle", ":PREROUTING ACCEPT [9:999]", ":FORWARD ACCEPT [0:0]", ...[...m.keys()].filter((c) => c !== "PREROUTING").map((c) => `:${c} - [0:0]`), ...[...m.values()].flat(), "COMMIT", ""];
+  return parseIptablesSave(text.join("\n"), "mangle");
+}
+
+/** Plan against the converged raw kernel and `m`, run the plan; returns it. */
+function reconcileBoth(k: Kernel, m: Mangle, options = OPTIONS): ChangeScript {
+  const script = planChange({ ...read(k), mangle: readMangle(m) }, DESIRED, options);
+  const parts = sections(script.iptables);
+  const raw = parts.find((p) => p.table === "raw");
+  run(k, { ...script, iptables: raw ? `*raw\n${raw.lines.join("\n")}\nCOMMIT\n` : "" });
+  mangleRestore(m, parts.find((p) => p.table === "mangle")?.lines ?? []);
+  return script;
+}
+
+backstop("rendering: the mark bit, the jump, per bridge a drop of the unmarked and a clear of the bit; sg6-fwd marks before it judges", () => {
+  const bit = Number(JUDGED_MARK);
+  assert.is(bit, 0x02000000);
+  // kube-proxy's masquerade and drop bits, Cilium's 0x0f00 and 0xf000: none is sg6's
+  for (const theirs of [0x4000, 0x8000, 0x0f00, 0xf000]) assert.is(bit & theirs, 0);
+  assert.is(backstopJump("vnet"), MANGLE_JUMP);
+  const rules = backstopRules({ bridges: ["cloudbr0", "cloudbr1"], portPrefix: "vnet" });
+  assert.equal(Object.keys(rules), [...BACKSTOP_CHAINS]);
+  assert.equal(rules[CHAIN_JUDGED], [
+    withId("-A sg6-judged -i cloudbr0 -m mark ! --mark 0x2000000/0x2000000 -g sg6-r-unjudged"),
+    rule(CHAIN_JUDGED, "-i cloudbr0", "-j MARK --set-xmark 0x0/0x2000000"),
+    withId("-A sg6-judged -i cloudbr1 -m mark ! --mark 0x2000000/0x2000000 -g sg6-r-unjudged"),
+    rule(CHAIN_JUDGED, "-i cloudbr1", "-j MARK --set-xmark 0x0/0x2000000"),
+  ]);
+  assert.equal(rules[CHAIN_UNJUDGED], [rule(CHAIN_UNJUDGED, LOG_LIMIT, '-j NFLOG --nflog-prefix "sg6 unjudged" --nflog-group 6'), withId("-A sg6-r-unjudged -j DROP")]);
+  const fwd = scaffoldRules({ bridges: ["cloudbr0"], portPrefix: "vnet" })[CHAIN_FWD]!;
+  assert.ok(fwd.indexOf(MARK0) < fwd.indexOf(FWD0), "the mark is set before sg6-port judges: a frame it drops never reaches mangle");
+});
+
+backstop("an existing host upgrading: one restore input, raw (sg6-fwd's mark) before mangle (the requirement), then nothing to do", () => {
+  const k = converged();
+  // the layout before the backstop: sg6-fwd without the mark; libvirt's ACCEPT first in mangle PREROUTING
+  k.filter.set(CHAIN_FWD, [FWD0]);
+  const m: Mangle = new Map([["PREROUTING", [LIBVIRT_MANGLE]]]);
+  const script = reconcileBoth(k, m);
+  const parts = sections(script.iptables);
+  assert.equal(parts.map((p) => p.table), ["raw", "mangle"], "raw commits first on ip6tables-legacy: frames are marked before mangle requires it");
+  assert.equal(parts[0]!.lines, ["-F sg6-fwd", MARK0, FWD0], "sg6-fwd flushed and refilled in one transaction");
+  assert.equal(parts[1]!.lines, ["-N sg6-r-unjudged", "-N sg6-judged", ...backstopRules(OPTIONS)[CHAIN_UNJUDGED]!, ...backstopRules(OPTIONS)[CHAIN_JUDGED]!, `-I PREROUTING 1 ${spec(MANGLE_JUMP)}`]);
+  assert.ok(script.changes.includes("add the mangle PREROUTING jump"), JSON.stringify(script.changes));
+  assert.equal(m.get("PREROUTING"), [MANGLE_JUMP, LIBVIRT_MANGLE], "the jump first, the other writer's rule left as it was");
+  assert.equal(planChange({ ...read(k), mangle: readMangle(m) }, DESIRED, OPTIONS), NOTHING);
+});
+
+backstop("drift: another writer's ACCEPT ahead of the mangle jump, a second jump, a flushed or foreign-ruled sg6-judged: each repaired alone", () => {
+  const cases: { name: string; mutate: (m: Mangle) => void; lines: string[]; change: RegExp }[] = [
+    {
+      name: "ACCEPT first",
+      mutate: (m) => m.get("PREROUTING")!.unshift(LIBVIRT_MANGLE),
+      lines: [`-D PREROUTING ${spec(MANGLE_JUMP)}`, `-I PREROUTING 1 ${spec(MANGLE_JUMP)}`],
+      change: /^move the mangle PREROUTING jump to the top \(found 1\)$/,
+    },
+    {
+      name: "two jumps",
+      mutate: (m) => m.get("PREROUTING")!.push("-A PREROUTING -j sg6-judged"),
+      lines: [`-D PREROUTING ${spec(MANGLE_JUMP)}`, "-D PREROUTING -j sg6-judged", `-I PREROUTING 1 ${spec(MANGLE_JUMP)}`],
+      change: /^move the mangle PREROUTING jump to the top \(found 2\)$/,
+    },
+    { name: "jump gone", mutate: (m) => (m.get("PREROUTING")!.length = 0), lines: [`-I PREROUTING 1 ${spec(MANGLE_JUMP)}`], change: /^add the mangle PREROUTING jump$/ },
+    { name: "sg6-judged flushed", mutate: (m) => (m.get(CHAIN_JUDGED)!.length = 0), lines: backstopRules(OPTIONS)[CHAIN_JUDGED]!, change: /^rewrite chain sg6-judged \(mangle, 0 -> 2 rules\)$/ },
+    {
+      name: "an ACCEPT in sg6-judged",
+      mutate: (m) => m.get(CHAIN_JUDGED)!.unshift("-A sg6-judged -j ACCEPT"),
+      lines: ["-F sg6-judged", ...backstopRules(OPTIONS)[CHAIN_JUDGED]!],
+      change: /^rewrite chain sg6-judged \(mangle, 3 -> 2 rules\)$/,
+    },
+  ];
+  for (const c of cases) {
+    const k = converged();
+    const m: Mangle = new Map([["PREROUTING", []]]);
+    reconcileBoth(k, m);
+    const clean = JSON.stringify([...m]);
+    c.mutate(m);
+    const script = reconcileBoth(k, m);
+    assert.equal(sections(script.iptables), [{ table: "mangle", lines: c.lines }], c.name);
+    assert.ok(script.changes.some((line) => c.change.test(line)), `${c.name}: ${JSON.stringify(script.changes)}`);
+    const again = JSON.stringify([...m].map(([chain, rules]) => [chain, rules.filter((r) => r !== LIBVIRT_MANGLE)]));
+    assert.is(again, clean, `${c.name}: repaired`);
+  }
+});
+
+backstop("no mangle read (the raw table's own tests): the plan leaves the backstop alone", () => {
+  assert.not.match(planChange({ hooks: { PREROUTING: [] }, chains: new Map(), sets: new Map() }, DESIRED, OPTIONS).iptables, /\*mangle/);
+});
+
+backstop("hookRepair: the mangle jump is kept first and single too, in the same restore input after raw", () => {
+  const l2 = [l2HookListed("vnet")];
+  assert.equal(hookRepair([JUMP], l2, "vnet", ["-P PREROUTING ACCEPT", MANGLE_JUMP, LIBVIRT_MANGLE]), { iptables: "", ebtables: [], changes: [] });
+  const displaced = hookRepair([JUMP], l2, "vnet", ["-P PREROUTING ACCEPT", LIBVIRT_MANGLE, MANGLE_JUMP]);
+  assert.is(displaced.iptables, `*mangle\n-D PREROUTING ${spec(MANGLE_JUMP)}\n-I PREROUTING 1 ${spec(MANGLE_JUMP)}\nCOMMIT\n`);
+  assert.equal(displaced.changes, ["move the mangle PREROUTING jump to the top (found 1, first: -m physdev --physdev-in vnet3 -j ACCEPT)"]);
+  const both = hookRepair(["-A PREROUTING -p ipv6-icmp -m icmp6 --icmpv6-type 134 -j ACCEPT", JUMP], l2, "vnet", []);
+  assert.equal(sections(both.iptables), [
+    { table: "raw", lines: [`-D PREROUTING ${spec(JUMP)}`, `-I PREROUTING 1 ${spec(JUMP)}`] },
+    { table: "mangle", lines: [`-I PREROUTING 1 ${spec(MANGLE_JUMP)}`] },
+  ]);
+  assert.equal(both.changes, ["move the PREROUTING jump to the top (found 1, first: -p ipv6-icmp -m icmp6 --icmpv6-type 134 -j ACCEPT)", "add the mangle PREROUTING jump"]);
+});
+
+backstop.run();

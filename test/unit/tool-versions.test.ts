@@ -13,6 +13,7 @@ import {
   parseIpsetSave,
   parseIptablesSave,
   parsePortDrops,
+  parseUnjudged,
   planChange,
   portSetCreate,
   renderContent,
@@ -39,6 +40,8 @@ function snapshotOf(release: (typeof RELEASES)[number], variant: (typeof VARIANT
   const suffix = drift ? ".drift.txt" : ".txt";
   return {
     ...parseIptablesSave(fixture("iptables", release.iptables, `ip6tables-${variant}-save${suffix}`)),
+    // the backstop as each release's tools print its mark rules
+    mangle: parseIptablesSave(fixture("iptables", release.iptables, `ip6tables-${variant}-save-mangle${suffix}`), "mangle"),
     sets: parseIpsetSave(fixture("ipset", release.ipset, `ipset-save${suffix}`)),
     // layer 2 is always ebtables-nft's (the legacy captures hold no ebtables rules of their own)
     l2: parseEbtablesSave(fixture("iptables", release.iptables, `ebtables-nft-save-c-t-nat${suffix}`)),
@@ -76,6 +79,7 @@ for (const release of RELEASES) {
       has(new RegExp(`^unknown rule in sg6's chain: -A sg6-port ${DRIFT.extraIp6tables}$`), "extra rule in sg6-port");
       has(/^rewrite chain sg6-port /, "the chain with the unknown rule rewritten");
       has(/^move the PREROUTING jump to the top \(found 1\)$/, "wrong jump order (raw PREROUTING)");
+      has(/^move the mangle PREROUTING jump to the top \(found 1\)$/, "wrong jump order (mangle PREROUTING: the backstop)");
       has(new RegExp(`^create chain ${DRIFT.missingChain}$`), "missing chain");
       has(/^add rule sg6-nd .*--physdev-in vnet3 /, "missing ND dispatch rule");
       has(new RegExp(`^create set ${DRIFT.missingSet}$`), "missing set");
@@ -105,6 +109,13 @@ for (const release of RELEASES) {
       // the capture set port N's counter to 7N packets; ip6tables-nft 1.8.9 cannot set counters (they stay 0)
       const counted = !(variant === "nft" && release.iptables === "1.8.9");
       assert.equal(Object.fromEntries(drops), { vnet1: counted ? 7 : 0, vnet2: counted ? 14 : 0, vnet3: counted ? 21 : 0 });
+    });
+
+    ipt(`${label}: the backstop's drops per bridge read from \`ip6tables -t mangle -S sg6-judged -v\``, () => {
+      const drops = parseUnjudged(fixture("iptables", release.iptables, `ip6tables-${variant}-S-sg6-judged-v.txt`));
+      // the capture set the bridge's drop rule to 5 packets (not the mark-clearing rule); as above for nft 1.8.9
+      const counted = !(variant === "nft" && release.iptables === "1.8.9");
+      assert.equal(Object.fromEntries(drops), { [FIXTURE_OPTIONS.bridges[0]!]: counted ? 5 : 0 });
     });
   }
 
