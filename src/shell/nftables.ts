@@ -170,8 +170,12 @@ export class NftBackend implements Dataplane {
     notes.push(`using ${version.stdout.trim()}`);
     await this.decideMembership();
     notes.push(`bridge membership: ${this.membershipState!.mode}: ${this.membershipState!.detail}`);
-    // agent mode: before the table exists, so unallocated IPv6 is judged per bridge from the first frame
-    if (this.options.membership === "agent") notes.push(...(await ensureSwitches(AGENT_SWITCHES, false)));
+    // agent mode: before the table exists, so unallocated IPv6 is judged per bridge from the first
+    // frame. A failure is a note, not a refusal: the table still fails closed without it, and every
+    // reconcile reports and retries the switch.
+    if (this.options.membership === "agent") {
+      notes.push(...(await ensureSwitches(AGENT_SWITCHES, false).catch((error: Error) => [`WARNING: ${error.message}`])));
+    }
     // Switching from the iptables backend: remove its objects only once this table enforces, so
     // the host is never without a guard (both guards at once only ever pass less).
     if (await tableExists()) notes.push(...(await this.purgeIptables()));
@@ -195,8 +199,8 @@ export class NftBackend implements Dataplane {
     const desired = renderContent(bindings);
     await this.decideMembership();
     return this.serial(async () => {
-      // agent mode: the switch first (as the iptables backend does): without it nothing is judged per bridge
-      const switches = this.options.membership === "agent" ? await ensureSwitches(AGENT_SWITCHES, dryRun) : [];
+      const agent = this.options.membership === "agent";
+      const switches = agent && dryRun ? await ensureSwitches(AGENT_SWITCHES, true) : [];
       const [snapshot, judge] = await Promise.all([readTable(), readTable(JUDGE_FAMILY)]);
       const lengths = wantedLengths(bindings, snapshot);
       const plan = planReconcile(snapshot, lengths, desired, this.options, this.settledUnknown);
@@ -209,6 +213,9 @@ export class NftBackend implements Dataplane {
       this.settledUnknown = new Set(snapshot?.unknown ?? []);
       this.settledJudge = new Set(judge?.unknown ?? []);
       this.lengths = lengths;
+      // agent mode's switch after the tables (unlike the iptables backend's rules, they fail closed
+      // without it): a switch that cannot be set throws with the tables in place
+      if (agent) switches.push(...(await ensureSwitches(AGENT_SWITCHES, false)));
       const changes = [...switches, ...plan.changes, ...judgePlan.changes];
       if (this.purgeIptablesPending) changes.push(...(await this.purgeIptables()));
       return changes;
