@@ -731,6 +731,37 @@ test("control: a judge that clears the bit on every bridge (what a stale exempti
   await moveBack();
 });
 
+test("another writer's raw-priority rule that sets the whole mark does not unmark a moved tap's frame (the judge runs first); control: a judge at -300 runs after it", async () => {
+  const { hv, driver } = ready();
+  // what `ip6tables -t raw … -j MARK --set-mark 1` is on ip6tables-nft: a base chain at -300. Among
+  // equal priorities the kernel runs the hook registered last first, so the writer's table is
+  // (re)made after the judge's in both halves.
+  const writer = async () => {
+    await hv.ns.run("nft", ["-f", "-"], "table ip6 sg6writer\ndelete table ip6 sg6writer\ntable ip6 sg6writer {\n\tchain pre {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta mark set 0x00000001\n\t}\n}\n");
+  };
+  try {
+    await writer();
+    const moved = await moveDuringFlood();
+    assert.ok(moved.sent > 100, `sent ${moved.sent}`);
+    assert.is(moved.passed, 0, `${moved.passed} of ${moved.sent} passed the writer's mark`);
+    await moveBack();
+    // control: the same judge at -300, behind the writer
+    const listed = await nft("list", "table", "ip6", "sg6");
+    assert.match(listed, /priority -450;/);
+    await hv.ns.run("nft", ["-f", "-"], `delete table ip6 sg6\n${listed.replace("priority -450;", "priority raw;")}`);
+    await writer();
+    const control = await moveDuringFlood();
+    console.log(`  control, judge at -300 behind a writer's raw-priority mark: ${control.passed} of ${control.sent} echoes reached the router`);
+    assert.ok(control.passed > 100, `${control.passed} of ${control.sent}: the check proves nothing`);
+  } finally {
+    await hv.ns.try("nft", ["delete", "table", "ip6", "sg6writer"]);
+    await moveBack();
+  }
+  const repaired = await driver.reconcile([b1(), b2()]);
+  assert.ok(repaired.includes("table ip6 sg6: chain judge has another hook, priority or policy"), repaired.join("; "));
+  assert.equal(await driver.reconcile([b1(), b2()], true), []);
+});
+
 test("the drop log and sg6 drops: a moved tap's unallocated IPv6 is logged from table ip6 sg6 with its port as the physical in-device", async () => {
   const { hv, vm9 } = ready();
   const dir = await mkdtemp(join(tmpdir(), "sg6-nflog-"));

@@ -176,10 +176,10 @@ render("membership: kernel mode asks meta ibrname and drops unallocated IPv6 its
   assert.throws(() => judgeChainSpecs({ ...OPTIONS, bridges: ['br"0'] }), /bridge "br\\"0" is not an interface name/);
 });
 
-render("table ip6 sg6 (agent mode): drops marked frames of guarded bridges before conntrack, clears the mark on others, logs like the bridge table", () => {
+render("table ip6 sg6 (agent mode): drops marked frames of guarded bridges before defrag, raw and conntrack, clears the mark on others, logs like the bridge table", () => {
   const chains = judgeChainSpecs({ ...OPTIONS, bridges: ["cloudbr0", "br1"] });
   const judge = chains.find((c) => c.name === "judge")!;
-  assert.equal(judge.base, { type: "filter", hook: "prerouting", prio: -300, policy: "accept" });
+  assert.equal(judge.base, { type: "filter", hook: "prerouting", prio: -450, policy: "accept" });
   assert.equal(judge.rules.map((r) => r.text), [
     "meta mark & 0x04000000 != 0x04000000 return",
     'iifname { "cloudbr0", "br1" } goto drop_unallocated',
@@ -195,7 +195,7 @@ render("table ip6 sg6 (agent mode): drops marked frames of guarded bridges befor
   assert.ok(chains.every((c) => c.rules.every((r) => /^sg6:\S{16} /.test(r.comment))), "every rule carries an id");
   const text = renderJudgeTable(OPTIONS);
   assert.match(text, /^table ip6 sg6 \{/);
-  assert.match(text, /type filter hook prerouting priority -300; policy accept;/);
+  assert.match(text, /type filter hook prerouting priority -450; policy accept;/);
   assert.match(text, /set drops \{/);
 });
 
