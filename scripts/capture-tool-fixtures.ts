@@ -141,7 +141,7 @@ function captureNft(release: Release, root: string): void {
   const lengths = lengthsOf(FIXTURE_BINDINGS);
   const s = new Scratch(root);
   try {
-    s.run("nft", ["-f", "-"], renderTable(FIXTURE_OPTIONS, lengths, content, []));
+    s.run("nft", ["-f", "-"], renderTable(FIXTURE_OPTIONS, lengths, content));
     const list = (name: string) => {
       write(dir, `list-table.${name}txt`, s.run("nft", ["list", "table", "bridge", "sg6"]));
       write(dir, `list-table.${name}json`, s.run("nft", ["-j", "list", "table", "bridge", "sg6"]));
@@ -163,7 +163,7 @@ function captureNft(release: Release, root: string): void {
   // a table with the /128 sets only (made for bindings without a delegated prefix): sets and rules missing
   const t = new Scratch(root);
   try {
-    t.run("nft", ["-f", "-"], renderTable(FIXTURE_OPTIONS, [128], renderNft([]), []));
+    t.run("nft", ["-f", "-"], renderTable(FIXTURE_OPTIONS, [128], renderNft([])));
     write(dir, "list-table.missing-sets.json", t.run("nft", ["-j", "list", "table", "bridge", "sg6"]));
   } finally {
     t.destroy();

@@ -88,7 +88,7 @@ export class Agent {
     this.inventory.on("error", (error: Error) => log.error({ err: error.message }, "rtnetlink"));
     this.enforcer.setPorts(this.inventory.ports());
     const mode = membership(dataplane);
-    if (mode) log.info({ membership: mode.mode, detail: mode.detail }, `bridge membership of a port is decided ${mode.mode === "kernel" ? "in the kernel at packet time" : "by the agent from link events"}`);
+    if (mode) log.info({ membership: mode.mode, detail: mode.detail }, `bridge membership of a port is decided ${mode.mode === "kernel" ? "in the kernel at packet time" : "at packet time, the bridge-dependent row through br_netfilter (agent mode: no nft_meta_bridge)"}`);
     await this.checkUnguarded().catch((error: Error) => log.warn({ err: error.message }, "listing bridge members failed"));
     // the drop log's reader starts beside the guard, never before it: a missing tcpdump costs only sg6 drops' history
     void startAgentDropLog(

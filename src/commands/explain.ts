@@ -204,7 +204,7 @@ async function traceNext(device: string, frame: Explanation["frame"], seconds: n
 /** explain without an agent: the saved desired state, the ports and the kernel as they are now. */
 export async function explainFrame(config: Config, opts: ExplainOptions): Promise<{ explanation: Explanation; kernel: KernelCheck }> {
   const state = new HostState(config, await new StateStore(config.stateDir).load());
-  const dataplane = await openDataplane(config, { watchLinks: false });
+  const dataplane = await openDataplane(config);
   const enforcer = new Enforcer(config, dataplane, createLogger("sg6", "silent"), state.toJSON());
   const inventory = await PortInventory.open(config.bridges, config.portPrefix, false);
   const ports = inventory.ports();

@@ -287,7 +287,7 @@ function printStatus(doc: StatusDoc, json: boolean, io: Io): number {
   const nics = vms.reduce((n, v) => n + v.nics.length, 0);
   io.out(`sg6 on ${doc.host}: ${doc.backend}; ${vms.length} VMs, ${nics} NICs; kernel ${doc.inSync ? "in sync" : `DRIFTED (${drift.length} differences: run sg6 reconcile)`}\n`);
   for (const line of healthLines(doc.agent, Date.now())) io.out(`${line}\n`);
-  if (doc.membership) io.out(`bridge membership: decided ${doc.membership.mode === "kernel" ? "in the kernel at packet time" : "by the agent from link events"} (${doc.membership.detail})\n`);
+  if (doc.membership) io.out(`bridge membership: decided ${doc.membership.mode === "kernel" ? "in the kernel at packet time" : "at packet time, the bridge-dependent row through br_netfilter (agent mode: no nft_meta_bridge)"} (${doc.membership.detail})\n`);
   for (const k of kernel) io.out(`kernel switch ${k.key} = ${k.have ?? "(missing: br_netfilter not loaded)"}${k.have === k.want ? "" : ` — WANT ${k.want}: the guard is off until sg6 reconcile`}\n`);
   for (const limit of limits) io.out(`WARNING: ${limit}\n`);
   for (const u of doc.unguarded) {

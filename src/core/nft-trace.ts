@@ -32,32 +32,48 @@ export interface TraceResult {
   packet: string;
 }
 
-const LINE = /^trace id (\S+) bridge (\S+) (\S+) (packet|rule|verdict|policy) ?(.*)$/;
+const LINE = /^trace id (\S+) (bridge|ip6) (\S+) (\S+) (packet|rule|verdict|policy) ?(.*)$/;
+
+/** the judge clearing the mark of a bridge sg6 does not guard */
+const MARKED_CLEAR = /meta mark set meta mark & 0x[0-9a-f]+/;
+
+/** agent mode's mark on an unbound port's IPv6 (src/core/nft-rules.ts): `table ip6 sg6` decides it */
+const MARKED = /meta mark set meta mark \| 0x0*4000000\b/;
 
 /**
  * The first traced frame in `lines` (nft monitor trace output) that reached sg6's table, as sg6
  * judged it; undefined until one has. A frame sg6's table dropped has a rule "(verdict drop)"; one
- * it let on ends its base chain by the policy accept (or a return or accept from it).
+ * it let on ends its base chain by the policy accept (or a return or accept from it). In agent
+ * mode a frame the bridge table marked is judged in `table ip6 sg6` (the trace follows it through
+ * br_netfilter): its verdict waits for that table's.
  */
 export function readTrace(lines: readonly string[], table = "sg6"): TraceResult | undefined {
+  // per trace id: [family, chain, kind, rest]
   const byId = new Map<string, string[][]>();
   for (const line of lines) {
     const m = LINE.exec(line.trim());
-    if (!m) continue;
+    if (!m || m[3] !== table) continue;
     const list = byId.get(m[1]!) ?? [];
     byId.set(m[1]!, list);
-    list.push([m[2]!, m[3]!, m[4]!, m[5]!.trim()]);
+    list.push([m[2]!, m[4]!, m[5]!, m[6]!.trim()]);
   }
-  for (const events of byId.values()) {
-    const ours = events.filter(([t]) => t === table);
-    if (!ours.length) continue;
-    const packet = ours.find(([, , kind]) => kind === "packet")?.[3] ?? "";
-    const rules = ours.filter(([, , kind, rest]) => kind === "rule" && !/\(verdict continue\)$/.test(rest!)).map(([, chain, , rest]) => `${chain}: ${rest}`);
+  for (const ours of byId.values()) {
+    const packet = ours.find(([family, , kind]) => family === "bridge" && kind === "packet")?.[3];
+    if (packet === undefined) continue;
+    const rules = ours
+      .filter(([, , kind, rest]) => kind === "rule" && !/\(verdict continue\)$/.test(rest!))
+      .map(([family, chain, , rest]) => `${family === "ip6" ? "ip6 " : ""}${chain}: ${rest}`);
     if (ours.some(([, , kind, rest]) => kind === "rule" && /\(verdict drop\)$/.test(rest!))) return { verdict: "drop", rules, packet };
-    // the base chain is the chain of the packet line; its policy or a return/accept from it ends sg6's say
-    const base = ours.find(([, , kind]) => kind === "packet")?.[1];
-    const ended = ours.some(([, chain, kind, rest]) => chain === base && (kind === "policy" || /\(verdict (accept|return)\)$/.test(rest!) || /^(accept|return)/.test(rest!)));
-    if (ended || ours.some(([, , , rest]) => /\(verdict accept\)$/.test(rest!))) return { verdict: "accept", rules, packet };
+    // each family's base chain is the chain of its packet line; its policy or a return/accept from it ends that table's say
+    const ended = (family: string) => {
+      const events = ours.filter(([f]) => f === family);
+      const base = events.find(([, , kind]) => kind === "packet")?.[1];
+      return events.some(([, chain, kind, rest]) => (chain === base && (kind === "policy" || /\(verdict (accept|return)\)$/.test(rest!) || /^(accept|return)/.test(rest!))) || /\(verdict accept\)$/.test(rest!));
+    };
+    if (!ended("bridge")) continue;
+    const marked = ours.some(([family, , kind, rest]) => family === "bridge" && kind === "rule" && MARKED.test(rest!));
+    if (!marked) return { verdict: "accept", rules, packet };
+    if (ended("ip6")) return { verdict: "accept", rules: [...rules, ...ours.filter(([f, , kind, rest]) => f === "ip6" && kind === "rule" && MARKED_CLEAR.test(rest!)).map(([, chain, , rest]) => `ip6 ${chain}: ${rest}`)], packet };
   }
   return undefined;
 }

@@ -17,15 +17,6 @@ export function isGuardedPort(name: string, master: string | undefined, scope: P
   return namedLikeGuarded(name, scope) && master !== undefined && scope.bridges.includes(master);
 }
 
-/**
- * Named like a guarded port but a member of some other master (a bridge sg6 does not guard). The
- * kernel here cannot ask which bridge a frame entered (no `meta ibrname`, no ebtables
- * --logical-in), so the layer-2 hooks guard every `port_prefix*` port except these.
- */
-export function isForeignPort(name: string, master: string | undefined, scope: PortScope): boolean {
-  return namedLikeGuarded(name, scope) && master !== undefined && !scope.bridges.includes(master);
-}
-
 /** A link of this network namespace, as rtnetlink reports it (the fields sg6 reads). */
 export interface LinkInfo {
   ifindex: number;

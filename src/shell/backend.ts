@@ -9,13 +9,13 @@ import { IptablesBackend, iptablesObjectsExist } from "./iptables.js";
 import { NftBackend, purgeNftables, tableExists } from "./nftables.js";
 
 /** What the iptables backend removes when it takes over from nftables. */
-export const FROM_NFTABLES = { present: () => tableExists(), purge: () => purgeNftables() };
+export const FROM_NFTABLES = { present: async () => (await tableExists()) || (await tableExists("ip6")), purge: () => purgeNftables() };
 /** What the nftables backend removes when it takes over from iptables. */
 export const FROM_IPTABLES = { present: () => iptablesObjectsExist(), purge: () => IptablesBackend.purge() };
 
-export async function openDataplane(config: Config, options: { watchLinks?: boolean } = {}): Promise<Dataplane> {
+export async function openDataplane(config: Config): Promise<Dataplane> {
   const scaffold = { bridges: config.bridges, portPrefix: config.portPrefix };
-  if (config.backend === "nftables") return new NftBackend({ ...scaffold, watchLinks: options.watchLinks ?? true, switchOver: FROM_IPTABLES });
+  if (config.backend === "nftables") return new NftBackend({ ...scaffold, switchOver: FROM_IPTABLES });
   return IptablesBackend.open(scaffold, FROM_NFTABLES);
 }
 

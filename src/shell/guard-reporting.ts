@@ -5,7 +5,7 @@ import type { ReasonCounts } from "../core/drop-reasons.js";
 import type { Dataplane } from "./dataplane.js";
 
 export interface Membership {
-  /** "kernel": decided at packet time (meta ibrname / --logical-in); "agent": from link events */
+  /** "kernel": decided at packet time (meta ibrname / --logical-in); "agent": no nft_meta_bridge, the bridge-dependent row judged at packet time through br_netfilter */
   mode: "kernel" | "agent";
   detail: string;
 }

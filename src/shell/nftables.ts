@@ -1,20 +1,20 @@
-// The "nftables" backend's shell: runs `nft` (and reads links over rtnetlink) for the core in
-// src/core/nft-rules.ts. Every change is one `nft -f -` run, i.e. one netlink transaction.
-import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
-import type { Socket } from "node:net";
-import { createRtNetlink, type RtNetlinkSocket } from "netlink";
+// The "nftables" backend's shell: runs `nft` for the core in src/core/nft-rules.ts (and, in agent
+// mode, keeps the br_netfilter switch it needs). Every change is one `nft -f -` run, i.e. one
+// netlink transaction, which covers `table bridge sg6` and, in agent mode, `table ip6 sg6`.
+import { readFile, writeFile } from "node:fs/promises";
 import type { ReasonCounts } from "../core/drop-reasons.js";
+import { type KernelSwitch, switchDrift, sysctlPath } from "../core/kernel-switches.js";
 import type { PortBinding } from "../core/model.js";
 import {
+  AGENT_SWITCHES,
   FAMILY,
-  FOREIGN_LEASE_SECONDS,
+  JUDGE_FAMILY,
   type MembershipMode,
   SET_DROPS,
   TABLE,
-  foreignPorts,
-  foreignScript,
   parseNftJson,
   planDelta,
+  planJudge,
   planReconcile,
   renderContent,
   wantedLengths,
@@ -23,8 +23,6 @@ import {
 } from "../core/nft-rules.js";
 import type { Dataplane } from "./dataplane.js";
 import { exec, execRaw } from "./exec.js";
-import { listLinks } from "./taps.js";
-import { namedLikeGuarded } from "../core/ports.js";
 import type { SwitchOver } from "./dataplane.js";
 
 export class NftBackendError extends Error {
@@ -32,12 +30,6 @@ export class NftBackendError extends Error {
 }
 
 export interface NftBackendOptions extends Omit<NftOptions, "membership"> {
-  /**
-   * Follow link notifications (rtnetlink) and keep the `foreign` set current between reconciles,
-   * so a new tap on a bridge sg6 does not guard passes within milliseconds (default true; the
-   * socket does not keep the process alive).
-   */
-  watchLinks?: boolean;
   /** the other backend's objects, removed once this backend enforces (see backend.ts) */
   switchOver?: SwitchOver;
   /** "auto" (default): "kernel" where `meta ibrname` loads, else "agent" */
@@ -54,27 +46,58 @@ export async function probeMembership(): Promise<{ mode: MembershipMode; detail:
   const why = result.stderr.includes("Operation not supported") ? "this kernel has no nft_meta_bridge (meta ibrname: Operation not supported)" : `meta ibrname refused: ${result.stderr.trim().split("\n")[0]}`;
   return {
     mode: "agent",
-    detail: `${why}; every port named like a guarded port is guarded, except ports the agent saw on another bridge (leased exemption, renewed while the agent runs, gone within the lease when it is down)`,
+    detail: `${why}: IPv6 of ports without an allocation is judged per bridge through br_netfilter (bridge-nf-call-ip6tables=1, table ${JUDGE_FAMILY} ${TABLE}), at packet time, with or without the agent; every other row applies to every port named like a guarded port, on any bridge (an unbound one on another bridge loses only tagged frames)`,
   };
 }
 
 const NO_TABLE = /No such file or directory|does not exist/i;
 
-/** `nft -j list table bridge sg6`, parsed; undefined when the table does not exist. */
-export async function readTable(): Promise<NftSnapshot | undefined> {
-  const result = await execRaw("nft", ["-j", "list", "table", FAMILY, TABLE]);
+/** `nft -j list table bridge sg6` (or `ip6 sg6`), parsed; undefined when the table does not exist. */
+export async function readTable(family = FAMILY): Promise<NftSnapshot | undefined> {
+  const result = await execRaw("nft", ["-j", "list", "table", family, TABLE]);
   if (result.code !== 0) {
     if (NO_TABLE.test(result.stderr)) return undefined;
     // nft 1.0.6 dies of a signal (no stderr) listing sets a newer nft made: say so rather than nothing
-    throw new NftBackendError(`nft -j list table ${FAMILY} ${TABLE} failed: ${result.stderr.trim() || `exit ${result.code}${result.code >= 128 ? " (killed by a signal: an nft older than the one that made the table?)" : ""}`}`);
+    throw new NftBackendError(`nft -j list table ${family} ${TABLE} failed: ${result.stderr.trim() || `exit ${result.code}${result.code >= 128 ? " (killed by a signal: an nft older than the one that made the table?)" : ""}`}`);
   }
-  return parseNftJson(result.stdout);
+  return parseNftJson(result.stdout, family);
 }
 
-/** Whether `table bridge sg6` exists (cheap: lists table names only). */
-export async function tableExists(): Promise<boolean> {
-  const tables = await exec("nft", ["list", "tables", FAMILY]);
-  return tables.split("\n").some((line) => line.trim() === `table ${FAMILY} ${TABLE}`);
+/** Whether `table bridge sg6` (or `ip6 sg6`) exists (cheap: lists table names only). */
+export async function tableExists(family = FAMILY): Promise<boolean> {
+  const tables = await exec("nft", ["list", "tables", family]);
+  return tables.split("\n").some((line) => line.trim() === `table ${family} ${TABLE}`);
+}
+
+/** Read the switches (undefined: the key does not exist, br_netfilter is not loaded). */
+async function readSwitches(switches: readonly KernelSwitch[]): Promise<Map<string, string | undefined>> {
+  const read = new Map<string, string | undefined>();
+  for (const s of switches) read.set(s.key, (await readFile(sysctlPath(s.key), "utf8").catch(() => undefined))?.trim());
+  return read;
+}
+
+/**
+ * Make the switches as wanted (loading br_netfilter if its keys are missing); returns what it
+ * changed (or, dry, what it would). The same as the iptables backend's, for agent mode's switch.
+ */
+async function ensureSwitches(switches: readonly KernelSwitch[], dryRun: boolean): Promise<string[]> {
+  let read = await readSwitches(switches);
+  const drift = switchDrift(switches, read);
+  if (dryRun || drift.length === 0) return drift;
+  if ([...read.values()].some((v) => v === undefined)) {
+    const loaded = await execRaw("modprobe", ["br_netfilter"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
+    read = await readSwitches(switches);
+    if ([...read.values()].some((v) => v === undefined)) {
+      // the guard still fails closed (the bridge table drops what is not judged): say why it over-blocks
+      throw new NftBackendError(
+        `br_netfilter is not loaded and "modprobe br_netfilter" failed (${(loaded.stderr || `exit ${loaded.code}`).trim().split("\n")[0]}): agent mode drops IPv6 of ports without an allocation on every bridge without it`,
+      );
+    }
+  }
+  for (const s of switches) if (read.get(s.key) !== s.want) await writeFile(sysctlPath(s.key), `${s.want}\n`);
+  const left = switchDrift(switches, await readSwitches(switches));
+  if (left.length) throw new NftBackendError(`could not set ${left.join("; ")}`);
+  return drift.map((line) => `${line}: repaired`);
 }
 
 /** Run one nft script as one transaction. */
@@ -82,65 +105,22 @@ async function nftScript(script: string): Promise<void> {
   if (script) await exec("nft", ["-f", "-"], { input: script });
 }
 
-/** Remove sg6's nftables table if it exists (for `sg6 purge` and for the iptables backend's switch-over). */
+/** Remove sg6's nftables tables if they exist (for `sg6 purge` and for the iptables backend's switch-over). */
 export async function purgeNftables(): Promise<string[]> {
   const version = await execRaw("nft", ["--version"]).catch(() => undefined);
   if (version?.code !== 0) return []; // no nft on this host: nothing of ours can be there
-  if (!(await tableExists())) return [];
-  // `table` first so the delete cannot fail if someone removed it in between
-  await nftScript(`table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}\n`);
-  return [`nftables: table ${FAMILY} ${TABLE}`];
+  const there: string[] = [];
+  for (const family of [FAMILY, JUDGE_FAMILY]) if (await tableExists(family)) there.push(family);
+  if (!there.length) return [];
+  // one transaction; `table` first so the delete cannot fail if someone removed it in between
+  await nftScript(there.map((family) => `table ${family} ${TABLE}\ndelete table ${family} ${TABLE}\n`).join(""));
+  return there.map((family) => `nftables: table ${family} ${TABLE}`);
 }
 
-/**
- * An `nft -f -` started ahead of time and waiting on its stdin, so a link event's update does not
- * wait for nft to start (a few ms, tens on a busy host: frames pass while it does).
- */
-class WarmNft {
-  private next: { child: ChildProcessWithoutNullStreams; done: Promise<{ code: number; stderr: string }> } | undefined;
-
-  private start() {
-    const child = spawn("nft", ["-f", "-"], { stdio: ["pipe", "pipe", "pipe"] });
-    let stderr = "";
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-    child.stdout.resume();
-    // a waiting nft must not keep a one-shot command (sg6 reconcile) alive
-    child.unref();
-    for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as unknown as Socket).unref?.();
-    child.stdin.on("error", () => {
-      /* its exit code tells */
-    });
-    const done = new Promise<{ code: number; stderr: string }>((resolve) => {
-      child.on("error", (error) => resolve({ code: 127, stderr: error.message }));
-      child.on("close", (code) => resolve({ code: code ?? 1, stderr }));
-    });
-    return { child, done };
-  }
-
-  /** Start the next one now, so it is ready when needed. */
-  prime(): void {
-    this.next ??= this.start();
-  }
-
-  async run(script: string): Promise<void> {
-    const proc = this.next ?? this.start();
-    this.next = this.start();
-    proc.child.stdin.end(script);
-    const result = await proc.done;
-    if (result.code !== 0) throw new NftBackendError(`nft -f - exited ${result.code}: ${result.stderr.trim().split("\n")[0]}`);
-  }
-
-  close(): void {
-    this.next?.child.kill();
-    this.next = undefined;
-  }
-}
-
-/** Owns `table bridge sg6` on this host. */
+/** Owns `table bridge sg6` (and, in agent mode, `table ip6 sg6`) on this host. */
 export class NftBackend implements Dataplane {
   readonly description = `nftables (table ${FAMILY} ${TABLE})`;
   readonly options: NftOptions;
-  private readonly watchLinks: boolean;
   private readonly switchOver: SwitchOver | undefined;
 
   /** whether the kernel holds what we last applied (false until a reconcile, and while a change runs) */
@@ -149,25 +129,15 @@ export class NftBackend implements Dataplane {
   private lengths: number[] = [];
   /** the other backend's objects are removed once this backend enforces (prepare() or the first reconcile) */
   private purgeIptablesPending = false;
-  private socket: RtNetlinkSocket | undefined;
   private queue: Promise<unknown> = Promise.resolve();
-  private refreshTimer: NodeJS.Timeout | undefined;
-  /** foreign ports as last written by this process (the watcher skips writes that change nothing) */
-  private lastForeign: string | undefined;
-  /** what the last link dump said: indexes of the guarded bridges and of other masters, foreign ports */
-  private guardedMasters = new Set<number>();
-  private otherMasters = new Set<number>();
-  private foreign = new Set<number>();
-  private renewTimer: NodeJS.Timeout | undefined;
-  private warm: WarmNft | undefined;
   private readonly requestedMembership: MembershipMode | "auto";
   private membershipState: { mode: MembershipMode; detail: string } | undefined;
   /** rules without an sg6 id read at the last applied reconcile (reported then, and rebuilt away): see skeletonDrift */
   private settledUnknown: ReadonlySet<string> = new Set();
+  private settledJudge: ReadonlySet<string> = new Set();
 
   constructor(options: NftBackendOptions) {
-    this.options = { bridges: [...options.bridges], portPrefix: options.portPrefix, foreignLease: options.foreignLease ?? FOREIGN_LEASE_SECONDS };
-    this.watchLinks = options.watchLinks ?? true;
+    this.options = { bridges: [...options.bridges], portPrefix: options.portPrefix };
     this.switchOver = options.switchOver;
     this.requestedMembership = options.membership ?? "auto";
   }
@@ -200,11 +170,16 @@ export class NftBackend implements Dataplane {
     notes.push(`using ${version.stdout.trim()}`);
     await this.decideMembership();
     notes.push(`bridge membership: ${this.membershipState!.mode}: ${this.membershipState!.detail}`);
+    // agent mode: before the table exists, so unallocated IPv6 is judged per bridge from the first
+    // frame. A failure is a note, not a refusal: the table still fails closed without it, and every
+    // reconcile reports and retries the switch.
+    if (this.options.membership === "agent") {
+      notes.push(...(await ensureSwitches(AGENT_SWITCHES, false).catch((error: Error) => [`WARNING: ${error.message}`])));
+    }
     // Switching from the iptables backend: remove its objects only once this table enforces, so
     // the host is never without a guard (both guards at once only ever pass less).
     if (await tableExists()) notes.push(...(await this.purgeIptables()));
     else this.purgeIptablesPending = true;
-    if (this.watchLinks && !this.socket && this.options.membership === "agent") this.startWatching();
     return notes;
   }
 
@@ -224,19 +199,24 @@ export class NftBackend implements Dataplane {
     const desired = renderContent(bindings);
     await this.decideMembership();
     return this.serial(async () => {
-      const [snapshot, links] = await Promise.all([readTable(), listLinks()]);
-      const foreign = this.learnLinks(links);
+      const agent = this.options.membership === "agent";
+      const switches = agent && dryRun ? await ensureSwitches(AGENT_SWITCHES, true) : [];
+      const [snapshot, judge] = await Promise.all([readTable(), readTable(JUDGE_FAMILY)]);
       const lengths = wantedLengths(bindings, snapshot);
-      const plan = planReconcile(snapshot, lengths, desired, foreign, links, this.options, this.settledUnknown);
-      if (dryRun) return plan.changes;
+      const plan = planReconcile(snapshot, lengths, desired, this.options, this.settledUnknown);
+      const judgePlan = planJudge(judge, this.options, this.settledJudge);
+      if (dryRun) return [...switches, ...plan.changes, ...judgePlan.changes];
       this.inSync = false;
-      await nftScript(plan.script);
+      // one transaction for both tables: no frame sees the bridge table's mark without its judge
+      await nftScript(plan.script + judgePlan.script);
       this.inSync = true;
       this.settledUnknown = new Set(snapshot?.unknown ?? []);
+      this.settledJudge = new Set(judge?.unknown ?? []);
       this.lengths = lengths;
-      this.lastForeign = foreign.join(",");
-      if (this.options.membership === "kernel") this.lastForeign = "";
-      const changes = [...plan.changes];
+      // agent mode's switch after the tables (unlike the iptables backend's rules, they fail closed
+      // without it): a switch that cannot be set throws with the tables in place
+      if (agent) switches.push(...(await ensureSwitches(AGENT_SWITCHES, false)));
+      const changes = [...switches, ...plan.changes, ...judgePlan.changes];
       if (this.purgeIptablesPending) changes.push(...(await this.purgeIptables()));
       return changes;
     });
@@ -256,108 +236,46 @@ export class NftBackend implements Dataplane {
     });
   }
 
-  /** The `drops` set, read alone: only ports that dropped something have elements there. */
-  private async readDrops() {
-    const result = await execRaw("nft", ["-j", "list", "set", FAMILY, TABLE, SET_DROPS]);
+  /** A `drops` set, read alone: only ports that dropped something have elements there. */
+  private async readDrops(family: string) {
+    const result = await execRaw("nft", ["-j", "list", "set", family, TABLE, SET_DROPS]);
     if (result.code !== 0) return undefined;
-    return parseNftJson(result.stdout);
-  }
-
-  async dropCounters(): Promise<Map<string, number>> {
-    return (await this.readDrops())?.counters ?? new Map();
-  }
-
-  async dropsByReason(): Promise<Map<string, ReasonCounts>> {
-    return (await this.readDrops())?.reasons ?? new Map();
-  }
-
-  /** Remember what a dump says about masters; returns the foreign ports (none in kernel mode). */
-  private learnLinks(links: Awaited<ReturnType<typeof listLinks>>): number[] {
-    const byName = new Map(links.map((l) => [l.ifname, l.ifindex]));
-    this.guardedMasters = new Set(this.options.bridges.map((b) => byName.get(b)).filter((i): i is number => i !== undefined));
-    this.otherMasters = new Set(
-      links.filter((l) => l.master !== undefined && !this.options.bridges.includes(l.master)).map((l) => byName.get(l.master!)!),
-    );
-    const foreign = this.options.membership === "kernel" ? [] : foreignPorts(links, this.options);
-    this.foreign = new Set(foreign);
-    return foreign;
-  }
-
-  /** Write the `foreign` set as this process knows it (leases renewed); skipped when nothing changed unless `renew`. */
-  private async writeForeign(renew: boolean): Promise<string[]> {
-    const foreign = [...this.foreign].sort((a, b) => a - b);
-    const text = foreign.join(",");
-    if (!this.inSync) return []; // nothing to keep current before a reconcile has built the table
-    if (text === this.lastForeign && !(renew && foreign.length)) return [];
-    this.lastForeign = undefined; // unknown until the write succeeds
-    const script = foreignScript(foreign, this.options);
-    if (this.warm) await this.warm.run(script);
-    else await nftScript(script);
-    this.lastForeign = text;
-    return [`foreign ports now ${text || "none"}`];
-  }
-
-  /** Bring the `foreign` set in line with a fresh link dump (and renew its leases). Returns what changed. */
-  refreshForeignPorts(renew = false): Promise<string[]> {
-    return this.serial(async () => {
-      this.learnLinks(await listLinks());
-      return this.writeForeign(renew);
-    });
+    return parseNftJson(result.stdout, family);
   }
 
   /**
-   * One link notification, judged without a dump where the last dump knows the master: a port
-   * named like a guarded one that now has no master or a guarded bridge loses its exemption at
-   * once; one on a known other master gains it; an unknown master means a dump.
+   * Both tables' counters: the bridge table's per port, `table ip6 sg6`'s (agent mode: unallocated
+   * IPv6 dropped on a guarded bridge) per bridge, under the bridge's name.
    */
-  private onLink(link: { index: number; ifname: string | undefined; master: number | undefined }): void {
-    if (link.ifname === undefined || !namedLikeGuarded(link.ifname, this.options)) return;
-    const known = link.master === undefined || this.guardedMasters.has(link.master) || this.otherMasters.has(link.master);
-    if (!known) {
-      this.refreshForeignPorts().catch(() => (this.lastForeign = undefined));
-      return;
+  private async readAllDrops(): Promise<{ counters: Map<string, number>; reasons: Map<string, ReasonCounts> }> {
+    const [bridge, judge] = await Promise.all([this.readDrops(FAMILY), this.options.membership === "kernel" ? undefined : this.readDrops(JUDGE_FAMILY)]);
+    const counters = new Map(bridge?.counters ?? []);
+    const reasons = new Map(bridge?.reasons ?? []);
+    for (const [name, count] of judge?.counters ?? []) counters.set(name, (counters.get(name) ?? 0) + count);
+    for (const [name, counts] of judge?.reasons ?? []) {
+      const merged: ReasonCounts = { ...(reasons.get(name) ?? {}) };
+      for (const [reason, n] of Object.entries(counts) as [keyof ReasonCounts, number][]) merged[reason] = (merged[reason] ?? 0) + n;
+      reasons.set(name, merged);
     }
-    const foreign = link.master !== undefined && this.otherMasters.has(link.master);
-    if (foreign === this.foreign.has(link.index)) return;
-    if (foreign) this.foreign.add(link.index);
-    else this.foreign.delete(link.index);
-    this.serial(() => this.writeForeign(false)).catch(() => (this.lastForeign = undefined)); // the next reconcile repairs it
+    return { counters, reasons };
   }
 
-  private startWatching(): void {
-    const socket = createRtNetlink({ ref: false } as never);
-    socket.addMembership("LINK");
-    socket.on("message", (parts) => {
-      for (const part of parts) {
-        if (part.kind !== "link" || part.data.index === undefined) continue;
-        this.onLink({ index: part.data.index, ifname: part.attrs.ifname, master: part.attrs.master });
-      }
-    });
-    this.socket = socket;
-    this.warm = new WarmNft();
-    this.warm.prime();
-    // renew the exemptions' leases well before they run out; when the agent stops, they expire and
-    // ports named like guarded ones are guarded wherever they are (fail closed)
-    const every = (this.options.foreignLease ?? FOREIGN_LEASE_SECONDS) * 1000 / 3;
-    this.renewTimer = setInterval(() => {
-      this.refreshForeignPorts(true).catch(() => (this.lastForeign = undefined));
-    }, every);
-    this.renewTimer.unref();
+  async dropCounters(): Promise<Map<string, number>> {
+    return (await this.readAllDrops()).counters;
   }
 
-  /** Stop following link notifications (and renewing leases). */
-  close(): void {
-    if (this.renewTimer) clearInterval(this.renewTimer);
-    this.renewTimer = undefined;
-    this.warm?.close();
-    this.warm = undefined;
-    if (this.refreshTimer) clearTimeout(this.refreshTimer);
-    this.refreshTimer = undefined;
-    this.socket?.socket.close();
-    this.socket = undefined;
+  async dropsByReason(): Promise<Map<string, ReasonCounts>> {
+    return (await this.readAllDrops()).reasons;
   }
 
-  /** Remove sg6's table (and nothing else). */
+  /** Agent mode's br_netfilter switch (none in kernel mode), for `sg6 status`. */
+  async kernelSwitches(): Promise<{ key: string; want: string; have: string | undefined }[]> {
+    if (this.membership().mode !== "agent" || !this.membershipState) return [];
+    const read = await readSwitches(AGENT_SWITCHES);
+    return AGENT_SWITCHES.map((s) => ({ key: s.key, want: s.want, have: read.get(s.key) }));
+  }
+
+  /** Remove sg6's tables (and nothing else). */
   static purge(): Promise<string[]> {
     return purgeNftables();
   }

@@ -274,6 +274,20 @@ function redTeamSuite(backend: DriverBackend) {
     dump: async (l) => (await l.hv.ns.run(`${l.ip6tables}-save`, ["-c"])) + (await l.hv.ns.run("ebtables-nft-save", ["-c"])),
   });
 
+  s("3. guarded, the agent down: the moved tap's tagged RAs and spoofed IPv6 still reach nobody (membership is decided in the kernel)", async () => {
+    const moved = ATTACKS.find((attack) => attack.name.startsWith("3. "));
+    if (!moved) return; // left out by SG6_ATTACK_ONLY
+    await lab.driver.reconcile(lab.bindings);
+    await lab.driver.stop();
+    try {
+      assert.is(await attempt(moved), false, `${moved.name}: got through the ${backend} guard with no agent running`);
+    } finally {
+      const driver = DataplaneDriver.start(lab.hv.ns.name, backend);
+      cleanup.add(() => driver.stop());
+      lab.driver = driver;
+    }
+  });
+
   s("guarded: the right MAC's IPv4 and ARP still pass (only a wrong MAC is sg6's business)", async () => {
     await lab.driver.reconcile(lab.bindings);
     const verdict = await judged(lab.vic.at, lab.atk.mac, lab.atk, () =>

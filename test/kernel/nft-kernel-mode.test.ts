@@ -155,7 +155,7 @@ const test = suite("nftables kernel membership mode (meta ibrname) on Debian's k
 
 test("Debian's kernel: the probe finds meta ibrname; a port moved between bridges is judged where it is, with no agent", async () => {
   const image = await guestImage();
-  const table = renderTable({ bridges: ["br0"], portPrefix: "vnet", membership: "kernel" }, [128], new Map(), []);
+  const table = renderTable({ bridges: ["br0"], portPrefix: "vnet", membership: "kernel" }, [128], new Map());
   assert.match(table, /meta ibrname != \{ "br0" \} return/);
   const extra = new Cpio();
   extra.file("init", Buffer.from(GUEST_INIT), 0o755);

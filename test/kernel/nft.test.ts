@@ -26,8 +26,8 @@ const REPO = resolve(HERE, "../..");
 const PKT_ND = join(HERE, "../support/pkt_nd.py");
 const PYTHON = "/usr/bin/python3";
 const FRAMES = join(HERE, "../support/pkt_l2.py");
-/** the foreign exemptions' lease here: short, so the "agent down" test need not wait 15 s */
-const LEASE_SECONDS = 2;
+/** the bit the bridge table marks an unbound port's IPv6 with in agent mode (table ip6 sg6 judges it) */
+const UNJUDGED_BIT = "0x04000000";
 
 // ---------------------------------------------------------------- driver (inside the hypervisor)
 
@@ -39,15 +39,16 @@ type Request =
   | { op: "drops" }
   | { op: "reasons" }
   | { op: "membership" }
+  | { op: "switches" }
   | { op: "purge" }
   | { op: "iptables"; bindings: PortBinding[] };
 
 async function serveDriver(spec: string): Promise<void> {
-  const [bridges = "cloudbr0", portPrefix = "vnet", lease = "15"] = spec.split("|");
+  const [bridges = "cloudbr0", portPrefix = "vnet"] = spec.split("|");
   const { NftBackend } = await import("../../src/shell/nftables.js");
   const { IptablesBackend } = await import("../../src/shell/iptables.js");
   const { FROM_IPTABLES } = await import("../../src/shell/backend.js");
-  const backend = new NftBackend({ bridges: bridges.split(","), portPrefix, foreignLease: Number(lease), switchOver: FROM_IPTABLES });
+  const backend = new NftBackend({ bridges: bridges.split(","), portPrefix, switchOver: FROM_IPTABLES });
   const handle = async (request: Request): Promise<Record<string, unknown>> => {
     switch (request.op) {
       case "prepare":
@@ -68,6 +69,8 @@ async function serveDriver(spec: string): Promise<void> {
         return { reasons: Object.fromEntries(await backend.dropsByReason()) };
       case "membership":
         return { membership: backend.membership() };
+      case "switches":
+        return { switches: await backend.kernelSwitches() };
       case "purge":
         return { removed: await NftBackend.purge() };
       case "iptables": {
@@ -88,7 +91,6 @@ async function serveDriver(spec: string): Promise<void> {
     }
     process.stdout.write(JSON.stringify(answer) + "\n");
   }
-  backend.close();
 }
 
 class Driver {
@@ -107,10 +109,10 @@ class Driver {
     });
   }
 
-  static start(ns: string, bridges: string[], portPrefix: string, leaseSeconds = LEASE_SECONDS): Driver {
+  static start(ns: string, bridges: string[], portPrefix: string): Driver {
     const child = spawn("ip", ["netns", "exec", ns, process.execPath, "--import", "tsx", fileURLToPath(import.meta.url)], {
       cwd: REPO,
-      env: { ...process.env, SG6_NFT_DRIVER: `${bridges.join(",")}|${portPrefix}|${leaseSeconds}` },
+      env: { ...process.env, SG6_NFT_DRIVER: `${bridges.join(",")}|${portPrefix}` },
       stdio: ["pipe", "pipe", "pipe"],
     });
     return new Driver(child);
@@ -343,6 +345,8 @@ test("switching from iptables: the table is built, then the iptables objects go;
   assert.is(membership.mode, "agent");
   const first = await driver.reconcile([b1(), b2()]);
   assert.ok(first.some((c) => c.startsWith("create table bridge sg6")), first.join("; "));
+  // agent mode: the per-bridge judge of unallocated IPv6, in the same transaction
+  assert.ok(first.includes("create table ip6 sg6"), first.join("; "));
   assert.ok(first.some((c) => c.startsWith("removed the iptables backend's objects")), first.join("; "));
   assert.not.match(await hv.ns.run("ipset", ["list", "-n"]), /sg6/);
   const saved = await hv.ns.try("ip6tables-save", []);
@@ -475,8 +479,29 @@ test("ports of a bridge sg6 does not guard are never matched, also ones that app
   const fresh = vmOf(await hv.addVm(cleanup, "vnet11", randomMac()));
   assert.equal(await counts(fresh, [lab!.router], { src: fresh.ll }), [0], "new unbound tap on cloudbr0");
   await waitFor("the new port of otherbr to pass", async () => sum(await counts(late, [router9], { src: "2001:db8:77::2" })) === 3, 5000, 50);
-  // the link watcher kept the set current: a reconcile has nothing to do
+  // nothing follows links any more: a new port changes nothing sg6 holds
   assert.equal(await driver.reconcile([b1(), b2()], true), []);
+});
+
+/** A table of the test's own: counts vm9's IPv6 in the bridge's forward hook after sg6 (priority 100), and how much of it still carries the bit. */
+async function markProbe(): Promise<{ seen: () => Promise<number>; marked: () => Promise<number>; remove: () => Promise<void> }> {
+  const table = `sg6probe${randomBytes(2).toString("hex")}`;
+  await lab!.hv.ns.run("nft", ["-f", "-"], `table bridge ${table} {\n\tchain probe {\n\t\ttype filter hook forward priority 100; policy accept;\n\t\tiifname "vnet9" meta protocol ip6 counter\n\t\tiifname "vnet9" meta mark & ${UNJUDGED_BIT} == ${UNJUDGED_BIT} counter\n\t}\n}\n`);
+  const counters = async () => [...(await nft("list", "chain", "bridge", table, "probe")).matchAll(/counter packets (\d+)/g)].map((m) => Number(m[1]));
+  return { seen: async () => (await counters())[0] ?? 0, marked: async () => (await counters())[1] ?? 0, remove: async () => void (await nft("delete", "table", "bridge", table)) };
+}
+
+test("an unbound vnet tap on a bridge sg6 does not guard: its IPv6 passes untouched, the mark is cleared before it goes on", async () => {
+  const { vm9, router9 } = ready();
+  const probe = await markProbe();
+  try {
+    assert.equal(await counts(vm9, [router9], { src: "2001:db8:77::5" }), [3], "spoofed-looking IPv6 passes on otherbr");
+    assert.equal(await counts(vm9, [router9], { src: vm9.ll, kind: "ra" }), [3], "so does an RA (otherbr's own business)");
+    assert.ok((await probe.seen()) >= 6, `forwarded: ${await probe.seen()}`);
+    assert.is(await probe.marked(), 0, "the bit is cleared by table ip6 sg6");
+  } finally {
+    await probe.remove();
+  }
 });
 
 test("MAC row, any protocol: ARP and IPv4 with the router's MAC from a bound VM are dropped before the bridge learns them; with its own MAC they pass", async () => {
@@ -579,49 +604,205 @@ test("drop log: dropped frames reach netlink log group 6 as 'sg6 <reason>', at m
   }
 });
 
-test("a tap moved from another bridge onto cloudbr0 is guarded at once with the agent running, and with the agent down (lease ran out)", async () => {
-  const { hv, vm9, router9, router } = ready();
-  // exempt while on otherbr: the control that its spoofed frames pass there
-  await waitFor("vm9 to pass on otherbr", async () => sum(await counts(vm9, [router9], { src: "2001:db8:77::1" })) === 3, 5000, 50);
-  const movedPasses = async (): Promise<{ passed: number; sent: number }> => {
-    const marker = newMarker();
-    const sniffer = await startSniffer(router.at, [marker], { srcMac: vm9.mac });
-    try {
-      const stream = await startStream({ from: vm9.sender, src: vm9.ll, dst: "ff02::1", kind: "ra", marker, intervalMs: 1 });
-      await sleep(200);
-      await hv.ns.run("ip", ["link", "set", vm9.handle.tap, "master", hv.bridge]);
-      await sleep(300);
-      const sent = await stream.stop();
-      await settle([sniffer], [vm9.sender]);
-      return { passed: (await sniffer.stop())[marker] ?? 0, sent };
-    } finally {
-      sniffer.kill();
-    }
-  };
-  const moveBack = async () => {
-    await hv.ns.run("ip", ["link", "set", vm9.handle.tap, "master", "otherbr"]);
-    await waitFor("vm9 to pass on otherbr again", async () => sum(await counts(vm9, [router9], { src: "2001:db8:77::1" })) === 3, 5000, 50);
-  };
-  const running = await movedPasses();
-  console.log(`  moved with the agent running: ${running.passed} of ${running.sent} RAs (1 per ms) reached the router`);
-  assert.ok(running.sent > 100, `sent ${running.sent}`);
-  // a few ms here (4-6 of ~450); the bound leaves room for a loaded machine
-  assert.ok(running.passed <= 40, `${running.passed} RAs passed during the move (the targeted update should take a few ms)`);
-  assert.equal(await counts(vm9, [router], { src: vm9.ll, kind: "ra" }), [0], "after the move");
-  await moveBack();
+/** vm9 (unbound, on otherbr) floods echo to ff02::1 (1 per ms); moved onto cloudbr0 mid-flood; what reached the router there. */
+async function moveDuringFlood(kind: PacketKind = "echo"): Promise<{ passed: number; sent: number }> {
+  const { hv, vm9, router } = lab!;
+  const marker = newMarker();
+  const sniffer = await startSniffer(router.at, [marker], { srcMac: vm9.mac });
+  try {
+    const stream = await startStream({ from: vm9.sender, src: vm9.ll, dst: "ff02::1", kind, marker, intervalMs: 1 });
+    await sleep(200);
+    await hv.ns.run("ip", ["link", "set", vm9.handle.tap, "master", hv.bridge]);
+    await waitFor("vm9 forwarding on cloudbr0", async () => {
+      const [port] = JSON.parse(await hv.ns.run("bridge", ["-j", "link", "show", "dev", vm9.handle.tap])) as { master?: string; state?: string }[];
+      return port?.master === hv.bridge && port.state === "forwarding";
+    }, 5000, 10);
+    await sleep(300);
+    const sent = await stream.stop();
+    await settle([sniffer], [vm9.sender]);
+    return { passed: (await sniffer.stop())[marker] ?? 0, sent };
+  } finally {
+    sniffer.kill();
+  }
+}
 
-  // the agent goes away: the exemption's lease runs out, vm9 is guarded where it is (fail closed)
-  await lab!.driver.stop();
-  await waitFor("the lease to run out", async () => sum(await counts(vm9, [router9], { src: "2001:db8:77::1" })) === 0, (LEASE_SECONDS + 3) * 1000, 100);
-  const down = await movedPasses();
-  assert.is(down.passed, 0, `${down.passed} of ${down.sent} RAs passed with the agent down`);
-  // the agent comes back: the exemption is leased again once the tap is back on otherbr
-  const driver = Driver.start(hv.ns.name, [hv.bridge], "vnet");
+async function moveBack(): Promise<void> {
+  const { hv, vm9, router9 } = lab!;
+  await hv.ns.run("ip", ["link", "set", vm9.handle.tap, "master", "otherbr"]);
+  await waitFor("vm9 to pass on otherbr again", async () => sum(await counts(vm9, [router9], { src: "2001:db8:77::1" })) === 3, 5000, 50);
+}
+
+/** The moved tap's other attacks: RAs, tagged frames, IPv6 with the router's MAC (must not move its FDB entry). */
+async function movedTapAttacks(): Promise<void> {
+  const { vm9, router, vm1 } = lab!;
+  assert.equal(await counts(vm9, [router, vm1], { src: vm9.ll, kind: "ra" }), [0, 0], "RAs from the moved tap");
+  const tagged = await ndCounts(vm9, [router], ["--kind", "ra", "--src", vm9.ll, "--dst", "ff02::1", "--vlan", "8100:0"]);
+  assert.is(tagged[0]!.whole, 0, "priority-tagged RAs from the moved tap");
+  // the router speaks first, so its FDB entry is on its own port
+  assert.equal(await counts(router, [vm1], { src: ROUTER_ADDRESS }), [3]);
+  assert.is(await fdbPort(router.mac), router.handle.tap);
+  assert.equal(await counts(vm9, [vm1], { src: "2001:db8:1::1", mac: router.mac }), [0], "IPv6 with the router's MAC");
+  assert.is(await fdbPort(router.mac), router.handle.tap, "dropped before the bridge learned the router's MAC on vnet9");
+}
+
+async function restartDriver(): Promise<Driver> {
+  const driver = Driver.start(lab!.hv.ns.name, [lab!.hv.bridge], "vnet");
   cleanup.add(() => driver.stop());
   lab!.driver = driver;
   await driver.request({ op: "prepare" });
-  await driver.reconcile([b1(), b2()]);
+  return driver;
+}
+
+test("a tap moved from another bridge onto cloudbr0 passes no IPv6 from the first frame: with the agent running and with no agent at all", async () => {
+  await waitFor("vm9 to pass on otherbr", async () => sum(await counts(lab!.vm9, [lab!.router9], { src: "2001:db8:77::1" })) === 3, 5000, 50);
+  const running = await moveDuringFlood();
+  console.log(`  moved with the agent running: ${running.passed} of ${running.sent} echoes (1 per ms) reached the router`);
+  assert.ok(running.sent > 100, `sent ${running.sent}`);
+  assert.is(running.passed, 0, `${running.passed} of ${running.sent} passed during the move`);
   await moveBack();
+
+  // no agent: nothing sg6 runs is involved in the judgement
+  await lab!.driver.stop();
+  const down = await moveDuringFlood();
+  console.log(`  moved with the agent down: ${down.passed} of ${down.sent} echoes reached the router`);
+  assert.ok(down.sent > 100, `sent ${down.sent}`);
+  assert.is(down.passed, 0, `${down.passed} of ${down.sent} passed with the agent down`);
+  const ra = await moveDuringFlood("ra").finally(moveBack);
+  assert.is(ra.passed, 0, `${ra.passed} of ${ra.sent} RAs passed with the agent down`);
+  await lab!.hv.ns.run("ip", ["link", "set", lab!.vm9.handle.tap, "master", lab!.hv.bridge]);
+  try {
+    await movedTapAttacks();
+  } finally {
+    await moveBack();
+  }
+  const driver = await restartDriver();
+  assert.equal(await driver.reconcile([b1(), b2()]), [], "the tables outlived the agent as they were");
+});
+
+test("fail closed: with bridge-nf-call-ip6tables = 0 the moved tap still passes nothing; a reconcile reports the switch and repairs it", async () => {
+  const { hv, vm9, router9, driver } = ready();
+  const key = "net.bridge.bridge-nf-call-ip6tables";
+  await driver.stop();
+  await hv.ns.sysctl(key, "0");
+  try {
+    const moved = await moveDuringFlood();
+    console.log(`  moved with bridge-nf-call-ip6tables = 0, agent down: ${moved.passed} of ${moved.sent} echoes reached the router`);
+    assert.ok(moved.sent > 100, `sent ${moved.sent}`);
+    assert.is(moved.passed, 0, "not judged, still marked: dropped in the bridge's forward hook");
+    await hv.ns.run("ip", ["link", "set", vm9.handle.tap, "master", "otherbr"]);
+    // the price of failing closed: an unbound vnet tap of another bridge loses its IPv6 too, until repaired
+    assert.equal(await counts(vm9, [router9], { src: "2001:db8:77::1" }), [0], "over-blocks on otherbr while the switch is off");
+  } finally {
+    const restarted = await restartDriver();
+    const repaired = await restarted.reconcile([b1(), b2()]);
+    assert.equal(repaired.filter((c) => c.startsWith("kernel:")).length, 0, `prepare() already repaired it: ${repaired.join("; ")}`);
+  }
+  assert.is((await hv.ns.run("sysctl", ["-n", key])).trim(), "1");
+  await moveBack();
+  // a reconcile (the agent's drift check) reports and repairs the switch
+  await hv.ns.sysctl(key, "0");
+  const drift = await lab!.driver.reconcile([b1(), b2()], true);
+  assert.equal(drift, [`kernel: ${key} is 0, want 1 (IPv6 of ports without an allocation is not judged per bridge: the guard drops it on every bridge (fail closed), also on bridges sg6 does not guard)`]);
+  const switches = (await lab!.driver.request({ op: "switches" })).switches as { key: string; want: string; have: string }[];
+  assert.equal(switches, [{ key, want: "1", have: "0" }], "sg6 status shows it");
+  const repaired = await lab!.driver.reconcile([b1(), b2()]);
+  assert.equal(repaired, [`${drift[0]}: repaired`]);
+  assert.is((await hv.ns.run("sysctl", ["-n", key])).trim(), "1");
+  assert.equal(await lab!.driver.reconcile([b1(), b2()], true), []);
+});
+
+test("control: a judge that clears the bit on every bridge (what a stale exemption amounts to) lets the moved tap through; a reconcile puts it back", async () => {
+  const { driver } = ready();
+  await nft("flush", "chain", "ip6", "sg6", "judge");
+  await nft("add", "rule", "ip6", "sg6", "judge", "meta", "mark", "set", "meta", "mark", "&", "0xfbffffff");
+  try {
+    const moved = await moveDuringFlood();
+    console.log(`  control, judge clears the bit everywhere: ${moved.passed} of ${moved.sent} echoes reached the router`);
+    assert.ok(moved.passed > 100, `${moved.passed} of ${moved.sent}: the check proves nothing`);
+  } finally {
+    await lab!.hv.ns.run("ip", ["link", "set", lab!.vm9.handle.tap, "master", "otherbr"]);
+  }
+  const repaired = await driver.reconcile([b1(), b2()]);
+  assert.ok(repaired.includes("rebuild table ip6 sg6"), repaired.join("; "));
+  assert.ok(repaired.some((c) => c.startsWith("table ip6 sg6: ")), repaired.join("; "));
+  assert.equal(await driver.reconcile([b1(), b2()], true), []);
+  const again = await moveDuringFlood();
+  assert.is(again.passed, 0, "judged again");
+  await moveBack();
+});
+
+test("another writer's raw-priority rule that sets the whole mark does not unmark a moved tap's frame (the judge runs first); control: a judge at -300 runs after it", async () => {
+  const { hv, driver } = ready();
+  // what `ip6tables -t raw … -j MARK --set-mark 1` is on ip6tables-nft: a base chain at -300. Among
+  // equal priorities the kernel runs the hook registered last first, so the writer's table is
+  // (re)made after the judge's in both halves.
+  const writer = async () => {
+    await hv.ns.run("nft", ["-f", "-"], "table ip6 sg6writer\ndelete table ip6 sg6writer\ntable ip6 sg6writer {\n\tchain pre {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta mark set 0x00000001\n\t}\n}\n");
+  };
+  try {
+    await writer();
+    const moved = await moveDuringFlood();
+    assert.ok(moved.sent > 100, `sent ${moved.sent}`);
+    assert.is(moved.passed, 0, `${moved.passed} of ${moved.sent} passed the writer's mark`);
+    await moveBack();
+    // control: the same judge at -300, behind the writer
+    const listed = await nft("list", "table", "ip6", "sg6");
+    assert.match(listed, /priority -450;/);
+    await hv.ns.run("nft", ["-f", "-"], `delete table ip6 sg6\n${listed.replace("priority -450;", "priority raw;")}`);
+    await writer();
+    const control = await moveDuringFlood();
+    console.log(`  control, judge at -300 behind a writer's raw-priority mark: ${control.passed} of ${control.sent} echoes reached the router`);
+    assert.ok(control.passed > 100, `${control.passed} of ${control.sent}: the check proves nothing`);
+  } finally {
+    await hv.ns.try("nft", ["delete", "table", "ip6", "sg6writer"]);
+    await moveBack();
+  }
+  const repaired = await driver.reconcile([b1(), b2()]);
+  assert.ok(repaired.includes("table ip6 sg6: chain judge has another hook, priority or policy"), repaired.join("; "));
+  assert.equal(await driver.reconcile([b1(), b2()], true), []);
+});
+
+test("the drop log and sg6 drops: a moved tap's unallocated IPv6 is logged from table ip6 sg6 with its port as the physical in-device", async () => {
+  const { hv, vm9 } = ready();
+  const dir = await mkdtemp(join(tmpdir(), "sg6-nflog-"));
+  cleanup.add(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, "nflog.pcap");
+  const tcpdump = spawn("ip", ["netns", "exec", hv.ns.name, "tcpdump", "-U", "-i", "nflog:6", "-w", file], { stdio: ["ignore", "ignore", "pipe"] });
+  let said = "";
+  const listening = new Promise<void>((resolve, reject) => {
+    tcpdump.stderr.on("data", (chunk: Buffer) => {
+      said += chunk.toString();
+      if (said.includes("listening")) resolve();
+    });
+    tcpdump.on("exit", (code) => reject(new Error(`tcpdump -i nflog:6 exited ${code}: ${said.trim()}`)));
+  });
+  const before = (await lab!.driver.reasons()).cloudbr0?.unallocated ?? 0;
+  try {
+    await listening;
+    await sleep(1100); // the limit's bucket refills at 100/s
+    await hv.ns.run("ip", ["link", "set", vm9.handle.tap, "master", hv.bridge]);
+    assert.equal(await counts(vm9, [lab!.router], { src: vm9.ll }), [0]);
+    await waitFor("the drop in the log", async () => (await pcapRecordsWith(file, "sg6 unallocated")) >= 3, 5000, 50);
+  } finally {
+    tcpdump.kill("SIGTERM");
+    await moveBack();
+  }
+  // what `sg6 drops` reads: the record's in-device is the port (NFLOG's physical in-device), its bridge beside it
+  const { PcapNflogParser } = await import("../../src/core/nflog.js");
+  const { readFile } = await import("node:fs/promises");
+  const records: { prefix: string; inIfindex: number | null; bridgeIfindex: number | null }[] = [];
+  new PcapNflogParser((r) => records.push(r)).push(await readFile(file));
+  const index = async (dev: string) => (JSON.parse(await hv.ns.run("ip", ["-j", "link", "show", "dev", dev])) as { ifindex: number }[])[0]!.ifindex;
+  const [vm9Index, bridgeIndex] = [await index(vm9.handle.tap), await index(hv.bridge)];
+  const logged = records.filter((r) => r.prefix === "sg6 unallocated");
+  // every such record has a port and its bridge (other unbound ports, vnet3, may log here too)
+  assert.ok(logged.every((r) => r.bridgeIfindex !== null && r.inIfindex !== r.bridgeIfindex), JSON.stringify(logged.map((r) => [r.inIfindex, r.bridgeIfindex])));
+  const fromVm9 = logged.filter((r) => r.inIfindex === vm9Index);
+  assert.ok(fromVm9.length >= 3, `${fromVm9.length} of ${logged.length} records name vnet9`);
+  assert.ok(fromVm9.every((r) => r.bridgeIfindex === bridgeIndex), "with cloudbr0 as the bridge");
+  // counted per bridge: at the ip6 hook the in-interface is the bridge
+  const after = (await lab!.driver.reasons()).cloudbr0?.unallocated ?? 0;
+  assert.ok(after - before >= 3, `cloudbr0 unallocated ${before} -> ${after}`);
 });
 
 test("dropsByReason: each row counts under its reason, per port", async () => {
@@ -632,8 +813,10 @@ test("dropsByReason: each row counts under its reason, per port", async () => {
   for (const reason of ["mac", "tagged", "nd-target", "fragment", "ra-guard", "mld-query", "dhcpv6", "source"] as const) {
     assert.ok((vnet1[reason] ?? 0) > 0, `vnet1 ${reason}: ${JSON.stringify(vnet1)}`);
   }
-  assert.ok((reasons.vnet3?.unallocated ?? 0) > 0, `vnet3 unallocated: ${JSON.stringify(reasons.vnet3)}`);
-  assert.equal(Object.keys(reasons.vnet3 ?? {}), ["unallocated"]);
+  // agent mode: an unbound port's IPv6 is dropped by table ip6 sg6, which sees the bridge, not the port
+  assert.ok((reasons.cloudbr0?.unallocated ?? 0) > 0, `cloudbr0 unallocated: ${JSON.stringify(reasons.cloudbr0)}`);
+  assert.equal(Object.keys(reasons.cloudbr0 ?? {}), ["unallocated"]);
+  assert.is(reasons.vnet3, undefined, "nothing counted on vnet3 in the bridge table");
   const sums = await driver.drops();
   assert.is(sums.vnet1, Object.values(vnet1).reduce((a, b) => a + b, 0), "dropCounters is the sum over reasons");
 });
@@ -642,8 +825,8 @@ test("release cuts the VM off; replacing the /60 drops the old and passes the ne
   const { vm1, vm2, router, driver } = ready();
   await driver.change([b2()], []);
   assert.equal(await counts(vm2, [router], { src: vm2.slaac }), [0], "released vm2");
-  // released: its counters start again from zero, and its IPv6 now counts as unallocated
-  assert.equal(Object.keys((await driver.reasons()).vnet2 ?? {}), ["unallocated"]);
+  // released: its counters start again from zero (its IPv6 now counts as unallocated, on cloudbr0)
+  assert.is((await driver.reasons()).vnet2, undefined);
   await driver.change([b1()], [b1new()]);
   assert.equal(await counts(vm1, [router], { src: "2001:db8:ff00:1a::77" }), [0], "old /60");
   assert.equal(await counts(vm1, [router], { src: "2001:db8:ff00:3a::77" }), [3], "new /60");
@@ -730,7 +913,7 @@ test("drift: a deleted element, a flushed chain, a foreign rule are repaired; th
 
 test("purge removes the table; then the attacks the guard stopped do arrive (controls)", async () => {
   const { driver, hv, vm1, vm2, router } = ready();
-  assert.equal((await driver.request({ op: "purge" })).removed, ["nftables: table bridge sg6"]);
+  assert.equal((await driver.request({ op: "purge" })).removed, ["nftables: table bridge sg6", "nftables: table ip6 sg6"]);
   assert.equal((await driver.request({ op: "purge" })).removed, []);
   assert.not.match(await hv.ns.run("nft", ["list", "tables"]), /sg6/);
   assert.ok(await ping(router, vm2.slaac));

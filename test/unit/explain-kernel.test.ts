@@ -35,7 +35,7 @@ function iptablesText(bindings: PortBinding[]): KernelText {
 }
 
 function nftText(bindings: PortBinding[]): KernelText {
-  return { backend: "nftables", rules: renderTable(OPTIONS, lengthsOf(bindings), renderContent(bindings), []) };
+  return { backend: "nftables", rules: renderTable(OPTIONS, lengthsOf(bindings), renderContent(bindings)) };
 }
 
 const other: PortBinding = { vm: "vm-2", device: "vnet4", mac: "52:54:00:00:00:04", sources: [`${linkLocalAddress("52:54:00:00:00:04")}/128`] };

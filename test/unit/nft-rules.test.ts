@@ -12,8 +12,12 @@ import {
   reasonNumber,
   chainSpecs,
   FAMILY,
-  foreignPorts,
-  foreignScript,
+  judgeChainSpecs,
+  judgeDrift,
+  judgeSetSpecs,
+  planJudge,
+  renderJudgeTable,
+  UNJUDGED_BIT,
   lengthsOf,
   parseNftJson,
   planDelta,
@@ -37,8 +41,17 @@ const VM_B = binding("vm-b", "vnet4", { mac: "52:54:00:AB:CD:EF", network: "2001
 
 /** What `nft -j list table bridge sg6` prints for a table holding `content` (sets, then chains and their rules). */
 function listing(lengths: number[], content: NftContent, options = OPTIONS, edit: (comment: string) => string = (c) => c): string {
+  return listingOf(FAMILY, setSpecs(lengths), chainSpecs(options, lengths), content, edit);
+}
+
+/** The same for agent mode's `table ip6 sg6`. */
+function judgeListing(options = OPTIONS, edit: (comment: string) => string = (c) => c): string {
+  return listingOf("ip6", judgeSetSpecs(), judgeChainSpecs(options), new Map(), edit);
+}
+
+function listingOf(FAMILY: string, sets: ReturnType<typeof setSpecs>, chains: ReturnType<typeof chainSpecs>, content: NftContent, edit: (comment: string) => string): string {
   const items: unknown[] = [{ metainfo: { version: "1.0.6" } }, { table: { family: FAMILY, name: TABLE } }];
-  for (const spec of setSpecs(lengths)) {
+  for (const spec of sets) {
     const elem = [...(content.get(spec.name) ?? [])].map((element) => {
       const parts = element.split(" . ").map((p) => p.replace(/^"|"$/g, ""));
       // nft prints the raw ND target as a decimal number, and addresses in its own spelling
@@ -48,7 +61,7 @@ function listing(lengths: number[], content: NftContent, options = OPTIONS, edit
     const flags = spec.jsonFlags ? { flags: spec.jsonFlags } : {};
     items.push({ set: { family: FAMILY, table: TABLE, name: spec.name, type: spec.jsonType, ...flags, ...(spec.counter ? { stmt: [{ counter: null }] } : {}), ...(elem.length ? { elem } : {}) } });
   }
-  for (const chain of chainSpecs(options, lengths)) {
+  for (const chain of chains) {
     items.push({ chain: { family: FAMILY, table: TABLE, name: chain.name, ...(chain.base ? { type: chain.base.type, hook: chain.base.hook, prio: chain.base.prio, policy: chain.base.policy } : {}) } });
     for (const rule of chain.rules) items.push({ rule: { family: FAMILY, table: TABLE, chain: chain.name, comment: edit(rule.comment) } });
   }
@@ -110,7 +123,9 @@ render("the source MAC is checked before the protocol: a bound port's wrong MAC 
   const wrongMac = guard.indexOf("iifname @ports goto drop_mac");
   assert.ok(macRule > 0 && wrongMac === macRule + 1, guard.join("\n"));
   assert.ok(!guard.slice(0, wrongMac).some((t) => t.includes("meta protocol != ip6")), "no protocol exemption before the MAC check");
-  assert.is(guard.at(-1), "meta protocol ip6 goto drop_unallocated", "an unbound port's IPv6 is dropped, its other frames pass");
+  // an unbound port's IPv6 is dropped (agent mode: marked for the per-bridge judge), its other frames pass
+  assert.is(guard.at(-1), "meta protocol ip6 meta mark set meta mark | 0x04000000");
+  assert.is(chainSpecs({ ...OPTIONS, membership: "kernel" }, [128])[0]!.rules.at(-1)!.text, "meta protocol ip6 goto drop_unallocated");
   const bound = chainSpecs(OPTIONS, [128]).find((c) => c.name === "bound")!.rules.map((r) => r.text);
   assert.is(bound[0], "meta protocol != ip6 return");
   assert.ok(bound.includes("icmpv6 type mld-listener-query goto drop_mld_query"), "MLD query row");
@@ -133,22 +148,63 @@ render("each drop reason has its chain: count per port . reason, log to group 6 
   assert.is(chains.flatMap((c) => c.rules).filter((r) => r.text.includes("limit rate")).length, 1);
 });
 
-render("membership: kernel mode asks meta ibrname and has no foreign exemption; agent mode leases it", () => {
-  const kernel = chainSpecs({ ...OPTIONS, bridges: ["cloudbr0", "br1"], membership: "kernel" }, [128])[0]!.rules.map((r) => r.text);
+render("membership: kernel mode asks meta ibrname and drops unallocated IPv6 itself; agent mode marks it for table ip6 sg6", () => {
+  const kernelOptions: NftOptions = { ...OPTIONS, bridges: ["cloudbr0", "br1"], membership: "kernel" };
+  const kernelChains = chainSpecs(kernelOptions, [128]);
+  const kernel = kernelChains[0]!.rules.map((r) => r.text);
   assert.equal(kernel.slice(0, 2), ['iifname != "vnet*" return', 'meta ibrname != { "cloudbr0", "br1" } return']);
-  assert.ok(!kernel.some((t) => t.includes("@foreign")));
-  const agent = chainSpecs(OPTIONS, [128])[0]!.rules.map((r) => r.text);
-  assert.equal(agent.slice(0, 2), ['iifname != "vnet*" return', "iif @foreign return"]);
-  assert.ok(!agent.some((t) => t.includes("ibrname")));
+  assert.is(kernel.at(-1), "meta protocol ip6 goto drop_unallocated");
+  assert.ok(!kernelChains.some((c) => c.name.startsWith("unjudged")), "kernel mode: no fail-closed hooks");
+  assert.ok(!kernel.some((t) => t.includes("mark")));
+
+  const agentChains = chainSpecs(OPTIONS, [128]);
+  const agent = agentChains[0]!.rules.map((r) => r.text);
+  // no exemption of any kind: the port's own binding decides every row but the last
+  assert.equal(agent.slice(0, 2), ['iifname != "vnet*" return', "meta protocol ip6 ether type != ip6 goto drop_tagged"]);
+  assert.ok(!agent.some((t) => t.includes("ibrname") || t.includes("foreign") || t.includes("iif ")));
+  assert.is(agent.at(-1), "meta protocol ip6 meta mark set meta mark | 0x04000000");
+  assert.is(UNJUDGED_BIT, 0x04000000);
+  // not kube-proxy's 0x4000/0x8000, Cilium's 0x0f00, the iptables backend's 0x02000000
+  for (const other of [0x4000, 0x8000, 0x0f00, 0x02000000]) assert.is(UNJUDGED_BIT & other, 0);
+  // fail closed: a marked frame that br_netfilter did not judge is dropped where it goes on
+  for (const hook of ["forward", "input"]) {
+    const chain = agentChains.find((c) => c.name === `unjudged_${hook}`)!;
+    assert.equal(chain.base, { type: "filter", hook, prio: -200, policy: "accept" });
+    assert.equal(chain.rules.map((r) => r.text), ["meta mark & 0x04000000 == 0x04000000 goto drop_unallocated"]);
+  }
   assert.throws(() => chainSpecs({ ...OPTIONS, bridges: ['br"0'], membership: "kernel" }, [128]), /bridge "br\\"0" is not an interface name/);
-  assert.throws(() => renderTable({ ...OPTIONS, foreignLease: 0 }, [128], new Map(), [3]), /foreign lease 0 is not/);
+  assert.throws(() => judgeChainSpecs({ ...OPTIONS, bridges: ['br"0'] }), /bridge "br\\"0" is not an interface name/);
+});
+
+render("table ip6 sg6 (agent mode): drops marked frames of guarded bridges before defrag, raw and conntrack, clears the mark on others, logs like the bridge table", () => {
+  const chains = judgeChainSpecs({ ...OPTIONS, bridges: ["cloudbr0", "br1"] });
+  const judge = chains.find((c) => c.name === "judge")!;
+  assert.equal(judge.base, { type: "filter", hook: "prerouting", prio: -450, policy: "accept" });
+  assert.equal(judge.rules.map((r) => r.text), [
+    "meta mark & 0x04000000 != 0x04000000 return",
+    'iifname { "cloudbr0", "br1" } goto drop_unallocated',
+    "meta mark set meta mark & 0xfbffffff",
+  ]);
+  assert.equal(chains.find((c) => c.name === "drop_unallocated")!.rules.map((r) => r.text), [
+    `update @drops { iifname . ${reasonNumber("unallocated")} }`,
+    "jump log_limit",
+    'log prefix "sg6 unallocated" group 6',
+    "drop",
+  ]);
+  assert.equal(chains.find((c) => c.name === "log_limit")!.rules.map((r) => r.text), ["limit rate over 100/second burst 50 packets drop"]);
+  assert.ok(chains.every((c) => c.rules.every((r) => /^sg6:\S{16} /.test(r.comment))), "every rule carries an id");
+  const text = renderJudgeTable(OPTIONS);
+  assert.match(text, /^table ip6 sg6 \{/);
+  assert.match(text, /type filter hook prerouting priority -450; policy accept;/);
+  assert.match(text, /set drops \{/);
 });
 
 render("renderTable is one table block with its elements", () => {
-  const text = renderTable(OPTIONS, [128, 60], renderContent([VM_A, VM_B]), [7]);
+  const text = renderTable(OPTIONS, [128, 60], renderContent([VM_A, VM_B]));
   assert.match(text, /^table bridge sg6 \{/);
   assert.match(text, /type filter hook prerouting priority -200; policy accept;/);
-  assert.match(text, /elements = \{\n\t\t\t7 timeout 15s\n\t\t\}/);
+  assert.match(text, /type filter hook forward priority -200; policy accept;/);
+  assert.not.match(text, /foreign|timeout/);
   assert.match(text, /"vnet4" \. 52:54:00:ab:cd:ef/);
 });
 
@@ -160,7 +216,7 @@ read("a table listed back as rendered is no drift and needs no change (addresses
   const desired = renderContent([VM_A, VM_B]);
   const snapshot = parseNftJson(listing([128, 60], desired));
   assert.equal(skeletonDrift(snapshot, OPTIONS, [128, 60]), []);
-  assert.equal(planReconcile(snapshot, [128, 60], desired, [], [], OPTIONS), { script: "", changes: [] });
+  assert.equal(planReconcile(snapshot, [128, 60], desired, OPTIONS), { script: "", changes: [] });
   assert.equal(wantedLengths([VM_B], snapshot), [128, 60], "sets are kept for a length no VM uses right now");
 });
 
@@ -171,7 +227,7 @@ read("an upgrade that changes a rule's text changes its id: the table is rebuilt
   const drift = skeletonDrift(parseNftJson(older), OPTIONS, [128, 60]);
   const bound = chainSpecs(OPTIONS, [128, 60]).find((c) => c.name === "bound")!;
   assert.equal(drift, [`chain bound has ${bound.rules.length} rules that are not sg6's ${bound.rules.length}`]);
-  const plan = planReconcile(parseNftJson(older), [128, 60], desired, [], [], OPTIONS);
+  const plan = planReconcile(parseNftJson(older), [128, 60], desired, OPTIONS);
   assert.match(plan.script, /^table bridge sg6\ndelete table bridge sg6\ntable bridge sg6 \{/);
   assert.ok(plan.changes.some((c) => c.startsWith("rebuild table bridge sg6")));
   // a comment of the old style (no id at all) is drift too
@@ -182,10 +238,10 @@ read("an upgrade that changes a rule's text changes its id: the table is rebuilt
 read("element drift is repaired by elements only; a missing table is created", () => {
   const desired = renderContent([VM_A, VM_B]);
   const onlyA = parseNftJson(listing([128, 60], renderContent([VM_A])));
-  const plan = planReconcile(onlyA, [128, 60], desired, [], [], OPTIONS);
+  const plan = planReconcile(onlyA, [128, 60], desired, OPTIONS);
   assert.not.match(plan.script, /delete table/);
   assert.match(plan.script, /add element bridge sg6 macs \{ "vnet4" \. 52:54:00:ab:cd:ef \}/);
-  const fresh = planReconcile(undefined, [128], renderContent([VM_B]), [], [], OPTIONS);
+  const fresh = planReconcile(undefined, [128], renderContent([VM_B]), OPTIONS);
   assert.match(fresh.script, /^table bridge sg6\ndelete table bridge sg6\n/);
   assert.ok(fresh.changes.includes("create table bridge sg6 with 6 set elements"), JSON.stringify(fresh.changes));
 });
@@ -202,17 +258,42 @@ read("planDelta: a VM's addresses change by elements, deletions first; a new pre
   assert.throws(() => planDelta(renderContent([VM_B]), renderContent([pd56]), [128, 60]), /no set for \/56 prefixes yet/);
 });
 
-read("foreign ports: vnet* members of bridges sg6 does not guard, by index", () => {
-  const links = [
-    { ifindex: 5, ifname: "vnet1", master: "cloudbr0" },
-    { ifindex: 9, ifname: "vnet9", master: "cloudbr9" },
-    { ifindex: 3, ifname: "eth0", master: "cloudbr9" },
-    { ifindex: 4, ifname: "vnet4" },
-  ];
-  assert.equal(foreignPorts(links, OPTIONS), [9]);
-  assert.is(foreignScript([9, 12], OPTIONS), "flush set bridge sg6 foreign\nadd element bridge sg6 foreign { 9 timeout 15s, 12 timeout 15s }\n");
-  assert.is(foreignScript([9], { ...OPTIONS, foreignLease: 2 }), "flush set bridge sg6 foreign\nadd element bridge sg6 foreign { 9 timeout 2s }\n");
-  assert.is(foreignScript([], OPTIONS), "flush set bridge sg6 foreign\n");
+read("table ip6 sg6: read back as rendered is no drift; edited, missing, or in kernel mode it is planned in one script", () => {
+  const options: NftOptions = { ...OPTIONS, bridges: ["cloudbr0", "br1"] };
+  const snapshot = parseNftJson(judgeListing(options), "ip6");
+  assert.equal([...snapshot.chains.keys()], ["judge", "log_limit", "drop_unallocated"]);
+  assert.equal(judgeDrift(snapshot, options), []);
+  assert.equal(planJudge(snapshot, options), { script: "", changes: [] });
+  // the bridge table's listing is not the ip6 table's (and the other way round)
+  assert.equal(parseNftJson(judgeListing(options)).chains.size, 0);
+  // a guarded bridge more: the judge rule's text and id change, the table is rebuilt whole
+  const more = planJudge(snapshot, { ...options, bridges: ["cloudbr0", "br1", "br2"] });
+  assert.equal(more.changes, ["table ip6 sg6: chain judge has 3 rules that are not sg6's 3", "rebuild table ip6 sg6"]);
+  assert.match(more.script, /^table ip6 sg6\ndelete table ip6 sg6\ntable ip6 sg6 \{/);
+  assert.match(more.script, /iifname \{ "cloudbr0", "br1", "br2" \} goto drop_unallocated/);
+  // a rule of someone else's in the judge chain is drift (it could accept before sg6's drop)
+  const foreign = JSON.parse(judgeListing(options)) as { nftables: unknown[] };
+  foreign.nftables.splice(4, 0, { rule: { family: "ip6", table: TABLE, chain: "judge", expr: [{ accept: null }] } });
+  const edited = parseNftJson(JSON.stringify(foreign), "ip6");
+  assert.equal(judgeDrift(edited, options).length, 2, JSON.stringify(judgeDrift(edited, options)));
+  assert.equal(judgeDrift(edited, options, new Set(edited.unknown)), [], "settled after a rebuild could not remove it");
+  // missing: created; kernel mode: removed, and no table is no drift
+  assert.equal(planJudge(undefined, options).changes, ["create table ip6 sg6"]);
+  assert.match(planJudge(undefined, options).script, /^table ip6 sg6 \{/);
+  const kernel: NftOptions = { ...options, membership: "kernel" };
+  assert.equal(planJudge(snapshot, kernel), { script: "table ip6 sg6\ndelete table ip6 sg6\n", changes: ["table ip6 sg6 is not used in kernel mode", "delete table ip6 sg6"] });
+  assert.equal(planJudge(undefined, kernel), { script: "", changes: [] });
+});
+
+read("table ip6 sg6's drop counters are per bridge . reason", () => {
+  const listed = JSON.stringify({
+    nftables: [
+      { set: { family: "ip6", table: TABLE, name: "drops", type: ["ifname", "mark"], flags: ["dynamic"], stmt: [{ counter: null }], elem: [{ elem: { val: { concat: ["cloudbr0", reasonNumber("unallocated")] }, counter: { packets: 12, bytes: 900 } } }] } },
+    ],
+  });
+  const snapshot = parseNftJson(listed, "ip6");
+  assert.equal(Object.fromEntries(snapshot.reasons), { cloudbr0: { unallocated: 12 } });
+  assert.equal(parseNftJson(listed).reasons.size, 0, "not the bridge table's");
 });
 
 read("drop counters are read per port and reason; a released port's counts go with it", () => {
@@ -255,7 +336,7 @@ read("property: any bindings listed back are what was rendered (no drift, no cha
       const lengths = lengthsOf(bindings);
       const desired = renderContent(bindings);
       const snapshot = parseNftJson(listing(lengths, desired));
-      assert.equal(planReconcile(snapshot, lengths, desired, [], [], OPTIONS), { script: "", changes: [] });
+      assert.equal(planReconcile(snapshot, lengths, desired, OPTIONS), { script: "", changes: [] });
     }),
     { numRuns: 100 },
   );

@@ -308,7 +308,7 @@ for (const release of RELEASES) {
     assert.equal(lengths, [128, 60]);
     assert.equal(wantedLengths(FIXTURE_BINDINGS, snapshot), lengths);
     assert.equal(skeletonDrift(snapshot, options, lengths), [], STALE);
-    assert.equal(planReconcile(snapshot, lengths, renderNft(FIXTURE_BINDINGS), [], [], options), { script: "", changes: [] }, STALE);
+    assert.equal(planReconcile(snapshot, lengths, renderNft(FIXTURE_BINDINGS), options), { script: "", changes: [] }, STALE);
     // the ND target sets are declared with typeof: 1.1.3 lists the expressions, 1.0.6 the datatypes
     assert.is(snapshot.sets.get("nd_targets_60")!.type, JSON.stringify(["ifname", "integer"]));
     // drop counters are per port . reason, made by the packet path: a fresh table has none
@@ -337,12 +337,12 @@ for (const release of RELEASES) {
     const drift = skeletonDrift(snapshot, options, lengths);
     const guardRules = chainSpecs(options, lengths)[0]!.rules.length;
     assert.equal(drift, [`unknown rule in sg6's chain: ${snapshot.unknown[0]}`, `chain guard has ${guardRules + 1} rules that are not sg6's ${guardRules}`]);
-    const rebuild = planReconcile(snapshot, lengths, desired, [], [], options);
+    const rebuild = planReconcile(snapshot, lengths, desired, options);
     assert.match(rebuild.script, /^table bridge sg6\ndelete table bridge sg6\n/);
     // the rebuild could not remove it (read back again): no rebuild at every drift check, only the elements
     const settled = new Set(snapshot.unknown);
     assert.equal(skeletonDrift(snapshot, options, lengths, settled), []);
-    const plan = planReconcile(snapshot, lengths, desired, [], [], options, settled);
+    const plan = planReconcile(snapshot, lengths, desired, options, settled);
     assert.equal(plan.changes, [
       `remove macs "vnet2" . ${DRIFT.changedL2Mac}`,
       'remove macs "vnet9" . 52:54:00:00:00:09',
