@@ -310,7 +310,7 @@ async function nftDeleteVictim(binding: PortBinding): Promise<string> {
   return `${hit.set.name} ${JSON.stringify(elem)}`;
 }
 
-type NftBackendClass = new (options: { bridges: string[]; portPrefix: string; watchLinks?: boolean }) => Dataplane;
+type NftBackendClass = new (options: { bridges: string[]; portPrefix: string }) => Dataplane;
 
 /** NftBackend from src/shell/nftables.ts, loaded by path so that this file compiles without it. */
 async function nftBackendClass(): Promise<NftBackendClass> {
@@ -326,7 +326,7 @@ async function makeDataplane(backend: BackendName, variant: Variant, config: Con
     return await openDataplane(config);
   } catch {
     // not wired into backend.ts yet: the class itself, without the link watcher (cold start only)
-    return new (await nftBackendClass())({ ...SCAFFOLD, watchLinks: false });
+    return new (await nftBackendClass())({ ...SCAFFOLD });
   }
 }
 

@@ -1,7 +1,7 @@
 
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { type Attack as AttackOf, attackRounds, JUDGE, PKT_ND, PYTHON, type Verdict } from "../support/attack-rounds.js";
+import { type Attack as AttackOf, attackRounds, attempt, JUDGE, PKT_ND, PYTHON, type Verdict } from "../support/attack-rounds.js";
 import type { PortBinding } from "../../src/core/model.js";
 import { DataplaneDriver, type DriverBackend } from "../support/dataplane-driver.js";
 import { bindingFor } from "../support/fixtures.js";
@@ -280,7 +280,7 @@ function redTeamSuite(backend: DriverBackend) {
     await lab.driver.reconcile(lab.bindings);
     await lab.driver.stop();
     try {
-      assert.is(await attempt(moved), false, `${moved.name}: got through the ${backend} guard with no agent running`);
+      assert.is(await attempt(lab, moved), false, `${moved.name}: got through the ${backend} guard with no agent running`);
     } finally {
       const driver = DataplaneDriver.start(lab.hv.ns.name, backend);
       cleanup.add(() => driver.stop());

@@ -56,7 +56,7 @@ export interface Rounds<L> {
 }
 
 /** Run one attack; an error names the attack, and its effect is undone either way. */
-async function attempt<L>(lab: L, attack: Attack<L>): Promise<boolean> {
+export async function attempt<L>(lab: L, attack: Attack<L>): Promise<boolean> {
   try {
     return await attack.run(lab);
   } catch (error) {
