@@ -214,6 +214,10 @@ async function purge(_backend: BackendName, _variant: Variant): Promise<void> {
   if (legacy.split("\n").includes("raw")) {
     await exec("ip6tables-legacy-restore", ["-w", "30"], { input: "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n" });
   }
+  // and the backstop in mangle since issue 19's second half
+  if (legacy.split("\n").includes("mangle")) {
+    await exec("ip6tables-legacy-restore", ["-w", "30"], { input: "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n" });
+  }
   // the per-reason counting sets (list:set) hold the port sets: emptied first, every set can go
   await exec("ipset", ["flush"]);
   await exec("ipset", ["destroy"]);
