@@ -783,9 +783,8 @@ export function planChange(
   // The jumps from the hooked chains: exactly one each, first.
   const jumps = hookJumps(options.portPrefix);
   for (const hook of HOOKS) {
-    const rules = snapshot.hooks[hook];
-    const ours = rules.filter((line) => line.endsWith(` -j ${CHAIN_FWD}`) || line.endsWith(` -g ${CHAIN_FWD}`));
-    if (!(ours.length === 1 && rules[0] !== undefined && ruleKey(rules[0]) === ruleKey(jumps[hook]))) {
+    const ours = displacedJumps(snapshot.hooks[hook], jumps[hook], CHAIN_FWD);
+    if (ours) {
       ipt.push(...ours.map(deleteLine), insertLine(jumps[hook]));
       changes.push(ours.length ? `move the ${hook} jump to the top (found ${ours.length})` : `add the ${hook} jump`);
     }
@@ -953,7 +952,7 @@ export function hookRepair(
     return line === undefined ? "none" : shown(line);
   };
   const jump = hookJumps(portPrefix).PREROUTING;
-  const ours = displacedJumps(l3Hook.filter((line) => line.startsWith("-A PREROUTING ")), jump, CHAIN_FWD);
+  const ours = displacedJumps(l3Hook, jump, CHAIN_FWD);
   if (ours) {
     raw.push(...ours.map(deleteLine), insertLine(jump));
     out.changes.push(ours.length ? `move the PREROUTING jump to the top (found ${ours.length}, first: ${first(l3Hook)})` : "add the PREROUTING jump");
@@ -961,7 +960,7 @@ export function hookRepair(
   // the backstop's jump in mangle PREROUTING, when the caller read it
   if (mangleHook) {
     const backstop = backstopJump(portPrefix);
-    const theirs = displacedJumps(mangleHook.filter((line) => line.startsWith("-A PREROUTING ")), backstop, CHAIN_JUDGED);
+    const theirs = displacedJumps(mangleHook, backstop, CHAIN_JUDGED);
     if (theirs) {
       mangle.push(...theirs.map(deleteLine), insertLine(backstop));
       out.changes.push(theirs.length ? `move the mangle PREROUTING jump to the top (found ${theirs.length}, first: ${first(mangleHook)})` : "add the mangle PREROUTING jump");

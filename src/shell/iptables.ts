@@ -1,7 +1,7 @@
 // The "iptables" backend's shell: runs ip6tables-{legacy,nft}-save/-restore, ipset and
 // ebtables-nft-save/-restore for the core, and keeps the kernel switches it needs.
 import { spawn } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import { HOOK_L2, TABLE_L2, parseEbtablesSave, parseL2Drops, parseL2TaggedDrops, purgeL2, l2ForeignRules, l2Script, type L2Snapshot } from "../core/ebtables-rules.js";
 import type { ReasonCounts } from "../core/drop-reasons.js";
@@ -35,7 +35,8 @@ import {
   type NdMatch,
   type ScaffoldOptions,
 } from "../core/iptables-rules.js";
-import { IPTABLES_SWITCHES, switchDrift, sysctlPath } from "../core/kernel-switches.js";
+import { IPTABLES_SWITCHES } from "../core/kernel-switches.js";
+import { ensureSwitches as ensureKernelSwitches, readSwitches } from "./kernel-switches.js";
 import type { PortBinding } from "../core/model.js";
 import type { Dataplane, SwitchOver } from "./dataplane.js";
 import { exec, ExecError, execLines, execRaw } from "./exec.js";
@@ -229,34 +230,9 @@ async function ebtablesCounters(): Promise<string> {
   return saved.code === 0 ? saved.stdout : "";
 }
 
-/** Read the switches the backend needs (undefined: the key does not exist). */
-async function readSwitches(): Promise<Map<string, string | undefined>> {
-  const read = new Map<string, string | undefined>();
-  for (const s of IPTABLES_SWITCHES) read.set(s.key, (await readFile(sysctlPath(s.key), "utf8").catch(() => undefined))?.trim());
-  return read;
-}
-
-/**
- * Make the switches as wanted; load br_netfilter when its keys are missing. Returns what it
- * changed (or, dry, what it would change); throws with the reason when it cannot.
- */
-export async function ensureSwitches(dryRun: boolean): Promise<string[]> {
-  let read = await readSwitches();
-  const drift = switchDrift(IPTABLES_SWITCHES, read);
-  if (dryRun || drift.length === 0) return drift;
-  if ([...read.values()].some((v) => v === undefined)) {
-    const loaded = await execRaw("modprobe", ["br_netfilter"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
-    read = await readSwitches();
-    if ([...read.values()].some((v) => v === undefined)) {
-      throw new BackendError(
-        `br_netfilter is not loaded and "modprobe br_netfilter" failed (${(loaded.stderr || `exit ${loaded.code}`).trim().split("\n")[0]}): the iptables backend cannot see bridged IPv6 without it`,
-      );
-    }
-  }
-  for (const s of IPTABLES_SWITCHES) if (read.get(s.key) !== s.want) await writeFile(sysctlPath(s.key), `${s.want}\n`);
-  const left = switchDrift(IPTABLES_SWITCHES, await readSwitches());
-  if (left.length) throw new BackendError(`could not set ${left.join("; ")}`);
-  return drift.map((line) => `${line}: repaired`);
+/** Make the iptables backend's switches as wanted (see src/shell/kernel-switches.ts). */
+function ensureSwitches(dryRun: boolean): Promise<string[]> {
+  return ensureKernelSwitches(IPTABLES_SWITCHES, dryRun, "the iptables backend cannot see bridged IPv6 without it", (message) => new BackendError(message));
 }
 
 /** Per-port counts from `ipset save sg6-c-<reason>`: "add <set> sg6-s-<tap> packets N bytes M". */
@@ -308,7 +284,7 @@ export class IptablesBackend implements Dataplane {
   }
 
   async kernelSwitches(): Promise<{ key: string; want: string; have: string | undefined }[]> {
-    const read = await readSwitches();
+    const read = await readSwitches(IPTABLES_SWITCHES);
     return IPTABLES_SWITCHES.map((s) => ({ key: s.key, want: s.want, have: read.get(s.key) }));
   }
 
@@ -324,10 +300,8 @@ export class IptablesBackend implements Dataplane {
   /** Refuse to run if the other ip6tables variant holds sg6 objects (two owners = undefined behaviour). */
   async checkOtherVariant(): Promise<void> {
     const other: Variant = this.variant === "nft" ? "legacy" : "nft";
-    // listing legacy tables instantiates them; /proc tells whether any exist without touching them
-    if (other === "legacy" && !(await legacyTablesExist())) return;
     for (const table of OWN_TABLES) {
-      // only the legacy tables that exist: listing one would instantiate it
+      // listing a legacy table instantiates it; /proc tells whether it exists without touching it
       if (other === "legacy" && !(await legacyTablesExist([table]))) continue;
       // a variant that is not usable here cannot hold anything
       const { chains } = (await readTable(other, table).catch(() => undefined)) ?? { chains: new Map<string, string[]>() };

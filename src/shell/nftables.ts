@@ -1,9 +1,8 @@
 // The "nftables" backend's shell: runs `nft` for the core in src/core/nft-rules.ts (and, in agent
 // mode, keeps the br_netfilter switch it needs). Every change is one `nft -f -` run, i.e. one
 // netlink transaction, which covers `table bridge sg6` and, in agent mode, `table ip6 sg6`.
-import { readFile, writeFile } from "node:fs/promises";
 import type { ReasonCounts } from "../core/drop-reasons.js";
-import { type KernelSwitch, switchDrift, sysctlPath } from "../core/kernel-switches.js";
+import type { KernelSwitch } from "../core/kernel-switches.js";
 import type { PortBinding } from "../core/model.js";
 import {
   AGENT_SWITCHES,
@@ -23,6 +22,7 @@ import {
 } from "../core/nft-rules.js";
 import type { Dataplane } from "./dataplane.js";
 import { exec, execRaw } from "./exec.js";
+import { ensureSwitches as ensureKernelSwitches, readSwitches } from "./kernel-switches.js";
 import type { SwitchOver } from "./dataplane.js";
 
 export class NftBackendError extends Error {
@@ -69,35 +69,10 @@ export async function tableExists(family = FAMILY): Promise<boolean> {
   return tables.split("\n").some((line) => line.trim() === `table ${family} ${TABLE}`);
 }
 
-/** Read the switches (undefined: the key does not exist, br_netfilter is not loaded). */
-async function readSwitches(switches: readonly KernelSwitch[]): Promise<Map<string, string | undefined>> {
-  const read = new Map<string, string | undefined>();
-  for (const s of switches) read.set(s.key, (await readFile(sysctlPath(s.key), "utf8").catch(() => undefined))?.trim());
-  return read;
-}
-
-/**
- * Make the switches as wanted (loading br_netfilter if its keys are missing); returns what it
- * changed (or, dry, what it would). The same as the iptables backend's, for agent mode's switch.
- */
-async function ensureSwitches(switches: readonly KernelSwitch[], dryRun: boolean): Promise<string[]> {
-  let read = await readSwitches(switches);
-  const drift = switchDrift(switches, read);
-  if (dryRun || drift.length === 0) return drift;
-  if ([...read.values()].some((v) => v === undefined)) {
-    const loaded = await execRaw("modprobe", ["br_netfilter"]).catch((error: Error) => ({ code: 127, stdout: "", stderr: error.message }));
-    read = await readSwitches(switches);
-    if ([...read.values()].some((v) => v === undefined)) {
-      // the guard still fails closed (the bridge table drops what is not judged): say why it over-blocks
-      throw new NftBackendError(
-        `br_netfilter is not loaded and "modprobe br_netfilter" failed (${(loaded.stderr || `exit ${loaded.code}`).trim().split("\n")[0]}): agent mode drops IPv6 of ports without an allocation on every bridge without it`,
-      );
-    }
-  }
-  for (const s of switches) if (read.get(s.key) !== s.want) await writeFile(sysctlPath(s.key), `${s.want}\n`);
-  const left = switchDrift(switches, await readSwitches(switches));
-  if (left.length) throw new NftBackendError(`could not set ${left.join("; ")}`);
-  return drift.map((line) => `${line}: repaired`);
+/** Make agent mode's switch as wanted (see src/shell/kernel-switches.ts). */
+function ensureSwitches(switches: readonly KernelSwitch[], dryRun: boolean): Promise<string[]> {
+  // the guard still fails closed without it (the bridge table drops what is not judged): say why it over-blocks
+  return ensureKernelSwitches(switches, dryRun, "agent mode drops IPv6 of ports without an allocation on every bridge without it", (message) => new NftBackendError(message));
 }
 
 /** Run one nft script as one transaction. */
