@@ -411,15 +411,7 @@ function attackSuite(backend: DriverBackend) {
     await cleanup.run();
   });
 
-  attackRounds({
-    s,
-    lab: () => lab,
-    attacks: ATTACKS,
-    dataplane: backend,
-    unguard: (l) => l.driver.purge(),
-    guard: (l) => l.driver.reconcile(l.bindings),
-    dump: async (l) => (await l.hv.ns.run(`ip6tables-${backend === "nftables" ? "nft" : backend}-save`, ["-c"])) + (await l.hv.ns.run("ebtables-nft-save", ["-c"])),
-  });
+  attackRounds(s, () => lab, ATTACKS);
 
   s("guarded: the VMs' own traffic still flows (the guard is not a wall)", async () => {
     const marker = newMarker();

@@ -5,6 +5,9 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Test } from "uvu";
 import * as assert from "uvu/assert";
+import type { PortBinding } from "../../src/core/model.js";
+import type { DataplaneDriver, DriverBackend } from "./dataplane-driver.js";
+import type { Hypervisor } from "./netns.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** the receiver-side judge (what reached an interface, up to a barrier frame) and the ND/MLD frame maker */
@@ -40,19 +43,18 @@ export interface Attack<L> {
   reset?(lab: L): Promise<void>;
 }
 
-export interface Rounds<L> {
-  /** the suite the two tests are added to */
-  s: Test;
-  /** the lab, once the suite's `before` has built it */
-  lab(): L;
-  attacks: Attack<L>[];
-  /** what the dataplane is called in a failure message */
-  dataplane: string;
-  /** remove every guard / put the guard in place */
-  unguard(lab: L): Promise<unknown>;
-  guard(lab: L): Promise<unknown>;
-  /** printed when an attack got through and SG6_ATTACK_DEBUG is set (the kernel's rules with counters) */
-  dump?(lab: L): Promise<string>;
+/** What the rounds need of a suite's lab: its dataplane, the driver that guards it, the bindings. */
+export interface DriverLab {
+  backend: DriverBackend;
+  hv: Hypervisor;
+  driver: DataplaneDriver;
+  bindings: PortBinding[];
+}
+
+/** The kernel's rules with counters (printed when an attack got through and SG6_ATTACK_DEBUG is set). */
+async function dump(lab: DriverLab): Promise<string> {
+  const ip6tables = `ip6tables-${lab.backend === "legacy" ? "legacy" : "nft"}`;
+  return (await lab.hv.ns.run(`${ip6tables}-save`, ["-c"])) + (await lab.hv.ns.run("ebtables-nft-save", ["-c"]));
 }
 
 /** Run one attack; an error names the attack, and its effect is undone either way. */
@@ -66,22 +68,26 @@ export async function attempt<L>(lab: L, attack: Attack<L>): Promise<boolean> {
   }
 }
 
-/** Add "controls: with no guard every attack succeeds" and "guarded: every attack fails" to `s`. */
-export function attackRounds<L>(r: Rounds<L>): void {
-  r.s("controls: with no guard every attack succeeds", async () => {
-    const lab = r.lab();
-    await r.unguard(lab);
+/**
+ * Add "controls: with no guard every attack succeeds" (the driver purged) and "guarded: every attack
+ * fails" (the driver reconciled to the lab's bindings) to `s`; `lab` gives the lab once the suite's
+ * `before` has built it.
+ */
+export function attackRounds<L extends DriverLab>(s: Test, lab: () => L, attacks: Attack<L>[]): void {
+  s("controls: with no guard every attack succeeds", async () => {
+    const l = lab();
+    await l.driver.purge();
     const failed: string[] = [];
-    for (const attack of r.attacks) if (!(await attempt(lab, attack))) failed.push(attack.name);
+    for (const attack of attacks) if (!(await attempt(l, attack))) failed.push(attack.name);
     assert.equal(failed, [], `attacks that did not work without a guard (the check would prove nothing): ${failed.join("; ")}`);
   });
 
-  r.s("guarded: every attack fails", async () => {
-    const lab = r.lab();
-    await r.guard(lab);
+  s("guarded: every attack fails", async () => {
+    const l = lab();
+    await l.driver.reconcile(l.bindings);
     const succeeded: string[] = [];
-    for (const attack of r.attacks) if (await attempt(lab, attack)) succeeded.push(attack.name);
-    if (succeeded.length && process.env.SG6_ATTACK_DEBUG && r.dump) process.stderr.write(await r.dump(lab));
-    assert.equal(succeeded, [], `attacks that got through the ${r.dataplane} guard: ${succeeded.join("; ")}`);
+    for (const attack of attacks) if (await attempt(l, attack)) succeeded.push(attack.name);
+    if (succeeded.length && process.env.SG6_ATTACK_DEBUG) process.stderr.write(await dump(l));
+    assert.equal(succeeded, [], `attacks that got through the ${l.backend} guard: ${succeeded.join("; ")}`);
   });
 }
