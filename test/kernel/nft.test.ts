@@ -295,6 +295,29 @@ async function fdbPort(mac: string): Promise<string | undefined> {
   return entry?.ifname ?? entry?.dev;
 }
 
+/** tcpdump writing netlink log group 6 to a pcap file, once it listens; stop() ends it. */
+async function captureNflog(hv: Hypervisor): Promise<{ file: string; stop(): void }> {
+  const dir = await mkdtemp(join(tmpdir(), "sg6-nflog-"));
+  cleanup.add(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, "nflog.pcap");
+  const tcpdump = spawn("ip", ["netns", "exec", hv.ns.name, "tcpdump", "-U", "-i", "nflog:6", "-w", file], { stdio: ["ignore", "ignore", "pipe"] });
+  let said = "";
+  const listening = new Promise<void>((resolve, reject) => {
+    tcpdump.stderr.on("data", (chunk: Buffer) => {
+      said += chunk.toString();
+      if (said.includes("listening")) resolve();
+    });
+    tcpdump.on("exit", (code) => reject(new Error(`tcpdump -i nflog:6 exited ${code}: ${said.trim()}`)));
+  });
+  try {
+    await listening;
+  } catch (error) {
+    tcpdump.kill("SIGTERM");
+    throw error;
+  }
+  return { file, stop: () => tcpdump.kill("SIGTERM") };
+}
+
 /** The records of a pcap file (tcpdump -w of nflog:6) that contain `text`. */
 async function pcapRecordsWith(path: string, text: string): Promise<number> {
   const { readFile } = await import("node:fs/promises");
@@ -573,20 +596,8 @@ test("routed traffic (forwarding = 1): the hypervisor routes a VM's own source o
 
 test("drop log: dropped frames reach netlink log group 6 as 'sg6 <reason>', at most 100/s with a burst of 50", async () => {
   const { hv, vm1, vm2, router } = ready();
-  const dir = await mkdtemp(join(tmpdir(), "sg6-nflog-"));
-  cleanup.add(() => rm(dir, { recursive: true, force: true }));
-  const file = join(dir, "nflog.pcap");
-  const tcpdump = spawn("ip", ["netns", "exec", hv.ns.name, "tcpdump", "-U", "-i", "nflog:6", "-w", file], { stdio: ["ignore", "ignore", "pipe"] });
-  let said = "";
-  const listening = new Promise<void>((resolve, reject) => {
-    tcpdump.stderr.on("data", (chunk: Buffer) => {
-      said += chunk.toString();
-      if (said.includes("listening")) resolve();
-    });
-    tcpdump.on("exit", (code) => reject(new Error(`tcpdump -i nflog:6 exited ${code}: ${said.trim()}`)));
-  });
+  const { file, stop } = await captureNflog(hv);
   try {
-    await listening;
     await sleep(1100); // the limit's bucket refills at 100/s: earlier tests' drops may have emptied it
     assert.equal(await counts(vm1, [router], { src: vm2.slaac }), [0]);
     await waitFor("the drop in the log", async () => (await pcapRecordsWith(file, "sg6 source")) >= 3, 5000, 50);
@@ -600,7 +611,7 @@ test("drop log: dropped frames reach netlink log group 6 as 'sg6 <reason>', at m
     assert.ok(logged <= 50 + Math.ceil(100 * seconds) + 5, `logged ${logged} of 1000 in ${seconds.toFixed(2)} s: the limit holds`);
     assert.ok(logged < 1000, `logged ${logged}: not every frame`);
   } finally {
-    tcpdump.kill("SIGTERM");
+    stop();
   }
 });
 
@@ -764,27 +775,15 @@ test("another writer's raw-priority rule that sets the whole mark does not unmar
 
 test("the drop log and sg6 drops: a moved tap's unallocated IPv6 is logged from table ip6 sg6 with its port as the physical in-device", async () => {
   const { hv, vm9 } = ready();
-  const dir = await mkdtemp(join(tmpdir(), "sg6-nflog-"));
-  cleanup.add(() => rm(dir, { recursive: true, force: true }));
-  const file = join(dir, "nflog.pcap");
-  const tcpdump = spawn("ip", ["netns", "exec", hv.ns.name, "tcpdump", "-U", "-i", "nflog:6", "-w", file], { stdio: ["ignore", "ignore", "pipe"] });
-  let said = "";
-  const listening = new Promise<void>((resolve, reject) => {
-    tcpdump.stderr.on("data", (chunk: Buffer) => {
-      said += chunk.toString();
-      if (said.includes("listening")) resolve();
-    });
-    tcpdump.on("exit", (code) => reject(new Error(`tcpdump -i nflog:6 exited ${code}: ${said.trim()}`)));
-  });
+  const { file, stop } = await captureNflog(hv);
   const before = (await lab!.driver.reasons()).cloudbr0?.unallocated ?? 0;
   try {
-    await listening;
     await sleep(1100); // the limit's bucket refills at 100/s
     await hv.ns.run("ip", ["link", "set", vm9.handle.tap, "master", hv.bridge]);
     assert.equal(await counts(vm9, [lab!.router], { src: vm9.ll }), [0]);
     await waitFor("the drop in the log", async () => (await pcapRecordsWith(file, "sg6 unallocated")) >= 3, 5000, 50);
   } finally {
-    tcpdump.kill("SIGTERM");
+    stop();
     await moveBack();
   }
   // what `sg6 drops` reads: the record's in-device is the port (NFLOG's physical in-device), its bridge beside it
