@@ -2,6 +2,7 @@
 // described frames for tracing (`meta nftrace set 1` in a table of its own, ahead of sg6's), and
 // what `nft monitor trace` printed about one of them, read as sg6's verdict. Pure: no I/O.
 import type { Frame } from "./explain.js";
+import { UNJUDGED_BIT } from "./nft-rules.js";
 
 export const TRACE_TABLE = "sg6trace";
 
@@ -38,7 +39,7 @@ const LINE = /^trace id (\S+) (bridge|ip6) (\S+) (\S+) (packet|rule|verdict|poli
 const MARKED_CLEAR = /meta mark set meta mark & 0x[0-9a-f]+/;
 
 /** agent mode's mark on an unbound port's IPv6 (src/core/nft-rules.ts): `table ip6 sg6` decides it */
-const MARKED = /meta mark set meta mark \| 0x0*4000000\b/;
+const MARKED = new RegExp(`meta mark set meta mark \\| 0x0*${UNJUDGED_BIT.toString(16)}\\b`);
 
 /**
  * The first traced frame in `lines` (nft monitor trace output) that reached sg6's table, as sg6

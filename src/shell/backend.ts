@@ -2,6 +2,7 @@
 // removes the other's kernel objects once it enforces itself (no unguarded gap), so neither
 // backend module needs the other.
 import type { Config } from "../core/config.js";
+import { JUDGE_FAMILY } from "../core/nft-rules.js";
 import { TRACE_TABLE } from "../core/nft-trace.js";
 import type { Dataplane } from "./dataplane.js";
 import { execRaw } from "./exec.js";
@@ -9,7 +10,7 @@ import { IptablesBackend, iptablesObjectsExist } from "./iptables.js";
 import { NftBackend, purgeNftables, tableExists } from "./nftables.js";
 
 /** What the iptables backend removes when it takes over from nftables. */
-export const FROM_NFTABLES = { present: async () => (await tableExists()) || (await tableExists("ip6")), purge: () => purgeNftables() };
+export const FROM_NFTABLES = { present: async () => (await tableExists()) || (await tableExists(JUDGE_FAMILY)), purge: () => purgeNftables() };
 /** What the nftables backend removes when it takes over from iptables. */
 export const FROM_IPTABLES = { present: () => iptablesObjectsExist(), purge: () => IptablesBackend.purge() };
 
