@@ -426,7 +426,8 @@ export class Agent {
     this.stopping = true;
     // no new commands; those running finish in the queue below (their clients get the exit code)
     await this.control?.close();
-    await this.dropLog?.stop();
+    const reader = await this.dropLog?.stop();
+    if (reader?.unstopped) this.log.warn({ unstopped: reader.unstopped }, "the drop log's reader was left to the service manager");
     this.notify.stopWatchdog();
     if (this.timer) clearInterval(this.timer);
     this.hookWatch?.stop();

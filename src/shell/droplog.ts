@@ -45,7 +45,12 @@ export interface DropLogStats {
   lost: number;
   /** frames the kernel could not hand to the reader (tcpdump's count, known once it stops) */
   kernelDropped: number | null;
+  /** why stop() left tcpdump running (it could not be signalled, or did not exit); null when it went */
+  unstopped: string | null;
 }
+/** how long stop() waits for tcpdump after SIGTERM before SIGKILL, and after that before it gives up */
+const STOP_KILL_MS = 2000;
+const STOP_GIVE_UP_MS = 5000;
 
 /** `tcpdump` reading one netlink log group as a pcap stream on its stdout. */
 export function tcpdumpArgs(group: number): string[] {
@@ -66,6 +71,8 @@ export class DropLog extends EventEmitter {
   private kernelDropped: number | null = null;
   private stderr = "";
   private stopping = false;
+  private killError: string | undefined;
+  private unstopped: string | null = null;
 
   private constructor(
     private readonly child: ChildProcessByStdio<null, Readable, Readable>,
@@ -88,6 +95,11 @@ export class DropLog extends EventEmitter {
     const links = options.prefix ? () => linksVia(options.prefix!) : listLinks;
     log = new DropLog(child, parser, options.vmOf ?? (() => undefined), options.capacity ?? 1000, links);
     const reader = log;
+    // kill() reports a signal it could not send as an "error" event; unheard, that event ends the
+    // process. tcpdump runs as its own user: a unit without CAP_KILL gets EPERM (stop() says so).
+    child.on("error", (error) => {
+      reader.killError = error.message;
+    });
     child.stdout.on("data", (chunk: Buffer) => {
       try {
         parser.push(chunk);
@@ -160,18 +172,39 @@ export class DropLog extends EventEmitter {
   }
 
   stats(): DropLogStats {
-    return { ...this.counts, malformed: this.parser.malformed, overwritten: this.ring.overwritten, kernelDropped: this.kernelDropped };
+    return { ...this.counts, malformed: this.parser.malformed, overwritten: this.ring.overwritten, kernelDropped: this.kernelDropped, unstopped: this.unstopped };
   }
 
-  /** Stop tcpdump and wait for it to go (its count of frames the kernel dropped is then known). */
+  /**
+   * Stop tcpdump and wait for it to go (its count of frames the kernel dropped is then known). Never
+   * throws and never waits long: the agent's own stop comes after it. What it could not do is in
+   * `unstopped` (tcpdump then ends with the unit's control group).
+   */
   async stop(): Promise<DropLogStats> {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       this.stopping = true;
-      const gone = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
-      this.child.kill("SIGTERM");
-      const timer = setTimeout(() => this.child.kill("SIGKILL"), 2000);
-      await gone;
-      clearTimeout(timer);
+      this.killError = undefined;
+      const gone = new Promise<boolean>((resolve) => this.child.once("exit", () => resolve(true)));
+      if (!this.child.kill("SIGTERM") && this.killError !== undefined) {
+        this.unstopped = `tcpdump (pid ${this.child.pid}) could not be signalled: ${this.killError}`;
+      } else {
+        const timers: NodeJS.Timeout[] = [];
+        const givenUp = new Promise<boolean>((resolve) => {
+          timers.push(setTimeout(() => this.child.kill("SIGKILL"), STOP_KILL_MS));
+          timers.push(setTimeout(() => resolve(false), STOP_GIVE_UP_MS));
+        });
+        if (!(await Promise.race([gone, givenUp]))) {
+          this.unstopped = `tcpdump (pid ${this.child.pid}) did not exit within ${STOP_GIVE_UP_MS / 1000} s of SIGTERM${this.killError ? ` (${this.killError})` : ""}`;
+        }
+        for (const timer of timers) clearTimeout(timer);
+      }
+      // left running: its pipes closed (it dies of SIGPIPE at its next write) and not waited for,
+      // so this process can still exit
+      if (this.unstopped) {
+        this.child.stdout.destroy();
+        this.child.stderr.destroy();
+        this.child.unref();
+      }
     }
     await this.naming;
     return this.stats();

@@ -14,7 +14,8 @@
 // on bridge cloudbr0, the VM end in its own network namespace); a spoofed source is dropped and
 // counted while the VM's own address passes (control: the same spoof before sg6 ran arrives);
 // `sg6 reconcile --dry-run` exits 0 after a start and after a restart; in a quiet period the drift
-// check count advances (resync_interval = 1) with no repair. Then remove and purge leave nothing:
+// check count advances (resync_interval = 1) with no repair; SIGTERM to the agent alone (not its
+// control group) ends it with 0 and its drop-log reader with it. Then remove and purge leave nothing:
 // no files, units or kernel objects, and purge prints no warning.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -89,6 +90,20 @@ quiet() {
   wait_for 300 checks_reached $((checks0 + 3)); echo $? >"/out/$1-quiet.rc"
   echo "$checks0 $(metric sg6_drift_checks_total) $repairs0 $(metric sg6_drift_repairs_total)" >"/out/$1-quiet.txt"
 }
+# The agent's own stop with nothing else signalled: SIGTERM to the main process only. A
+# container's systemd once failed to signal the unit's control group ("Failed to kill control
+# group ... Input/output error"); the agent then had to stop its drop-log reader (tcpdump, running
+# as its own user) itself. It must exit 0 and leave no reader behind.
+gone() { [ ! -d "/proc/$1" ]; }
+main_stop() {
+  local pid readers left=""
+  pid=$(systemctl show -p MainPID --value sg6.service); readers=$(pgrep -x tcpdump | paste -sd' ')
+  systemctl kill --kill-whom=main --signal=SIGTERM sg6.service
+  wait_for 300 gone "$pid"; echo $? >"/out/$1-main-gone.rc"
+  for p in $readers; do gone "$p" || left="$left $p"; done
+  # read before RestartSec (5 s) starts the next agent
+  { systemctl show sg6.service -p ExecMainCode -p ExecMainStatus; echo "readers=$readers"; echo "left=$left"; } >"/out/$1-main-stop.txt"
+}
 guarded() {
   case $1 in
     iptables) ip6tables-save | grep -q -- '--physdev-in vnet7' ;;
@@ -118,7 +133,9 @@ phase() {
   systemctl show sg6.service -p ActiveState >/out/$b-restarted.txt
   r $b-dryrun-restart sg6 reconcile --dry-run
   quiet $b-restart
+  main_stop $b
   systemctl stop sg6.service
+  systemctl is-active sg6.service >/out/$b-stopped.txt
   r $b-purge sg6 purge
   kernel >/out/$b-kernel-purged.txt
 }
@@ -257,6 +274,13 @@ for (const suite of SUITES) {
         assert.ok(checks1! >= checks0! + 3, `${at}: three drift checks after ${when}`);
         assert.is(repairs1, repairs0, `${at}: no drift repair in a quiet period after ${when}\n${journal()}`);
       }
+      // SIGTERM to the main process only: the agent stops its own reader and exits 0
+      const mainStop = out(`${backend}-main-stop.txt`);
+      assert.is(out(`${backend}-main-gone.rc`), "0", `${at}: the agent exits on SIGTERM to it alone\n${journal()}`);
+      assert.match(mainStop, /^readers=\d+/m, `${at}: the drop log's reader ran\n${mainStop}`);
+      assert.match(mainStop, /^ExecMainStatus=0$/m, `${at}: the agent exits 0 on SIGTERM to it alone\n${mainStop}\n${journal()}`);
+      assert.match(mainStop, /^left=$/m, `${at}: no reader outlives the agent\n${mainStop}`);
+      assert.is(out(`${backend}-stopped.txt`), "inactive", `${at}: the unit after systemctl stop\n${journal()}`);
       assert.is(out(`${backend}-purge.rc`), "0", out(`${backend}-purge.txt`));
       assert.is(out(`${backend}-kernel-purged.txt`), "0 0 0 0", `${at}: sg6 purge leaves no kernel objects`);
     }

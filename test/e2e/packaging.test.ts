@@ -14,7 +14,7 @@ test("systemd/sg6.service passes systemd-analyze verify and carries the hardenin
     assert.ok(unit.includes(line), `unit has ${line}`);
   }
   assert.match(unit, /RestrictAddressFamilies=.*AF_NETLINK/);
-  assert.match(unit, /CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SETUID CAP_SETGID\n/);
+  assert.match(unit, /CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SETUID CAP_SETGID CAP_KILL\n/);
   const result = await execRaw("systemd-analyze", ["verify", join(ROOT, "systemd/sg6.service")]);
   assert.is(result.code, 0, result.stderr);
   assert.is(result.stderr.trim(), "", `no warnings: ${result.stderr}`);

@@ -6,7 +6,7 @@
 //   - "the backends' own log rules" (SG6_DROPLOG_BACKENDS, default "nft nftables") needs the NFLOG /
 //     `log group 6` rules of the guard engineers: it fails until those are merged.
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -14,7 +14,8 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { dropsInAgent } from "../../src/commands/drops.js";
 import type { DropEntry } from "../../src/core/nflog.js";
-import { DropLog } from "../../src/shell/droplog.js";
+import { DropLog, type DropLogStats } from "../../src/shell/droplog.js";
+import { execRaw } from "../../src/shell/exec.js";
 import { nicIntents } from "../../src/core/host-state.js";
 import { CLI, ROOT } from "../support/agent-harness.js";
 import { POLICY } from "../support/fixtures.js";
@@ -171,6 +172,31 @@ own("the agent's side: a ring of a fixed size, filtered by VM, followed until th
     client.abort();
     assert.is(await following, 0);
     assert.ok((await log.stop()).malformed === 0);
+  } finally {
+    await cleanup.run();
+  }
+});
+
+own("the reader's stop never throws or hangs: without CAP_KILL over tcpdump's user it says so and returns (control: with it, tcpdump is gone)", async () => {
+  const cleanup = new Cleanup();
+  try {
+    const hv = await Hypervisor.create(cleanup);
+    const stopOnce = async (withoutKill: boolean) => {
+      // dropped from the bounding and inheritable sets, root's exec gets no CAP_KILL: the agent's
+      // situation under a unit whose CapabilityBoundingSet lacks it
+      const prefix = withoutKill ? ["setpriv", "--inh-caps=-kill", "--bounding-set=-kill", "--"] : [];
+      const [command, ...args] = [...prefix, process.execPath, "--import", "tsx", join(ROOT, "test/support/droplog-stop.ts"), hv.ns.name];
+      const result = await execRaw(command!, args);
+      assert.is(result.code, 0, `${withoutKill ? "without" : "with"} CAP_KILL the reader's stop returns and its process exits 0\n${result.stderr}`);
+      return JSON.parse(result.stdout) as DropLogStats;
+    };
+    // control first: the namespace's group 6 is free again once tcpdump is gone
+    assert.is((await stopOnce(false)).unstopped, null, "with CAP_KILL tcpdump is stopped and waited for");
+    const stats = await stopOnce(true);
+    const pid = /tcpdump \(pid (\d+)\) could not be signalled: kill EPERM/.exec(stats.unstopped ?? "")?.[1];
+    assert.ok(pid, `without CAP_KILL stop() says tcpdump could not be signalled: ${stats.unstopped}`);
+    cleanup.add(() => void process.kill(Number(pid), "SIGKILL"));
+    assert.ok(existsSync(`/proc/${pid}`), "and it is true: tcpdump still runs (under the unit, its control group ends it)");
   } finally {
     await cleanup.run();
   }
