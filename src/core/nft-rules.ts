@@ -82,6 +82,11 @@ export interface NftOptions {
   membership?: MembershipMode;
 }
 
+/** Membership decided by `meta ibrname` (the default, agent mode, works on every kernel). */
+function kernelMembership(options: Pick<NftOptions, "membership">): boolean {
+  return (options.membership ?? "agent") === "kernel";
+}
+
 /** The chain that counts, logs and drops a frame for `reason`. */
 export function dropChain(reason: DropReason): string {
   return `drop_${reason.replaceAll("-", "_")}`;
@@ -272,7 +277,7 @@ function chainBodies(options: NftOptions, lengths: number[]): ChainSpec[] {
   // between bridges is judged by where it is now, with or without the agent. Agent mode: every
   // row but the last depends only on the port's own binding (or is the tagged-frame drop), so it
   // applies to every `port_prefix*` port by name; the last is judged in `table ip6 sg6`.
-  const kernel = (options.membership ?? "agent") === "kernel";
+  const kernel = kernelMembership(options);
   const membership = kernel ? [rule(`meta ibrname != ${bridgeSet(options.bridges)} return`, "not a port of a guarded bridge")] : [];
   const unallocated = kernel
     ? rule(`meta protocol ip6 ${drop("unallocated")}`, "IPv6 from a port without an allocation")
@@ -684,7 +689,7 @@ export function skeletonDrift(snapshot: NftSnapshot | undefined, options: NftOpt
  */
 export function judgeDrift(snapshot: NftSnapshot | undefined, options: NftOptions, settled: ReadonlySet<string> = new Set()): string[] {
   const label = `table ${JUDGE_FAMILY} ${TABLE}`;
-  if ((options.membership ?? "agent") === "kernel") return snapshot ? [`${label} is not used in kernel mode`] : [];
+  if (kernelMembership(options)) return snapshot ? [`${label} is not used in kernel mode`] : [];
   if (!snapshot) return [`${label} is missing`];
   return tableDrift(snapshot, judgeSetSpecs(), judgeChainSpecs(options), settled).map((line) => `${label}: ${line}`);
 }
@@ -700,7 +705,7 @@ export function planJudge(snapshot: NftSnapshot | undefined, options: NftOptions
   const label = `${JUDGE_FAMILY} ${TABLE}`;
   // `table` first so the delete cannot fail
   const remove = snapshot ? `table ${label}\ndelete table ${label}\n` : "";
-  if ((options.membership ?? "agent") === "kernel") return { script: remove, changes: [...drift, `delete table ${label}`] };
+  if (kernelMembership(options)) return { script: remove, changes: [...drift, `delete table ${label}`] };
   return { script: `${remove}${renderJudgeTable(options)}`, changes: [...(snapshot ? drift : []), `${snapshot ? "rebuild" : "create"} table ${label}`] };
 }
 
