@@ -45,7 +45,10 @@ export interface DropLogStats {
   lost: number;
   /** frames the kernel could not hand to the reader (tcpdump's count, known once it stops) */
   kernelDropped: number | null;
-  /** why stop() left tcpdump running (it could not be signalled, or did not exit); null when it went */
+}
+
+/** What stop() returns: the final counts, and why it left tcpdump running (null: it went). */
+export interface DropLogStopped extends DropLogStats {
   unstopped: string | null;
 }
 /** how long stop() waits for tcpdump after SIGTERM before SIGKILL, and after that before it gives up */
@@ -72,7 +75,6 @@ export class DropLog extends EventEmitter {
   private stderr = "";
   private stopping = false;
   private killError: string | undefined;
-  private unstopped: string | null = null;
 
   private constructor(
     private readonly child: ChildProcessByStdio<null, Readable, Readable>,
@@ -172,7 +174,7 @@ export class DropLog extends EventEmitter {
   }
 
   stats(): DropLogStats {
-    return { ...this.counts, malformed: this.parser.malformed, overwritten: this.ring.overwritten, kernelDropped: this.kernelDropped, unstopped: this.unstopped };
+    return { ...this.counts, malformed: this.parser.malformed, overwritten: this.ring.overwritten, kernelDropped: this.kernelDropped };
   }
 
   /**
@@ -180,34 +182,37 @@ export class DropLog extends EventEmitter {
    * throws and never waits long: the agent's own stop comes after it. What it could not do is in
    * `unstopped` (tcpdump then ends with the unit's control group).
    */
-  async stop(): Promise<DropLogStats> {
+  async stop(): Promise<DropLogStopped> {
+    let unstopped: string | null = null;
     if (this.child.exitCode === null && this.child.signalCode === null) {
       this.stopping = true;
       this.killError = undefined;
-      const gone = new Promise<boolean>((resolve) => this.child.once("exit", () => resolve(true)));
-      if (!this.child.kill("SIGTERM") && this.killError !== undefined) {
-        this.unstopped = `tcpdump (pid ${this.child.pid}) could not be signalled: ${this.killError}`;
-      } else {
-        const timers: NodeJS.Timeout[] = [];
-        const givenUp = new Promise<boolean>((resolve) => {
-          timers.push(setTimeout(() => this.child.kill("SIGKILL"), STOP_KILL_MS));
-          timers.push(setTimeout(() => resolve(false), STOP_GIVE_UP_MS));
-        });
-        if (!(await Promise.race([gone, givenUp]))) {
-          this.unstopped = `tcpdump (pid ${this.child.pid}) did not exit within ${STOP_GIVE_UP_MS / 1000} s of SIGTERM${this.killError ? ` (${this.killError})` : ""}`;
-        }
-        for (const timer of timers) clearTimeout(timer);
-      }
+      const signalled = this.child.kill("SIGTERM") || this.killError === undefined; // false, no error: already gone
+      unstopped = signalled ? await this.exited() : `tcpdump (pid ${this.child.pid}) could not be signalled: ${this.killError}`;
       // left running: its pipes closed (it dies of SIGPIPE at its next write) and not waited for,
       // so this process can still exit
-      if (this.unstopped) {
+      if (unstopped) {
         this.child.stdout.destroy();
         this.child.stderr.destroy();
         this.child.unref();
       }
     }
     await this.naming;
-    return this.stats();
+    return { ...this.stats(), unstopped };
+  }
+
+  /** After SIGTERM: SIGKILL at STOP_KILL_MS, given up at STOP_GIVE_UP_MS. Null once it exited, else why not. */
+  private async exited(): Promise<string | null> {
+    const timers: NodeJS.Timeout[] = [];
+    const exited = await Promise.race([
+      new Promise<boolean>((resolve) => this.child.once("exit", () => resolve(true))),
+      new Promise<boolean>((resolve) => {
+        timers.push(setTimeout(() => this.child.kill("SIGKILL"), STOP_KILL_MS));
+        timers.push(setTimeout(() => resolve(false), STOP_GIVE_UP_MS));
+      }),
+    ]);
+    for (const timer of timers) clearTimeout(timer);
+    return exited ? null : `tcpdump (pid ${this.child.pid}) did not exit within ${STOP_GIVE_UP_MS / 1000} s of SIGTERM${this.killError ? ` (${this.killError})` : ""}`;
   }
 }
 

@@ -14,7 +14,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { dropsInAgent } from "../../src/commands/drops.js";
 import type { DropEntry } from "../../src/core/nflog.js";
-import { DropLog, type DropLogStats } from "../../src/shell/droplog.js";
+import { DropLog, type DropLogStopped } from "../../src/shell/droplog.js";
 import { execRaw } from "../../src/shell/exec.js";
 import { nicIntents } from "../../src/core/host-state.js";
 import { CLI, ROOT } from "../support/agent-harness.js";
@@ -188,7 +188,7 @@ own("the reader's stop never throws or hangs: without CAP_KILL over tcpdump's us
       const [command, ...args] = [...prefix, process.execPath, "--import", "tsx", join(ROOT, "test/support/droplog-stop.ts"), hv.ns.name];
       const result = await execRaw(command!, args);
       assert.is(result.code, 0, `${withoutKill ? "without" : "with"} CAP_KILL the reader's stop returns and its process exits 0\n${result.stderr}`);
-      return JSON.parse(result.stdout) as DropLogStats;
+      return JSON.parse(result.stdout) as DropLogStopped;
     };
     // control first: the namespace's group 6 is free again once tcpdump is gone
     assert.is((await stopOnce(false)).unstopped, null, "with CAP_KILL tcpdump is stopped and waited for");

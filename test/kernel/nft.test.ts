@@ -318,7 +318,6 @@ async function captureNflog(hv: Hypervisor): Promise<{ file: string; stop(): voi
   return { file, stop: () => tcpdump.kill("SIGTERM") };
 }
 
-/** The records of a pcap file (tcpdump -w of nflog:6) that contain `text`. */
 /**
  * Until three records of the drop log hold `text`. Earlier tests' drops may have emptied the log
  * limit's bucket (it refills at 100/s), so each try that does not find them yet sends one more.
@@ -331,6 +330,7 @@ async function untilLogged(file: string, text: string, sendOne: () => Promise<un
   }, 5000, 50);
 }
 
+/** The records of a pcap file (tcpdump -w of nflog:6) that contain `text`. */
 async function pcapRecordsWith(path: string, text: string): Promise<number> {
   const { readFile } = await import("node:fs/promises");
   const data = await readFile(path).catch(() => Buffer.alloc(0));
